@@ -1,0 +1,139 @@
+//! Safetensors checkpoints under the reference state_dict names.
+//!
+//! A file written here loads into the reference with `load_state_dict` (same names, layouts and
+//! dtypes), and a reference file loads here by name. Our files also carry the model configuration
+//! (and, for training checkpoints, the run state) in the safetensors metadata. Writes are atomic:
+//! a temporary file in the same directory, fsync, then rename — a crash never leaves a
+//! half-written checkpoint behind.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+
+use crate::config::ModelConfig;
+use crate::models::MixerNet;
+
+/// Metadata key holding the JSON model configuration.
+pub const CONFIG_KEY: &str = "imixer.model_config";
+
+/// Tensors and string metadata of one safetensors file.
+pub struct TensorFile {
+    pub tensors: HashMap<String, Tensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+/// Reads a safetensors file; a missing, truncated or corrupt file is an error naming it.
+pub fn read(path: &Path, device: &Device) -> Result<TensorFile> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+        anyhow::anyhow!("{} is not a valid safetensors file ({e}); is it truncated or of another format?", path.display())
+    })?;
+    let metadata = meta.metadata().clone().unwrap_or_default();
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        .with_context(|| format!("cannot decode the tensors of {}", path.display()))?;
+    Ok(TensorFile { tensors, metadata })
+}
+
+/// Writes tensors (+ metadata) atomically to `path`.
+pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String, String>) -> Result<()> {
+    let map: BTreeMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    if map.len() != tensors.len() {
+        bail!("duplicate tensor names while writing {}", path.display());
+    }
+    let contiguous: Vec<(&str, Tensor)> =
+        map.into_iter().map(|(n, t)| Ok((n, t.contiguous()?))).collect::<Result<_>>()?;
+    let meta = if metadata.is_empty() { None } else { Some(metadata.clone()) };
+    let data = safetensors::serialize(contiguous.iter().map(|(n, t)| (*n, t)), meta)
+        .with_context(|| format!("cannot serialise checkpoint {}", path.display()))?;
+    write_atomically(path, &data)
+}
+
+/// Temp file in the destination directory, fsync, rename.
+pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(data).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+impl MixerNet {
+    /// Every parameter and buffer under its reference name (the reference `state_dict`).
+    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
+        self.params.entries().iter().map(|e| (e.name.clone(), e.var.as_tensor().clone())).collect()
+    }
+
+    /// Copies tensors into the model by name. Every model tensor must be present with the right
+    /// shape; with `allow_extra` unknown names are ignored (golden files hold more than weights).
+    /// On mismatch nothing is changed and the error lists every problem.
+    pub fn load_state(&self, tensors: &HashMap<String, Tensor>, allow_extra: bool) -> Result<()> {
+        let mut problems = Vec::new();
+        for e in self.params.entries() {
+            match tensors.get(&e.name) {
+                None => problems.push(format!("missing {} {:?}", e.name, e.var.dims())),
+                Some(t) if t.dims() != e.var.dims() => {
+                    problems.push(format!("{}: file has shape {:?}, model needs {:?}", e.name, t.dims(), e.var.dims()))
+                }
+                Some(_) => {}
+            }
+        }
+        if !allow_extra {
+            let mut extra: Vec<&String> = tensors.keys().filter(|k| self.params.get(k).is_none()).collect();
+            extra.sort();
+            problems.extend(extra.into_iter().map(|k| format!("unexpected {k}")));
+        }
+        if !problems.is_empty() {
+            bail!(
+                "checkpoint does not match model {} ({} problems):\n  {}",
+                self.config.family,
+                problems.len(),
+                problems.join("\n  ")
+            );
+        }
+        for e in self.params.entries() {
+            let t = &tensors[&e.name];
+            e.var.set(&t.to_dtype(e.var.dtype())?.to_device(e.var.device())?)?;
+        }
+        Ok(())
+    }
+
+    /// Saves the model (weights + configuration) atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut meta = HashMap::new();
+        meta.insert(CONFIG_KEY.to_string(), serde_json::to_string(&self.config)?);
+        meta.insert("format".to_string(), "pt".to_string());
+        write(path, &self.state_dict(), &meta)
+    }
+
+    /// Loads a model from one of our checkpoints (configuration from the metadata), or from a
+    /// reference state_dict file when `config` is given.
+    pub fn load(path: &Path, config: Option<&ModelConfig>, device: &Device) -> Result<Self> {
+        let file = read(path, device)?;
+        let config = match (config, file.metadata.get(CONFIG_KEY)) {
+            (Some(c), _) => c.clone(),
+            (None, Some(json)) => serde_json::from_str(json)
+                .with_context(|| format!("{} has an unreadable model configuration", path.display()))?,
+            (None, None) => bail!(
+                "{} carries no model configuration (a reference checkpoint?): pass --model NAME",
+                path.display()
+            ),
+        };
+        let model = MixerNet::new(&config, 0, device)?;
+        model
+            .load_state(&file.tensors, true)
+            .with_context(|| format!("while loading {}", path.display()))?;
+        Ok(model)
+    }
+}

@@ -1,0 +1,224 @@
+//! The model configuration: every architectural knob of SPEC.md, serialisable (TOML/JSON) so a run
+//! directory or checkpoint fully describes its model, and settable without a registry name.
+
+use serde::{Deserialize, Serialize};
+
+/// The six model families of SPEC.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// timm MLP-Mixer: per-token LayerNorm(D), MLPs with biases.
+    Mixer,
+    /// Paper-2 baseline: serial Mixer with joint (N, D) LayerNorm and bias-free MLPs.
+    VanillaMixer,
+    /// iMixer: the token MLP is the implicit iMLP (1 − F)⁻¹.
+    IMixer,
+    /// One joint LayerNorm, token and channel mixing in parallel.
+    ParaMixer,
+    /// ParaMixer with tied MLP weights (one Hopfield update = −∇E).
+    SymMixer,
+    /// SymMixer plus a symmetry-breaking W2 penalised by λ‖W2‖².
+    AsymMixer,
+}
+
+impl Family {
+    pub const ALL: [Family; 6] = [
+        Family::Mixer,
+        Family::VanillaMixer,
+        Family::IMixer,
+        Family::ParaMixer,
+        Family::SymMixer,
+        Family::AsymMixer,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Mixer => "mixer",
+            Family::VanillaMixer => "vanillamixer",
+            Family::IMixer => "imixer",
+            Family::ParaMixer => "paramixer",
+            Family::SymMixer => "symmixer",
+            Family::AsymMixer => "asymmixer",
+        }
+    }
+
+    /// Paper-2 families (joint (N, D) LayerNorm, no MLP biases, `n_iter` block repeats, λ term).
+    pub fn is_paper2(self) -> bool {
+        matches!(self, Family::VanillaMixer | Family::ParaMixer | Family::SymMixer | Family::AsymMixer)
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Family {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Family::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| {
+                let all: Vec<_> = Family::ALL.iter().map(|f| f.name()).collect();
+                format!("unknown model family '{s}' (expected one of: {})", all.join(", "))
+            })
+    }
+}
+
+/// How the iMLP approximates its fixed point x = y + F(x).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Solver {
+    /// The reference: exactly `n_iter` Picard steps, backpropagated through (golden-exact).
+    Unrolled,
+    /// Picard iteration to `tol` (relative residual), at most `max_iter` steps; implicit gradient.
+    Picard { tol: f64, max_iter: usize },
+    /// Anderson acceleration with memory `m`; implicit gradient.
+    Anderson { m: usize, tol: f64, max_iter: usize },
+}
+
+impl Default for Solver {
+    fn default() -> Self {
+        Solver::Unrolled
+    }
+}
+
+/// iMixer's iMLP knobs (reference flags `--h_ratio --n_power --n_iter`, coefficient c).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IMixerConfig {
+    /// Inner width of F relative to the token hidden width: N2 = int(N1 · hidden_ratio).
+    pub hidden_ratio: f64,
+    /// Fixed-point steps (the reference's `n_repeat`).
+    pub n_iter: usize,
+    /// Power-iteration steps per spectral-norm call in training.
+    pub n_power: usize,
+    /// Soft spectral-norm bound c.
+    pub coeff: f64,
+    pub solver: Solver,
+}
+
+impl Default for IMixerConfig {
+    /// The paper recipe: hidden_ratio 2, n_power 8, n_iter 2, c = 0.9.
+    fn default() -> Self {
+        Self { hidden_ratio: 2.0, n_iter: 2, n_power: 8, coeff: 0.9, solver: Solver::Unrolled }
+    }
+}
+
+/// A complete model description.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelConfig {
+    pub family: Family,
+    pub img_size: usize,
+    pub in_chans: usize,
+    pub patch_size: usize,
+    /// D, the channel width of the tokens.
+    pub embed_dim: usize,
+    /// Number of blocks.
+    pub depth: usize,
+    pub num_classes: usize,
+    /// (token, channel) MLP ratios: hidden widths int(r·D).
+    pub mlp_ratio: (f64, f64),
+    /// Drop-path rate, the same in every block.
+    pub drop_path: f64,
+    /// iMixer only.
+    pub imixer: IMixerConfig,
+    /// Paper-2 only: repeats of each block with shared weights.
+    pub n_iter: usize,
+    /// AsymMixer's λ (paper-2 families only; 0 disables the term).
+    pub lambda: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            family: Family::Mixer,
+            img_size: 224,
+            in_chans: 3,
+            patch_size: 16,
+            embed_dim: 512,
+            depth: 8,
+            num_classes: 10,
+            mlp_ratio: (0.5, 4.0),
+            drop_path: 0.0,
+            imixer: IMixerConfig::default(),
+            n_iter: 1,
+            lambda: 0.0,
+        }
+    }
+}
+
+impl ModelConfig {
+    pub fn num_tokens(&self) -> usize {
+        (self.img_size / self.patch_size).pow(2)
+    }
+
+    /// Token-MLP hidden width int(r_t · D) (N1 of the iMLP).
+    pub fn tokens_dim(&self) -> usize {
+        (self.mlp_ratio.0 * self.embed_dim as f64) as usize
+    }
+
+    /// Channel-MLP hidden width int(r_c · D).
+    pub fn channels_dim(&self) -> usize {
+        (self.mlp_ratio.1 * self.embed_dim as f64) as usize
+    }
+
+    /// iMLP inner width N2 = int(N1 · hidden_ratio).
+    pub fn imlp_inner_dim(&self) -> usize {
+        (self.tokens_dim() as f64 * self.imixer.hidden_ratio) as usize
+    }
+
+    /// Checks every knob; the message says which one is wrong and what is allowed.
+    pub fn validate(&self) -> Result<(), String> {
+        let pos = [
+            ("img_size", self.img_size),
+            ("in_chans", self.in_chans),
+            ("patch_size", self.patch_size),
+            ("embed_dim", self.embed_dim),
+            ("depth", self.depth),
+            ("num_classes", self.num_classes),
+            ("n_iter", self.n_iter),
+        ];
+        for (name, v) in pos {
+            if v == 0 {
+                return Err(format!("model config: {name} must be positive"));
+            }
+        }
+        if self.img_size % self.patch_size != 0 {
+            return Err(format!(
+                "model config: patch_size {} does not divide img_size {}",
+                self.patch_size, self.img_size
+            ));
+        }
+        if self.tokens_dim() == 0 || self.channels_dim() == 0 {
+            return Err(format!("model config: mlp_ratio {:?} gives an empty hidden layer", self.mlp_ratio));
+        }
+        if !(0.0..1.0).contains(&self.drop_path) {
+            return Err(format!("model config: drop_path {} must be in [0, 1)", self.drop_path));
+        }
+        if self.lambda != 0.0 && !self.family.is_paper2() {
+            return Err(format!("model config: lambda applies to paper-2 families only, not {}", self.family));
+        }
+        if !self.lambda.is_finite() || self.lambda < 0.0 {
+            return Err(format!("model config: lambda {} must be finite and ≥ 0", self.lambda));
+        }
+        if self.n_iter != 1 && !self.family.is_paper2() {
+            return Err(format!(
+                "model config: n_iter (block repeats) applies to paper-2 families; for imixer set imixer.n_iter"
+            ));
+        }
+        if self.family == Family::IMixer {
+            let c = &self.imixer;
+            if c.n_iter == 0 || c.hidden_ratio <= 0.0 || self.imlp_inner_dim() == 0 {
+                return Err("model config: imixer needs n_iter ≥ 1 and hidden_ratio > 0".into());
+            }
+            if !(c.coeff > 0.0) {
+                return Err(format!("model config: imixer.coeff {} must be > 0", c.coeff));
+            }
+        }
+        Ok(())
+    }
+}

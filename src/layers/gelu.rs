@@ -1,0 +1,136 @@
+//! Exact (erf) GELU as a candle custom op with an exact backward.
+//!
+//! Why a custom op: candle's built-in `gelu_erf` backward uses the truncated constant 0.398942 for
+//! 1/√(2π) and builds six temporary tensors; ours is one pass forward and one pass backward, on
+//! many threads, with GELU′(x) = Φ(x) + x·φ(x) evaluated exactly.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::kernel::{contiguous, Float, PAR_CHUNK};
+
+/// GELU(x) = x·Φ(x) with the exact error function (PyTorch `nn.GELU()`, SPEC.md).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op1(GeluOp)
+    } else {
+        // Devices without our kernel use candle's composition (same function, forward exact).
+        x.gelu_erf()
+    }
+}
+
+/// Derivative of the exact GELU: Φ(x) + x·φ(x).
+#[inline]
+pub fn gelu_grad_scalar<T: Float>(x: T) -> T {
+    let half = T::from_f64(0.5);
+    half * (T::one() + (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf())
+        + x * T::from_f64(0.398_942_280_401_432_7) * (-(x * x) * half).exp()
+}
+
+#[inline]
+pub fn gelu_scalar<T: Float>(x: T) -> T {
+    let half = T::from_f64(0.5);
+    half * x * (T::one() + (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf())
+}
+
+struct GeluOp;
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "imixer-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        fn run<T: Float>(x: &[T]) -> Vec<T> {
+            let mut y = vec![T::zero(); x.len()];
+            y.par_chunks_mut(PAR_CHUNK)
+                .zip(x.par_chunks(PAR_CHUNK))
+                .for_each(|(y, x)| {
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y = gelu_scalar(x);
+                    }
+                });
+            y
+        }
+        let out = match s {
+            CpuStorage::F32(x) => CpuStorage::F32(run(contiguous(x, l)?)),
+            CpuStorage::F64(x) => CpuStorage::F64(run(contiguous(x, l)?)),
+            _ => candle_core::bail!("imixer-gelu: only f32/f64 are supported"),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluBackward)?))
+    }
+}
+
+/// (x, ∂L/∂y) ↦ ∂L/∂y · GELU′(x).
+struct GeluBackward;
+
+impl CustomOp2 for GeluBackward {
+    fn name(&self) -> &'static str {
+        "imixer-gelu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn run<T: Float>(x: &[T], g: &[T]) -> Vec<T> {
+            let mut out = vec![T::zero(); x.len()];
+            out.par_chunks_mut(PAR_CHUNK)
+                .zip(x.par_chunks(PAR_CHUNK).zip(g.par_chunks(PAR_CHUNK)))
+                .for_each(|(o, (x, g))| {
+                    for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                        *o = g * gelu_grad_scalar(x);
+                    }
+                });
+            out
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
+                CpuStorage::F32(run(contiguous(x, l1)?, contiguous(g, l2)?))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
+                CpuStorage::F64(run(contiguous(x, l1)?, contiguous(g, l2)?))
+            }
+            _ => candle_core::bail!("imixer-gelu-backward: dtype mismatch or unsupported dtype"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn forward_matches_candle_gelu_erf() -> Result<()> {
+        let x = Tensor::arange(-60i64, 60, &Device::Cpu)?.to_dtype(candle_core::DType::F64)?;
+        let x = (x * 0.1)?;
+        let ours = gelu(&x)?;
+        let theirs = x.gelu_erf()?;
+        let diff = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(diff < 1e-12, "max diff {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() -> Result<()> {
+        let xs: Vec<f64> = (-40..40).map(|i| i as f64 * 0.13).collect();
+        let x = Var::from_vec(xs.clone(), xs.len(), &Device::Cpu)?;
+        let grads = gelu(x.as_tensor())?.sum_all()?.backward()?;
+        let g = grads.get(x.as_tensor()).unwrap().to_vec1::<f64>()?;
+        let h = 1e-6;
+        for (i, &xi) in xs.iter().enumerate() {
+            let fd = (gelu_scalar(xi + h) - gelu_scalar(xi - h)) / (2.0 * h);
+            assert!((fd - g[i]).abs() < 1e-8, "x={xi}: fd {fd} vs {}", g[i]);
+        }
+        Ok(())
+    }
+}

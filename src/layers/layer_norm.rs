@@ -1,0 +1,314 @@
+//! LayerNorm over the trailing `normalized` elements of every row, as one custom op with a
+//! hand-written backward.
+//!
+//! The same op serves both LayerNorms of SPEC.md: per token over D (`mixer`, `imixer`, the final
+//! norm) and jointly over (N, D) with an (N, D) affine (paper-2 families) — the latter is simply a
+//! row of N·D elements. Why not `candle_nn::LayerNorm`: on contiguous input it takes a fused path
+//! with no backward, so gradients silently vanish.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
+use rayon::prelude::*;
+
+use super::kernel::{contiguous, Float, PAR_CHUNK};
+use crate::params::Scope;
+
+/// LayerNorm eps of every reference model.
+pub const LN_EPS: f64 = 1e-6;
+
+/// y = (x − mean) / sqrt(var + eps) · γ + β over the trailing dims given by `shape` (biased var).
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Var,
+    pub bias: Var,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// Creates `<scope>.weight` = 1 and `<scope>.bias` = 0 with the given normalised shape.
+    pub fn new(scope: &Scope, normalized_shape: &[usize]) -> Result<Self> {
+        let weight = scope.ones("weight", normalized_shape)?;
+        let bias = scope.zeros("bias", normalized_shape)?;
+        Ok(Self { weight, bias, eps: LN_EPS })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm(x, self.weight.as_tensor(), self.bias.as_tensor(), self.eps)
+    }
+}
+
+/// Functional LayerNorm over the trailing `weight.elem_count()` elements of `x`.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let cols = weight.elem_count();
+    if x.elem_count() % cols != 0 || bias.elem_count() != cols {
+        candle_core::bail!(
+            "layer_norm: input {:?} cannot be normalised over weight {:?} / bias {:?}",
+            x.shape(),
+            weight.shape(),
+            bias.shape()
+        );
+    }
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            LayerNormOp { cols, eps },
+        )
+    } else {
+        layer_norm_composed(x, weight, bias, eps)
+    }
+}
+
+/// The same function from candle primitives (autograd through every op): the path for devices
+/// without our kernel, and the reference our kernel is gradient-checked against.
+pub fn layer_norm_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let cols = weight.elem_count();
+    let shape = x.shape().clone();
+    let rows = x.elem_count() / cols;
+    let x2 = x.reshape((rows, cols))?;
+    let mean = x2.mean_keepdim(1)?;
+    let xc = x2.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(1)?;
+    let xhat = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    let y = xhat
+        .broadcast_mul(&weight.reshape((1, cols))?)?
+        .broadcast_add(&bias.reshape((1, cols))?)?;
+    y.reshape(shape)
+}
+
+struct LayerNormOp {
+    cols: usize,
+    eps: f64,
+}
+
+/// Rows per parallel work item, fixed by the row length only (deterministic reductions).
+fn rows_per_block(cols: usize) -> usize {
+    (PAR_CHUNK / cols.max(1)).max(1)
+}
+
+/// Mean and 1/sqrt(var + eps) of one row, accumulated in f64.
+#[inline]
+fn row_stats<T: Float>(row: &[T], eps: f64) -> (f64, f64) {
+    let n = row.len() as f64;
+    let mean = row.iter().map(|v| v.to_f64()).sum::<f64>() / n;
+    let var = row
+        .iter()
+        .map(|v| {
+            let d = v.to_f64() - mean;
+            d * d
+        })
+        .sum::<f64>()
+        / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "imixer-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn run<T: Float>(x: &[T], w: &[T], b: &[T], cols: usize, eps: f64) -> Vec<T> {
+            let mut y = vec![T::zero(); x.len()];
+            let block = rows_per_block(cols) * cols;
+            y.par_chunks_mut(block)
+                .zip(x.par_chunks(block))
+                .for_each(|(y, x)| {
+                    for (y, x) in y.chunks_mut(cols).zip(x.chunks(cols)) {
+                        let (mean, rstd) = row_stats(x, eps);
+                        for i in 0..cols {
+                            let xhat = T::from_f64((x[i].to_f64() - mean) * rstd);
+                            y[i] = xhat * w[i] + b[i];
+                        }
+                    }
+                });
+            y
+        }
+        let (cols, eps) = (self.cols, self.eps);
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(run(
+                contiguous(x, l1)?,
+                contiguous(w, l2)?,
+                contiguous(b, l3)?,
+                cols,
+                eps,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(run(
+                contiguous(x, l1)?,
+                contiguous(w, l2)?,
+                contiguous(b, l3)?,
+                cols,
+                eps,
+            )),
+            _ => candle_core::bail!("imixer-layer-norm: dtype mismatch or unsupported dtype"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // One pass computes dx, dγ and dβ; a custom op has one output, so they come back packed
+        // in one flat buffer [dx | dγ | dβ] and are split by narrowing (no copies).
+        let packed = x.apply_op3_no_bwd(
+            weight,
+            &grad.contiguous()?,
+            &LayerNormBackward { cols: self.cols, eps: self.eps },
+        )?;
+        let n = x.elem_count();
+        let cols = self.cols;
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, n, cols)?.reshape(weight.shape())?;
+        let db = packed.narrow(0, n + cols, cols)?.reshape(weight.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// (x, γ, ∂L/∂y) ↦ [∂L/∂x | ∂L/∂γ | ∂L/∂β].
+/// dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) with ĝ = γ·∂L/∂y; dγ = Σ_rows ∂L/∂y·x̂; dβ = Σ_rows ∂L/∂y.
+struct LayerNormBackward {
+    cols: usize,
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormBackward {
+    fn name(&self) -> &'static str {
+        "imixer-layer-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn run<T: Float>(x: &[T], w: &[T], g: &[T], cols: usize, eps: f64) -> Vec<T> {
+            let n = x.len();
+            let mut out = vec![T::zero(); n + 2 * cols];
+            let block = rows_per_block(cols) * cols;
+            let (dx, _) = out.split_at_mut(n);
+            // Per-block partial sums of dγ, dβ (f64), reduced below in block order.
+            let partials: Vec<Vec<f64>> = dx
+                .par_chunks_mut(block)
+                .zip(x.par_chunks(block).zip(g.par_chunks(block)))
+                .map(|(dx, (x, g))| {
+                    let mut acc = vec![0f64; 2 * cols];
+                    let mut xhat = vec![0f64; cols];
+                    for ((dx, x), g) in dx.chunks_mut(cols).zip(x.chunks(cols)).zip(g.chunks(cols)) {
+                        let (mean, rstd) = row_stats(x, eps);
+                        let (mut sum_gh, mut sum_ghx) = (0f64, 0f64);
+                        for i in 0..cols {
+                            xhat[i] = (x[i].to_f64() - mean) * rstd;
+                            let gi = g[i].to_f64();
+                            let gh = gi * w[i].to_f64();
+                            sum_gh += gh;
+                            sum_ghx += gh * xhat[i];
+                            acc[i] += gi * xhat[i];
+                            acc[cols + i] += gi;
+                        }
+                        let (m_gh, m_ghx) = (sum_gh / cols as f64, sum_ghx / cols as f64);
+                        for i in 0..cols {
+                            let gh = g[i].to_f64() * w[i].to_f64();
+                            dx[i] = T::from_f64(rstd * (gh - m_gh - xhat[i] * m_ghx));
+                        }
+                    }
+                    acc
+                })
+                .collect();
+            let mut total = vec![0f64; 2 * cols];
+            for p in &partials {
+                for (t, v) in total.iter_mut().zip(p) {
+                    *t += v;
+                }
+            }
+            for (o, t) in out[n..].iter_mut().zip(&total) {
+                *o = T::from_f64(*t);
+            }
+            out
+        }
+        let (cols, eps) = (self.cols, self.eps);
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(g)) => CpuStorage::F32(run(
+                contiguous(x, l1)?,
+                contiguous(w, l2)?,
+                contiguous(g, l3)?,
+                cols,
+                eps,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(g)) => CpuStorage::F64(run(
+                contiguous(x, l1)?,
+                contiguous(w, l2)?,
+                contiguous(g, l3)?,
+                cols,
+                eps,
+            )),
+            _ => candle_core::bail!("imixer-layer-norm-backward: unsupported dtype"),
+        };
+        let len = l1.shape().elem_count() + 2 * cols;
+        Ok((out, Shape::from(len)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn seeded(shape: &[usize], seed: u64) -> Result<Tensor> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+    }
+
+    /// Fused op == composition, values and all three gradients, in f64, for both LN kinds.
+    #[test]
+    fn fused_matches_composed_with_gradients() -> Result<()> {
+        for (xshape, wshape) in [(vec![3, 5, 7], vec![7]), (vec![2, 5, 7], vec![5, 7])] {
+            let x = Var::from_tensor(&seeded(&xshape, 1)?)?;
+            let w = Var::from_tensor(&(seeded(&wshape, 2)? + 1.0)?)?;
+            let b = Var::from_tensor(&seeded(&wshape, 3)?)?;
+            let probe = seeded(&xshape, 4)?;
+            let f = layer_norm(&x, &w, &b, LN_EPS)?;
+            let c = layer_norm_composed(&x, &w, &b, LN_EPS)?;
+            let d = (&f - &c)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            assert!(d < 1e-12, "forward diff {d}");
+            let gf = (f * &probe)?.sum_all()?.backward()?;
+            let gc = (c * &probe)?.sum_all()?.backward()?;
+            for v in [&x, &w, &b] {
+                let a = gf.get(v.as_tensor()).unwrap();
+                let e = gc.get(v.as_tensor()).unwrap();
+                let d = (a - e)?.abs()?.max_all()?.to_scalar::<f64>()?;
+                assert!(d < 1e-10, "gradient diff {d}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn f32_output_is_normalised() -> Result<()> {
+        let x = seeded(&[4, 16], 9)?.to_dtype(DType::F32)?;
+        let w = Tensor::ones(16, DType::F32, &Device::Cpu)?;
+        let b = Tensor::zeros(16, DType::F32, &Device::Cpu)?;
+        let y = layer_norm(&x, &w, &b, LN_EPS)?;
+        let mean = y.mean_keepdim(1)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(mean < 1e-6);
+        Ok(())
+    }
+}

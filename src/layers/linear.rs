@@ -1,0 +1,109 @@
+//! y = x Wᵀ + b along one axis of a (B, N, D) activation.
+//!
+//! Token mixing in the reference transposes (B, N, D) → (B, D, N), applies a Linear over N and
+//! transposes back. Applying W (out, N) from the left, y_b = W x_b + b·1ᵀ, is the same map with no
+//! transposes: [`Axis::Tokens`] does that; [`Axis::Channels`] is the usual right-multiplication.
+
+use candle_core::{Result, Tensor, Var};
+
+use crate::params::Scope;
+
+/// Which axis of a (B, N, D) activation a linear map acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Axis {
+    /// The token axis N (dim 1): the token-mixing MLP.
+    Tokens,
+    /// The last axis D: the channel-mixing MLP, the head.
+    Channels,
+}
+
+/// How a Linear's bias starts (timm: N(0, 1e-6) inside MLPs, 0 elsewhere).
+#[derive(Clone, Copy, Debug)]
+pub enum BiasInit {
+    None,
+    Zero,
+    Normal(f64),
+}
+
+/// A Linear layer stored as the reference does: `weight` (out, in) and optional `bias` (out).
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Var,
+    pub bias: Option<Var>,
+}
+
+/// timm's init of biases inside MLPs.
+pub const MLP_BIAS_STD: f64 = 1e-6;
+
+impl Linear {
+    /// Xavier-uniform weight, bias as requested.
+    pub fn new(scope: &Scope, fan_in: usize, fan_out: usize, bias: BiasInit) -> Result<Self> {
+        let weight = scope.xavier_uniform("weight", &[fan_out, fan_in])?;
+        let bias = match bias {
+            BiasInit::None => None,
+            BiasInit::Zero => Some(scope.zeros("bias", &[fan_out])?),
+            BiasInit::Normal(std) => Some(scope.normal("bias", &[fan_out], std)?),
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor, axis: Axis) -> Result<Tensor> {
+        linear(x, self.weight.as_tensor(), self.bias.as_ref().map(|b| b.as_tensor()), axis)
+    }
+}
+
+/// y = W·x + b along `axis` for W (out, in).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, axis: Axis) -> Result<Tensor> {
+    let (out_f, in_f) = w.dims2()?;
+    match axis {
+        Axis::Channels => {
+            let dims = x.dims();
+            let last = *dims.last().unwrap_or(&0);
+            if last != in_f {
+                candle_core::bail!("linear: input {:?} does not end in {in_f}", x.shape());
+            }
+            let rows = x.elem_count() / in_f;
+            let y = x.reshape((rows, in_f))?.matmul(&w.t()?)?;
+            let y = match b {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            };
+            let mut out_dims = dims.to_vec();
+            *out_dims.last_mut().unwrap() = out_f;
+            y.reshape(out_dims)
+        }
+        Axis::Tokens => {
+            let (_, n, _) = x.dims3()?;
+            if n != in_f {
+                candle_core::bail!("token linear: input {:?} has {n} tokens, weight expects {in_f}", x.shape());
+            }
+            let y = w.broadcast_matmul(x)?;
+            match b {
+                Some(b) => y.broadcast_add(&b.reshape((out_f, 1))?),
+                None => Ok(y),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, IndexOp};
+
+    /// Token-axis application == transpose, right-multiply, transpose back (the reference).
+    #[test]
+    fn token_axis_equals_transposed_linear() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f64, 1.0, (2, 5, 3), &dev)?;
+        let w = Tensor::randn(0f64, 1.0, (4, 5), &dev)?;
+        let b = Tensor::randn(0f64, 1.0, 4, &dev)?;
+        let ours = linear(&x, &w, Some(&b), Axis::Tokens)?;
+        let xt = x.transpose(1, 2)?.contiguous()?;
+        let reference = linear(&xt, &w, Some(&b), Axis::Channels)?.transpose(1, 2)?;
+        let d = (ours - reference)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(d < 1e-12);
+        let _ = x.i(0)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,20 @@
+//! Layers shared by every family. The elementwise and normalisation kernels are candle custom ops
+//! (`ops`) with hand-written backward passes: candle's own fused LayerNorm has no backward, and
+//! composing these from primitive ops costs several full passes over memory each.
+
+pub mod context;
+pub mod drop_path;
+pub(crate) mod kernel;
+pub mod gelu;
+pub mod layer_norm;
+pub mod linear;
+pub mod patch_embed;
+pub mod spectral_norm;
+
+pub use context::ForwardCtx;
+pub use drop_path::drop_path;
+pub use gelu::gelu;
+pub use layer_norm::LayerNorm;
+pub use linear::{Axis, Linear};
+pub use patch_embed::PatchEmbed;
+pub use spectral_norm::SoftSpectralNorm;

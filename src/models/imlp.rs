@@ -1,0 +1,79 @@
+//! The iMLP: token mixing by the implicit map (1 − F)⁻¹ of a three-layer Hopfield network.
+//!
+//! ```text
+//! y = fc1(z)                                  N → N1
+//! x = y;  repeat n_iter: x = F(x) + y         F(x) = fc_sn2(GELU(fc_sn1(GELU(x))))
+//! out = fc2(GELU(x))                          N1 → N
+//! ```
+//! fc_sn1/fc_sn2 carry soft spectral normalisation, re-run at every call as in the reference.
+
+use candle_core::{Result, Tensor};
+use serde::Serialize;
+
+use crate::config::{IMixerConfig, Solver};
+use crate::layers::linear::{BiasInit, MLP_BIAS_STD};
+use crate::layers::{gelu, Axis, ForwardCtx, Linear, SoftSpectralNorm};
+use crate::params::Scope;
+
+/// What one fixed-point solve did (per iMLP call), for logs and `imixer inspect`.
+#[derive(Clone, Debug, Serialize)]
+pub struct SolverStats {
+    pub module: String,
+    pub iterations: usize,
+    /// Final relative residual ‖x_k − x_{k−1}‖ / ‖x_k‖.
+    pub residual: f64,
+    pub converged: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct IMlp {
+    pub name: String,
+    pub fc1: Linear,
+    pub fc_sn1: SoftSpectralNorm,
+    pub fc_sn2: SoftSpectralNorm,
+    pub fc2: Linear,
+    pub n_iter: usize,
+    pub solver: Solver,
+}
+
+impl IMlp {
+    pub fn new(scope: &Scope, dim: usize, hidden: usize, cfg: &IMixerConfig) -> Result<Self> {
+        let inner = (hidden as f64 * cfg.hidden_ratio) as usize;
+        let b = BiasInit::Normal(MLP_BIAS_STD);
+        Ok(Self {
+            name: scope.prefix().to_string(),
+            fc1: Linear::new(&scope.sub("fc1"), dim, hidden, b)?,
+            fc_sn1: SoftSpectralNorm::new(&scope.sub("fc_sn1"), hidden, inner, cfg.coeff, cfg.n_power)?,
+            fc_sn2: SoftSpectralNorm::new(&scope.sub("fc_sn2"), inner, hidden, cfg.coeff, cfg.n_power)?,
+            fc2: Linear::new(&scope.sub("fc2"), hidden, dim, b)?,
+            n_iter: cfg.n_iter,
+            solver: cfg.solver.clone(),
+        })
+    }
+
+    /// F(x) = fc_sn2(GELU(fc_sn1(GELU(x)))), one call of each SN layer.
+    pub fn residual_map(&self, x: &Tensor, axis: Axis, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let h = self.fc_sn1.forward(&gelu(x)?, axis, ctx)?;
+        self.fc_sn2.forward(&gelu(&h)?, axis, ctx)
+    }
+
+    pub fn forward(&self, z: &Tensor, axis: Axis, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let y = self.fc1.forward(z, axis)?;
+        let x = self.solve(&y, axis, ctx)?;
+        self.fc2.forward(&gelu(&x)?, axis)
+    }
+
+    /// x ≈ (1 − F)⁻¹(y).
+    fn solve(&self, y: &Tensor, axis: Axis, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        match &self.solver {
+            Solver::Unrolled => {
+                let mut x = y.clone();
+                for _ in 0..self.n_iter {
+                    x = (self.residual_map(&x, axis, ctx)? + y)?;
+                }
+                Ok(x)
+            }
+            other => candle_core::bail!("iMLP solver {other:?} is not available yet; use `unrolled`"),
+        }
+    }
+}

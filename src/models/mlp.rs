@@ -1,0 +1,103 @@
+//! The MLPs of the family, each applied along one axis of (B, N, D):
+//!
+//! - [`Mlp`]: fc2(GELU(fc1(x))) — timm's Mlp (biases) and paper 2's vMlp (no biases);
+//! - [`SymMlp`]: y = GELU(x Wᵀ) W — one weight, stored as `fc2.weight` (hidden, in);
+//! - [`AsymMlp`]: h = GELU(x W1ᵀ), y = h W1 + h W2ᵀ — symmetric part plus symmetry breaking;
+//! - the iMLP ([`super::imlp::IMlp`]).
+
+use candle_core::{Result, Tensor, Var};
+
+use super::imlp::IMlp;
+use crate::layers::linear::{linear, BiasInit, MLP_BIAS_STD};
+use crate::layers::{gelu, Axis, ForwardCtx, Linear};
+use crate::params::Scope;
+
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+impl Mlp {
+    pub fn new(scope: &Scope, dim: usize, hidden: usize, bias: bool) -> Result<Self> {
+        let b = if bias { BiasInit::Normal(MLP_BIAS_STD) } else { BiasInit::None };
+        Ok(Self { fc1: Linear::new(&scope.sub("fc1"), dim, hidden, b)?, fc2: Linear::new(&scope.sub("fc2"), hidden, dim, b)? })
+    }
+
+    pub fn forward(&self, x: &Tensor, axis: Axis) -> Result<Tensor> {
+        self.fc2.forward(&gelu(&self.fc1.forward(x, axis)?)?, axis)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SymMlp {
+    /// W (hidden, in), named `fc2.weight` "for compatibility" in the reference.
+    pub weight: Var,
+}
+
+impl SymMlp {
+    pub fn new(scope: &Scope, dim: usize, hidden: usize) -> Result<Self> {
+        Ok(Self { weight: scope.sub("fc2").xavier_uniform("weight", &[hidden, dim])? })
+    }
+
+    pub fn forward(&self, x: &Tensor, axis: Axis) -> Result<Tensor> {
+        let w = self.weight.as_tensor();
+        let h = gelu(&linear(x, w, None, axis)?)?;
+        linear(&h, &w.t()?, None, axis)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AsymMlp {
+    /// W1 (hidden, in).
+    pub fc1: Linear,
+    /// W2 (in, hidden): the symmetry-breaking weight, penalised by λ‖W2‖².
+    pub fc2: Linear,
+}
+
+impl AsymMlp {
+    pub fn new(scope: &Scope, dim: usize, hidden: usize) -> Result<Self> {
+        Ok(Self {
+            fc1: Linear::new(&scope.sub("fc1"), dim, hidden, BiasInit::None)?,
+            fc2: Linear::new(&scope.sub("fc2"), hidden, dim, BiasInit::None)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, axis: Axis) -> Result<Tensor> {
+        let w1 = self.fc1.weight.as_tensor();
+        let h = gelu(&linear(x, w1, None, axis)?)?;
+        // h W1 + h W2ᵀ = h (W1 + W2ᵀ)ᵀ-applied: one matmul with the summed (in, hidden) weight.
+        let w_out = (w1.t()? + self.fc2.weight.as_tensor())?;
+        linear(&h, &w_out, None, axis)
+    }
+}
+
+/// Any token/channel MLP of the zoo.
+#[derive(Clone, Debug)]
+pub enum AnyMlp {
+    Plain(Mlp),
+    Sym(SymMlp),
+    Asym(AsymMlp),
+    Implicit(IMlp),
+}
+
+impl AnyMlp {
+    pub fn forward(&self, x: &Tensor, axis: Axis, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        match self {
+            AnyMlp::Plain(m) => m.forward(x, axis),
+            AnyMlp::Sym(m) => m.forward(x, axis),
+            AnyMlp::Asym(m) => m.forward(x, axis),
+            AnyMlp::Implicit(m) => m.forward(x, axis, ctx),
+        }
+    }
+
+    /// The weight penalised by AsymMixer's λ term (`fc2.weight`), where the MLP has one.
+    pub fn fc2_weight(&self) -> Option<&Var> {
+        match self {
+            AnyMlp::Plain(m) => Some(&m.fc2.weight),
+            AnyMlp::Sym(m) => Some(&m.weight),
+            AnyMlp::Asym(m) => Some(&m.fc2.weight),
+            AnyMlp::Implicit(m) => Some(&m.fc2.weight),
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The MLPs, the blocks of every family, and the whole network.
+
+pub mod blocks;
+pub mod imlp;
+pub mod mlp;
+pub mod net;
+
+pub use blocks::Block;
+pub use mlp::AnyMlp;
+pub use net::MixerNet;

@@ -1,0 +1,125 @@
+//! The network of every family: stem → blocks → LayerNorm(D) → mean over tokens → head.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::blocks::Block;
+use crate::config::ModelConfig;
+use crate::layers::{Axis, ForwardCtx, LayerNorm, Linear, PatchEmbed};
+use crate::params::{Builder, ParamStore};
+
+#[derive(Clone, Debug)]
+pub struct MixerNet {
+    pub config: ModelConfig,
+    pub params: ParamStore,
+    pub stem: PatchEmbed,
+    pub blocks: Vec<Block>,
+    pub norm: LayerNorm,
+    pub head: Linear,
+}
+
+impl MixerNet {
+    /// A freshly initialised f32 model (timm init, every draw from `seed`).
+    pub fn new(config: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        Self::with_dtype(config, seed, DType::F32, device)
+    }
+
+    pub fn with_dtype(config: &ModelConfig, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
+        config.validate().map_err(candle_core::Error::Msg)?;
+        let builder = Builder::new(seed, dtype, device);
+        let root = builder.root();
+        let stem = PatchEmbed::new(&root.sub("stem"), config.in_chans, config.embed_dim, config.patch_size, config.img_size)?;
+        let blocks = (0..config.depth)
+            .map(|i| Block::new(&root.sub("blocks").sub(i), config))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = LayerNorm::new(&root.sub("norm"), &[config.embed_dim])?;
+        // timm zero-initialises the head (weight and bias).
+        let head_scope = root.sub("head");
+        let head = Linear {
+            weight: head_scope.zeros("weight", &[config.num_classes, config.embed_dim])?,
+            bias: Some(head_scope.zeros("bias", &[config.num_classes])?),
+        };
+        let params = builder.finish();
+        Ok(Self { config: config.clone(), params, stem, blocks, norm, head })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.head.weight.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.head.weight.dtype()
+    }
+
+    /// (B, C, H, W) images → (B, classes) logits.
+    pub fn forward(&self, images: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let mut x = self.stem.forward(images)?;
+        ctx.record("stem", &x);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, ctx)?;
+            ctx.record(format!("blocks.{i}"), &x);
+        }
+        let x = self.norm.forward(&x)?;
+        ctx.record("norm", &x);
+        self.head.forward(&x.mean(1)?, Axis::Channels)
+    }
+
+    /// AsymMixer's symmetry-breaking penalty λ·Σ_blocks(‖tok.fc2.W‖² + ‖ch.fc2.W‖²) (no ½);
+    /// `None` when λ = 0 (the reference skips the term).
+    pub fn regularizer(&self) -> Result<Option<Tensor>> {
+        if self.config.lambda == 0.0 {
+            return Ok(None);
+        }
+        let mut total: Option<Tensor> = None;
+        for block in &self.blocks {
+            let (t, c) = block.mlps();
+            for w in [t.fc2_weight(), c.fc2_weight()].into_iter().flatten() {
+                let s = w.as_tensor().sqr()?.sum_all()?;
+                total = Some(match total {
+                    Some(acc) => (acc + s)?,
+                    None => s,
+                });
+            }
+        }
+        total.map(|t| t * self.config.lambda).transpose()
+    }
+
+    /// Mean cross-entropy against hard labels (+ the λ term): returns (loss, ce, reg).
+    pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let ce = candle_nn::loss::cross_entropy(logits, labels)?;
+        self.add_regularizer(ce)
+    }
+
+    /// Mean soft-target cross-entropy −Σ t·log softmax(z) (Mixup/CutMix, label smoothing).
+    pub fn soft_loss(&self, logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let logp = candle_nn::ops::log_softmax(logits, 1)?;
+        let ce = (targets * logp)?.sum(1)?.neg()?.mean_all()?;
+        self.add_regularizer(ce)
+    }
+
+    fn add_regularizer(&self, ce: Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        match self.regularizer()? {
+            Some(r) => Ok(((&ce + &r)?, ce, Some(r))),
+            None => Ok((ce.clone(), ce, None)),
+        }
+    }
+}
+
+/// Trainable parameter count of a configuration, without allocating the model (L/16 has 232 M).
+/// Cross-checked against built models in the tests.
+pub fn count_params(cfg: &ModelConfig) -> usize {
+    use crate::config::Family::*;
+    let (n, d, k) = (cfg.num_tokens(), cfg.embed_dim, cfg.num_classes);
+    let (dt, dc, p) = (cfg.tokens_dim(), cfg.channels_dim(), cfg.patch_size);
+    let mlp = |dim: usize, hidden: usize, bias: bool| 2 * dim * hidden + if bias { hidden + dim } else { 0 };
+    let block = match cfg.family {
+        Mixer => 4 * d + mlp(n, dt, true) + mlp(d, dc, true),
+        IMixer => {
+            let dh = cfg.imlp_inner_dim();
+            4 * d + mlp(n, dt, true) + mlp(dt, dh, true) + mlp(d, dc, true)
+        }
+        VanillaMixer => 4 * n * d + mlp(n, dt, false) + mlp(d, dc, false),
+        ParaMixer | AsymMixer => 2 * n * d + mlp(n, dt, false) + mlp(d, dc, false),
+        SymMixer => 2 * n * d + n * dt + d * dc,
+    };
+    d * cfg.in_chans * p * p + d + cfg.depth * block + 2 * d + d * k + k
+}
