@@ -19,6 +19,9 @@ use crate::models::MixerNet;
 /// Metadata key holding the JSON model configuration.
 pub const CONFIG_KEY: &str = "imixer.model_config";
 
+/// Prefix of the non-model tensors a training checkpoint carries (optimizer moments).
+pub const TRAIN_STATE_PREFIX: &str = "optimizer.";
+
 /// Tensors and string metadata of one safetensors file.
 pub struct TensorFile {
     pub tensors: HashMap<String, Tensor>,
@@ -27,9 +30,13 @@ pub struct TensorFile {
 
 /// Reads a safetensors file; a missing, truncated or corrupt file is an error naming it.
 pub fn read(path: &Path, device: &Device) -> Result<TensorFile> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-        anyhow::anyhow!("{} is not a valid safetensors file ({e}); is it truncated or of another format?", path.display())
+        anyhow::anyhow!(
+            "{} is not a valid safetensors file ({e}); is it truncated or of another format?",
+            path.display()
+        )
     })?;
     let metadata = meta.metadata().clone().unwrap_or_default();
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
@@ -38,14 +45,24 @@ pub fn read(path: &Path, device: &Device) -> Result<TensorFile> {
 }
 
 /// Writes tensors (+ metadata) atomically to `path`.
-pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String, String>) -> Result<()> {
+pub fn write(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &HashMap<String, String>,
+) -> Result<()> {
     let map: BTreeMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     if map.len() != tensors.len() {
         bail!("duplicate tensor names while writing {}", path.display());
     }
-    let contiguous: Vec<(&str, Tensor)> =
-        map.into_iter().map(|(n, t)| Ok((n, t.contiguous()?))).collect::<Result<_>>()?;
-    let meta = if metadata.is_empty() { None } else { Some(metadata.clone()) };
+    let contiguous: Vec<(&str, Tensor)> = map
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.contiguous()?)))
+        .collect::<Result<_>>()?;
+    let meta = if metadata.is_empty() {
+        None
+    } else {
+        Some(metadata.clone())
+    };
     let data = safetensors::serialize(contiguous.iter().map(|(n, t)| (*n, t)), meta)
         .with_context(|| format!("cannot serialise checkpoint {}", path.display()))?;
     write_atomically(path, &data)
@@ -53,15 +70,25 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<Strin
 
 /// Temp file in the destination directory, fsync, rename.
 pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("checkpoint");
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(data).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(data)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -72,7 +99,11 @@ pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
 impl MixerNet {
     /// Every parameter and buffer under its reference name (the reference `state_dict`).
     pub fn state_dict(&self) -> Vec<(String, Tensor)> {
-        self.params.entries().iter().map(|e| (e.name.clone(), e.var.as_tensor().clone())).collect()
+        self.params
+            .entries()
+            .iter()
+            .map(|e| (e.name.clone(), e.var.as_tensor().clone()))
+            .collect()
     }
 
     /// Copies tensors into the model by name. Every model tensor must be present with the right
@@ -83,14 +114,20 @@ impl MixerNet {
         for e in self.params.entries() {
             match tensors.get(&e.name) {
                 None => problems.push(format!("missing {} {:?}", e.name, e.var.dims())),
-                Some(t) if t.dims() != e.var.dims() => {
-                    problems.push(format!("{}: file has shape {:?}, model needs {:?}", e.name, t.dims(), e.var.dims()))
-                }
+                Some(t) if t.dims() != e.var.dims() => problems.push(format!(
+                    "{}: file has shape {:?}, model needs {:?}",
+                    e.name,
+                    t.dims(),
+                    e.var.dims()
+                )),
                 Some(_) => {}
             }
         }
         if !allow_extra {
-            let mut extra: Vec<&String> = tensors.keys().filter(|k| self.params.get(k).is_none()).collect();
+            let mut extra: Vec<&String> = tensors
+                .keys()
+                .filter(|k| self.params.get(k).is_none())
+                .collect();
             extra.sort();
             problems.extend(extra.into_iter().map(|k| format!("unexpected {k}")));
         }
@@ -104,7 +141,8 @@ impl MixerNet {
         }
         for e in self.params.entries() {
             let t = &tensors[&e.name];
-            e.var.set(&t.to_dtype(e.var.dtype())?.to_device(e.var.device())?)?;
+            e.var
+                .set(&t.to_dtype(e.var.dtype())?.to_device(e.var.device())?)?;
         }
         Ok(())
     }
@@ -123,16 +161,22 @@ impl MixerNet {
         let file = read(path, device)?;
         let config = match (config, file.metadata.get(CONFIG_KEY)) {
             (Some(c), _) => c.clone(),
-            (None, Some(json)) => serde_json::from_str(json)
-                .with_context(|| format!("{} has an unreadable model configuration", path.display()))?,
+            (None, Some(json)) => serde_json::from_str(json).with_context(|| {
+                format!("{} has an unreadable model configuration", path.display())
+            })?,
             (None, None) => bail!(
                 "{} carries no model configuration (a reference checkpoint?): pass --model NAME",
                 path.display()
             ),
         };
         let model = MixerNet::new(&config, 0, device)?;
+        let weights: HashMap<String, Tensor> = file
+            .tensors
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with(TRAIN_STATE_PREFIX))
+            .collect();
         model
-            .load_state(&file.tensors, true)
+            .load_state(&weights, false)
             .with_context(|| format!("while loading {}", path.display()))?;
         Ok(model)
     }

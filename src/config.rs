@@ -44,7 +44,10 @@ impl Family {
 
     /// Paper-2 families (joint (N, D) LayerNorm, no MLP biases, `n_iter` block repeats, λ term).
     pub fn is_paper2(self) -> bool {
-        matches!(self, Family::VanillaMixer | Family::ParaMixer | Family::SymMixer | Family::AsymMixer)
+        matches!(
+            self,
+            Family::VanillaMixer | Family::ParaMixer | Family::SymMixer | Family::AsymMixer
+        )
     }
 }
 
@@ -62,7 +65,10 @@ impl std::str::FromStr for Family {
             .find(|f| f.name() == s)
             .ok_or_else(|| {
                 let all: Vec<_> = Family::ALL.iter().map(|f| f.name()).collect();
-                format!("unknown model family '{s}' (expected one of: {})", all.join(", "))
+                format!(
+                    "unknown model family '{s}' (expected one of: {})",
+                    all.join(", ")
+                )
             })
     }
 }
@@ -103,7 +109,13 @@ pub struct IMixerConfig {
 impl Default for IMixerConfig {
     /// The paper recipe: hidden_ratio 2, n_power 8, n_iter 2, c = 0.9.
     fn default() -> Self {
-        Self { hidden_ratio: 2.0, n_iter: 2, n_power: 8, coeff: 0.9, solver: Solver::Unrolled }
+        Self {
+            hidden_ratio: 2.0,
+            n_iter: 2,
+            n_power: 8,
+            coeff: 0.9,
+            solver: Solver::Unrolled,
+        }
     }
 }
 
@@ -194,16 +206,28 @@ impl ModelConfig {
             ));
         }
         if self.tokens_dim() == 0 || self.channels_dim() == 0 {
-            return Err(format!("model config: mlp_ratio {:?} gives an empty hidden layer", self.mlp_ratio));
+            return Err(format!(
+                "model config: mlp_ratio {:?} gives an empty hidden layer",
+                self.mlp_ratio
+            ));
         }
         if !(0.0..1.0).contains(&self.drop_path) {
-            return Err(format!("model config: drop_path {} must be in [0, 1)", self.drop_path));
+            return Err(format!(
+                "model config: drop_path {} must be in [0, 1)",
+                self.drop_path
+            ));
         }
         if self.lambda != 0.0 && !self.family.is_paper2() {
-            return Err(format!("model config: lambda applies to paper-2 families only, not {}", self.family));
+            return Err(format!(
+                "model config: lambda applies to paper-2 families only, not {}",
+                self.family
+            ));
         }
         if !self.lambda.is_finite() || self.lambda < 0.0 {
-            return Err(format!("model config: lambda {} must be finite and ≥ 0", self.lambda));
+            return Err(format!(
+                "model config: lambda {} must be finite and ≥ 0",
+                self.lambda
+            ));
         }
         if self.n_iter != 1 && !self.family.is_paper2() {
             return Err(format!(
@@ -216,7 +240,10 @@ impl ModelConfig {
                 return Err("model config: imixer needs n_iter ≥ 1 and hidden_ratio > 0".into());
             }
             if !(c.coeff > 0.0) {
-                return Err(format!("model config: imixer.coeff {} must be > 0", c.coeff));
+                return Err(format!(
+                    "model config: imixer.coeff {} must be > 0",
+                    c.coeff
+                ));
             }
         }
         Ok(())

@@ -11,6 +11,7 @@
 //! - [`checkpoint`]: safetensors load/save under the reference names, atomically.
 //! - [`optim`]: AdamW with timm's parameter groups.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod models;
 pub mod optim;
 pub mod params;
 pub mod registry;
+pub mod train;
 
 pub use config::{Family, IMixerConfig, ModelConfig};
 pub use models::MixerNet;

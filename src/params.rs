@@ -85,7 +85,10 @@ impl Builder {
     }
 
     pub fn root(&self) -> Scope<'_> {
-        Scope { builder: self, prefix: String::new() }
+        Scope {
+            builder: self,
+            prefix: String::new(),
+        }
     }
 
     pub fn finish(self) -> ParamStore {
@@ -106,7 +109,10 @@ impl<'a> Scope<'a> {
         } else {
             format!("{}.{name}", self.prefix)
         };
-        Scope { builder: self.builder, prefix }
+        Scope {
+            builder: self.builder,
+            prefix,
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -126,9 +132,14 @@ impl<'a> Scope<'a> {
     }
 
     fn register(&self, name: &str, values: Vec<f64>, shape: &[usize], kind: Kind) -> Result<Var> {
-        let t = Tensor::from_vec(values, shape, &self.builder.device)?.to_dtype(self.builder.dtype)?;
+        let t =
+            Tensor::from_vec(values, shape, &self.builder.device)?.to_dtype(self.builder.dtype)?;
         let var = Var::from_tensor(&t)?;
-        let entry = Entry { name: self.path(name), var: var.clone(), kind };
+        let entry = Entry {
+            name: self.path(name),
+            var: var.clone(),
+            kind,
+        };
         self.builder.store.borrow_mut().push(entry)?;
         Ok(var)
     }
@@ -186,6 +197,11 @@ impl<'a> Scope<'a> {
     pub fn unit_vector_buffer(&self, name: &str, n: usize) -> Result<Var> {
         let v = self.sample(n, |r| StandardNormal.sample(r));
         let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
-        self.register(name, v.iter().map(|x| x / norm).collect(), &[n], Kind::Buffer)
+        self.register(
+            name,
+            v.iter().map(|x| x / norm).collect(),
+            &[n],
+            Kind::Buffer,
+        )
     }
 }

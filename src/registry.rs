@@ -42,7 +42,11 @@ fn base(family: Family, size: &(&str, usize, usize, usize, usize, usize)) -> Mod
         patch_size: size.3,
         embed_dim: size.4,
         depth: size.5,
-        lambda: if family == Family::AsymMixer { 0.1 } else { 0.0 },
+        lambda: if family == Family::AsymMixer {
+            0.1
+        } else {
+            0.0
+        },
         ..ModelConfig::default()
     }
 }
@@ -56,14 +60,26 @@ pub fn all() -> Vec<(String, ModelConfig)> {
             out.push((format!("{family}_{}", size.0), cfg.clone()));
             if family.is_paper2() && family != Family::AsymMixer {
                 for ni in 2..=4 {
-                    out.push((format!("{family}_{}_ni{ni}", size.0), ModelConfig { n_iter: ni, ..cfg.clone() }));
+                    out.push((
+                        format!("{family}_{}_ni{ni}", size.0),
+                        ModelConfig {
+                            n_iter: ni,
+                            ..cfg.clone()
+                        },
+                    ));
                 }
             }
         }
     }
     let s16 = base(Family::AsymMixer, &SIZES[0]);
     for (code, lambda) in ASYM_LAMBDAS {
-        out.push((format!("asymmixer_s16_224_{code}"), ModelConfig { lambda, ..s16.clone() }));
+        out.push((
+            format!("asymmixer_s16_224_{code}"),
+            ModelConfig {
+                lambda,
+                ..s16.clone()
+            },
+        ));
     }
     out
 }
@@ -75,12 +91,19 @@ pub fn lookup(name: &str) -> Result<ModelConfig, String> {
         return Ok(cfg.clone());
     }
     let prefix = name.split('_').next().unwrap_or(name);
-    let similar: Vec<&str> =
-        all.iter().map(|(n, _)| n.as_str()).filter(|n| n.starts_with(prefix)).take(12).collect();
+    let similar: Vec<&str> = all
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| n.starts_with(prefix))
+        .take(12)
+        .collect();
     let hint = if similar.is_empty() {
         "run `imixer models` for the list".to_string()
     } else {
-        format!("similar: {} … (`imixer models` lists all)", similar.join(", "))
+        format!(
+            "similar: {} … (`imixer models` lists all)",
+            similar.join(", ")
+        )
     };
     Err(format!("unknown model name '{name}'; {hint}"))
 }

@@ -32,33 +32,50 @@ impl Golden {
         let dir = golden_dir();
         let st = dir.join(format!("{family}.safetensors"));
         let js = dir.join(format!("{family}.json"));
-        let tensors = candle_core::safetensors::load(&st, &Device::Cpu)
-            .with_context(|| format!("golden file {} is missing or unreadable (set IMIXER_GOLDEN_DIR)", st.display()))?;
+        let tensors = candle_core::safetensors::load(&st, &Device::Cpu).with_context(|| {
+            format!(
+                "golden file {} is missing or unreadable (set IMIXER_GOLDEN_DIR)",
+                st.display()
+            )
+        })?;
         let sidecar: Value = serde_json::from_str(
-            &std::fs::read_to_string(&js).with_context(|| format!("golden sidecar {} is missing", js.display()))?,
+            &std::fs::read_to_string(&js)
+                .with_context(|| format!("golden sidecar {} is missing", js.display()))?,
         )?;
         Ok(Self { tensors, sidecar })
     }
 
     fn get(&self, name: &str) -> Result<&Tensor> {
-        self.tensors.get(name).with_context(|| format!("golden tensor {name} missing"))
+        self.tensors
+            .get(name)
+            .with_context(|| format!("golden tensor {name} missing"))
     }
 
     fn floor(&self, key: &str) -> f64 {
-        self.sidecar["f32_vs_f64_max_abs_err"][key].as_f64().unwrap_or(1e-7)
+        self.sidecar["f32_vs_f64_max_abs_err"][key]
+            .as_f64()
+            .unwrap_or(1e-7)
     }
 
     fn near_zero_grads(&self) -> Vec<String> {
         self.sidecar["f32_vs_f64_max_abs_err"]["grad_near_zero"]
             .as_array()
-            .map(|a| a.iter().filter_map(|e| e["name"].as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["name"].as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     fn config(&self) -> Result<ModelConfig> {
         let c = &self.sidecar["config"];
         let a = &self.sidecar["model_args"];
-        let family: Family = self.sidecar["family"].as_str().unwrap_or("").parse().map_err(anyhow::Error::msg)?;
+        let family: Family = self.sidecar["family"]
+            .as_str()
+            .unwrap_or("")
+            .parse()
+            .map_err(anyhow::Error::msg)?;
         let u = |v: &Value| v.as_u64().map(|x| x as usize);
         let ratio = c["mlp_ratio"].as_array().context("mlp_ratio")?;
         let mut cfg = ModelConfig {
@@ -78,7 +95,9 @@ impl Golden {
                 hidden_ratio: a["hidden_ratio"].as_f64().context("hidden_ratio")?,
                 n_power: u(&a["n_power_iterations"]).context("n_power_iterations")?,
                 n_iter: u(&a["n_repeat"]).context("n_repeat")?,
-                coeff: self.sidecar["spectral_norm"]["coeff"].as_f64().unwrap_or(0.9),
+                coeff: self.sidecar["spectral_norm"]["coeff"]
+                    .as_f64()
+                    .unwrap_or(0.9),
                 ..IMixerConfig::default()
             };
         }
@@ -100,12 +119,23 @@ struct Checker {
 
 impl Checker {
     /// |a − e| ≤ atol + rtol·max|e| elementwise-max.
-    fn close(&mut self, name: &str, actual: &Tensor, expected: &Tensor, atol: f64, rtol: f64) -> Result<()> {
+    fn close(
+        &mut self,
+        name: &str,
+        actual: &Tensor,
+        expected: &Tensor,
+        atol: f64,
+        rtol: f64,
+    ) -> Result<()> {
         self.checked += 1;
         let a = actual.to_dtype(DType::F64)?.flatten_all()?;
         let e = expected.to_dtype(DType::F64)?.flatten_all()?;
         if a.dims() != e.dims() {
-            self.failures.push(format!("{name}: {} elements vs expected {}", a.elem_count(), e.elem_count()));
+            self.failures.push(format!(
+                "{name}: {} elements vs expected {}",
+                a.elem_count(),
+                e.elem_count()
+            ));
             return Ok(());
         }
         let err = (&a - &e)?.abs()?.max_all()?.to_scalar::<f64>()?;
@@ -116,7 +146,9 @@ impl Checker {
             self.worst = (rel, name.to_string());
         }
         if !(err <= tol) {
-            self.failures.push(format!("{name}: max abs err {err:.3e} > tol {tol:.3e} (max |expected| {scale:.3e})"));
+            self.failures.push(format!(
+                "{name}: max abs err {err:.3e} > tol {tol:.3e} (max |expected| {scale:.3e})"
+            ));
         }
         Ok(())
     }
@@ -125,10 +157,25 @@ impl Checker {
     /// lr·eps/(|g| + eps)². Where |g| ~ eps a rounding-level gradient difference moves the step by
     /// up to lr, so each element's tolerance is the gradient tolerance `dg` propagated through
     /// that derivative (capped at 2·lr) on top of the usual relative tolerance.
-    fn close_adam_step(&mut self, name: &str, actual: &Tensor, expected: &Tensor, grad: &Tensor, lr: f64, eps: f64, dg: f64) -> Result<()> {
+    fn close_adam_step(
+        &mut self,
+        name: &str,
+        actual: &Tensor,
+        expected: &Tensor,
+        grad: &Tensor,
+        lr: f64,
+        eps: f64,
+        dg: f64,
+    ) -> Result<()> {
         self.checked += 1;
-        let a = actual.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-        let e = expected.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let a = actual
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let e = expected
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
         let g = grad.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
         let scale = e.iter().fold(0f64, |m, v| m.max(v.abs()));
         let mut worst = 0f64;
@@ -137,7 +184,10 @@ impl Checker {
             let tol = 1e-6 + RTOL * scale + sens;
             let err = (a[i] - e[i]).abs();
             if !(err <= tol) {
-                self.failures.push(format!("{name}[{i}]: {} vs expected {} (tol {tol:.2e}, grad {:.2e})", a[i], e[i], g[i]));
+                self.failures.push(format!(
+                    "{name}[{i}]: {} vs expected {} (tol {tol:.2e}, grad {:.2e})",
+                    a[i], e[i], g[i]
+                ));
                 return Ok(());
             }
             worst = worst.max(err);
@@ -154,7 +204,11 @@ impl Checker {
             self.checked, self.worst.0, self.worst.1
         );
         if !self.failures.is_empty() {
-            bail!("{family}: {} mismatches:\n  {}", self.failures.len(), self.failures.join("\n  "));
+            bail!(
+                "{family}: {} mismatches:\n  {}",
+                self.failures.len(),
+                self.failures.join("\n  ")
+            );
         }
         Ok(())
     }
@@ -173,16 +227,47 @@ fn check_sn_trace(
         let k = calls.entry(call.module.as_str()).or_default();
         let base = format!("trace.{phase}.{}.call{k}", call.module);
         *k += 1;
-        c.close(&format!("{base}.u"), &call.u, g.get(&format!("{base}.u"))?, 1e-6, RTOL)?;
-        c.close(&format!("{base}.v"), &call.v, g.get(&format!("{base}.v"))?, 1e-6, RTOL)?;
+        c.close(
+            &format!("{base}.u"),
+            &call.u,
+            g.get(&format!("{base}.u"))?,
+            1e-6,
+            RTOL,
+        )?;
+        c.close(
+            &format!("{base}.v"),
+            &call.v,
+            g.get(&format!("{base}.v"))?,
+            1e-6,
+            RTOL,
+        )?;
         let sigma = Tensor::new(&[call.sigma], &Device::Cpu)?;
-        c.close(&format!("{base}.sigma"), &sigma, g.get(&format!("{base}.sigma"))?, 1e-6, RTOL)?;
+        c.close(
+            &format!("{base}.sigma"),
+            &sigma,
+            g.get(&format!("{base}.sigma"))?,
+            1e-6,
+            RTOL,
+        )?;
         let factor = Tensor::new(&[call.factor], &Device::Cpu)?;
-        c.close(&format!("{base}.factor"), &factor, g.get(&format!("{base}.factor"))?, 1e-6, RTOL)?;
+        c.close(
+            &format!("{base}.factor"),
+            &factor,
+            g.get(&format!("{base}.factor"))?,
+            1e-6,
+            RTOL,
+        )?;
     }
-    let expected = g.tensors.keys().filter(|k| k.starts_with(&format!("trace.{phase}.")) && k.ends_with(".sigma")).count();
+    let expected = g
+        .tensors
+        .keys()
+        .filter(|k| k.starts_with(&format!("trace.{phase}.")) && k.ends_with(".sigma"))
+        .count();
     if expected != trace.len() {
-        c.failures.push(format!("{phase}: {} spectral-norm calls, reference made {expected}", trace.len()));
+        c.failures.push(format!(
+            "{phase}: {} spectral-norm calls, reference made {expected}",
+            trace.len()
+        ));
     }
     Ok(())
 }
@@ -195,7 +280,12 @@ fn run_family(family: &str) -> Result<()> {
     let mut c = Checker::default();
 
     // Names: exactly the reference parameters and buffers.
-    let mut ours: Vec<String> = model.params.entries().iter().map(|e| e.name.clone()).collect();
+    let mut ours: Vec<String> = model
+        .params
+        .entries()
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
     let mut theirs: Vec<String> = ["param_names", "buffer_names"]
         .iter()
         .flat_map(|k| g.sidecar[*k].as_array().cloned().unwrap_or_default())
@@ -214,9 +304,21 @@ fn run_family(family: &str) -> Result<()> {
     // Eval forward, with intermediate activations and SN calls.
     let mut ctx = ForwardCtx::eval().with_activations().with_sn_trace();
     let logits = model.forward(&input, &mut ctx)?;
-    c.close("logits_eval", &logits, g.get("logits_eval")?, logit_tol, RTOL)?;
+    c.close(
+        "logits_eval",
+        &logits,
+        g.get("logits_eval")?,
+        logit_tol,
+        RTOL,
+    )?;
     for (name, act) in ctx.activations.take().unwrap() {
-        c.close(&format!("act_eval.{name}"), &act, g.get(&format!("act_eval.{name}"))?, logit_tol, RTOL)?;
+        c.close(
+            &format!("act_eval.{name}"),
+            &act,
+            g.get(&format!("act_eval.{name}"))?,
+            logit_tol,
+            RTOL,
+        )?;
     }
     if family == "imixer" {
         check_sn_trace(&g, &mut c, "eval", ctx.sn_trace.as_ref().unwrap())?;
@@ -225,11 +327,23 @@ fn run_family(family: &str) -> Result<()> {
     // Train forward + loss + backward.
     let mut ctx = ForwardCtx::train(0).with_sn_trace();
     let logits = model.forward(&input, &mut ctx)?;
-    c.close("logits_train", &logits, g.get("logits_train")?, 10.0 * g.floor("logits_train"), RTOL)?;
+    c.close(
+        "logits_train",
+        &logits,
+        g.get("logits_train")?,
+        10.0 * g.floor("logits_train"),
+        RTOL,
+    )?;
     let (loss, ce, reg) = model.loss(&logits, &labels)?;
     let loss_tol = 10.0 * g.floor("loss");
     c.close("loss", &loss.reshape(1)?, g.get("loss")?, loss_tol, RTOL)?;
-    c.close("loss_ce", &ce.reshape(1)?, g.get("loss_ce")?, loss_tol, RTOL)?;
+    c.close(
+        "loss_ce",
+        &ce.reshape(1)?,
+        g.get("loss_ce")?,
+        loss_tol,
+        RTOL,
+    )?;
     if let Ok(expected) = g.get("loss_reg") {
         let reg = match reg {
             Some(r) => r.reshape(1)?,
@@ -246,27 +360,55 @@ fn run_family(family: &str) -> Result<()> {
     let mut n_grads = 0;
     for e in model.params.params() {
         let expected = g.get(&format!("grad.{}", e.name))?;
-        let actual = grads.get(e.var.as_tensor()).with_context(|| format!("no gradient for {}", e.name))?;
+        let actual = grads
+            .get(e.var.as_tensor())
+            .with_context(|| format!("no gradient for {}", e.name))?;
         if near_zero.contains(&e.name) {
             // Analytically zero: both sides are rounding noise; compare absolutely.
-            c.close(&format!("grad.{} (≈0)", e.name), actual, &expected.zeros_like()?, 1e-6, 0.0)?;
+            c.close(
+                &format!("grad.{} (≈0)", e.name),
+                actual,
+                &expected.zeros_like()?,
+                1e-6,
+                0.0,
+            )?;
         } else {
-            c.close(&format!("grad.{}", e.name), actual, expected, 10.0 * grad_floor, RTOL)?;
+            c.close(
+                &format!("grad.{}", e.name),
+                actual,
+                expected,
+                10.0 * grad_floor,
+                RTOL,
+            )?;
         }
         n_grads += 1;
     }
     let expected_grads = g.tensors.keys().filter(|k| k.starts_with("grad.")).count();
     if n_grads != expected_grads {
-        c.failures.push(format!("{n_grads} gradients checked, reference has {expected_grads}"));
+        c.failures.push(format!(
+            "{n_grads} gradients checked, reference has {expected_grads}"
+        ));
     }
 
     // Buffers after the train forward, then the eval forward that uses them.
     for e in model.params.buffers() {
-        c.close(&format!("after.{}", e.name), e.var.as_tensor(), g.get(&format!("after.{}", e.name))?, 1e-6, RTOL)?;
+        c.close(
+            &format!("after.{}", e.name),
+            e.var.as_tensor(),
+            g.get(&format!("after.{}", e.name))?,
+            1e-6,
+            RTOL,
+        )?;
     }
     let mut ctx = ForwardCtx::eval().with_sn_trace();
     let logits = model.forward(&input, &mut ctx)?;
-    c.close("logits_eval_after", &logits, g.get("logits_eval_after")?, logit_tol, RTOL)?;
+    c.close(
+        "logits_eval_after",
+        &logits,
+        g.get("logits_eval_after")?,
+        logit_tol,
+        RTOL,
+    )?;
     if family == "imixer" {
         check_sn_trace(&g, &mut c, "eval_after", ctx.sn_trace.as_ref().unwrap())?;
     }
@@ -283,12 +425,18 @@ fn run_family(family: &str) -> Result<()> {
     };
     let mut opt = AdamW::new(&model.params, opt_cfg)?;
     let mut decayed: Vec<String> = opt.decayed_names().into_iter().map(String::from).collect();
-    let mut expected_decayed: Vec<String> =
-        a["decayed_params"].as_array().context("decayed_params")?.iter().filter_map(|v| v.as_str().map(String::from)).collect();
+    let mut expected_decayed: Vec<String> = a["decayed_params"]
+        .as_array()
+        .context("decayed_params")?
+        .iter()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
     decayed.sort();
     expected_decayed.sort();
     if decayed != expected_decayed {
-        c.failures.push(format!("weight-decay groups differ: ours {decayed:?} vs {expected_decayed:?}"));
+        c.failures.push(format!(
+            "weight-decay groups differ: ours {decayed:?} vs {expected_decayed:?}"
+        ));
     }
     opt.step(&grads)?;
     for e in model.params.params() {
@@ -298,7 +446,15 @@ fn run_family(family: &str) -> Result<()> {
         let g_ref = g.get(&format!("grad.{}", e.name))?;
         let dg = 10.0 * grad_floor + RTOL * g_ref.abs()?.max_all()?.to_scalar::<f32>()? as f64;
         let (lr, eps) = (opt.config.lr, opt.config.eps);
-        c.close_adam_step(&format!("step.{}", e.name), e.var.as_tensor(), g.get(&format!("step.{}", e.name))?, g_ref, lr, eps, dg)?;
+        c.close_adam_step(
+            &format!("step.{}", e.name),
+            e.var.as_tensor(),
+            g.get(&format!("step.{}", e.name))?,
+            g_ref,
+            lr,
+            eps,
+            dg,
+        )?;
     }
     c.finish(family)
 }

@@ -1,12 +1,17 @@
 //! The command-line interface: one subcommand per task, one file per subcommand.
 
+mod bench;
 mod models;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "imixer", version, about = "Train, evaluate and analyse iMixer, ParaMixer/SymMixer/AsymMixer and MLP-Mixer models")]
+#[command(
+    name = "imixer",
+    version,
+    about = "Train, evaluate and analyse iMixer, ParaMixer/SymMixer/AsymMixer and MLP-Mixer models"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -16,11 +21,26 @@ pub struct Cli {
 pub enum Command {
     /// List every registered model name with its parameter count.
     Models(models::ModelsArgs),
+    /// Time train/inference steps on the PyTorch-baseline configurations.
+    Bench(bench::BenchArgs),
+}
+
+/// Sets the worker-thread count of candle's kernels, its matmuls and our own kernels. Must run
+/// before the first tensor operation (the pools read it once).
+pub fn set_threads(n: usize) {
+    if n > 0 {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
 }
 
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Models(a) => models::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }

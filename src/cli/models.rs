@@ -27,7 +27,10 @@ pub fn run(args: ModelsArgs) -> Result<()> {
         cfg.num_classes = args.classes;
         let count = crate::models::net::count_params(&cfg);
         if args.json {
-            println!("{}", serde_json::json!({"name": name, "params": count, "config": cfg}));
+            println!(
+                "{}",
+                serde_json::json!({"name": name, "params": count, "config": cfg})
+            );
         } else {
             println!("{name:<32} {:>14}", group_thousands(count));
         }

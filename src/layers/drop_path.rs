@@ -14,7 +14,13 @@ pub fn drop_path(x: &Tensor, p: f64, ctx: &mut ForwardCtx) -> Result<Tensor> {
     let keep = 1.0 - p;
     let b = x.dim(0)?;
     let mask: Vec<f64> = (0..b)
-        .map(|_| if ctx.rng.gen::<f64>() < keep { 1.0 / keep } else { 0.0 })
+        .map(|_| {
+            if ctx.rng.gen::<f64>() < keep {
+                1.0 / keep
+            } else {
+                0.0
+            }
+        })
         .collect();
     let mut shape = vec![1usize; x.rank()];
     shape[0] = b;
@@ -34,7 +40,10 @@ mod tests {
         assert_eq!(y.to_vec2::<f64>()?, x.to_vec2::<f64>()?);
         let y = drop_path(&x, 0.3, &mut ForwardCtx::train(7))?;
         let rows = y.to_vec2::<f64>()?;
-        assert!(rows.iter().all(|r| r[0] == r[1] && r[1] == r[2]), "one draw per sample");
+        assert!(
+            rows.iter().all(|r| r[0] == r[1] && r[1] == r[2]),
+            "one draw per sample"
+        );
         let mean = y.mean_all()?.to_scalar::<f64>()?;
         assert!((mean - 1.0).abs() < 0.05, "mean {mean}");
         let dropped = rows.iter().filter(|r| r[0] == 0.0).count() as f64 / 4000.0;

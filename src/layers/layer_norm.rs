@@ -28,7 +28,11 @@ impl LayerNorm {
     pub fn new(scope: &Scope, normalized_shape: &[usize]) -> Result<Self> {
         let weight = scope.ones("weight", normalized_shape)?;
         let bias = scope.zeros("bias", normalized_shape)?;
-        Ok(Self { weight, bias, eps: LN_EPS })
+        Ok(Self {
+            weight,
+            bias,
+            eps: LN_EPS,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -165,7 +169,10 @@ impl CustomOp3 for LayerNormOp {
         let packed = x.apply_op3_no_bwd(
             weight,
             &grad.contiguous()?,
-            &LayerNormBackward { cols: self.cols, eps: self.eps },
+            &LayerNormBackward {
+                cols: self.cols,
+                eps: self.eps,
+            },
         )?;
         let n = x.elem_count();
         let cols = self.cols;
@@ -209,7 +216,8 @@ impl CustomOp3 for LayerNormBackward {
                 .map(|(dx, (x, g))| {
                     let mut acc = vec![0f64; 2 * cols];
                     let mut xhat = vec![0f64; cols];
-                    for ((dx, x), g) in dx.chunks_mut(cols).zip(x.chunks(cols)).zip(g.chunks(cols)) {
+                    for ((dx, x), g) in dx.chunks_mut(cols).zip(x.chunks(cols)).zip(g.chunks(cols))
+                    {
                         let (mean, rstd) = row_stats(x, eps);
                         let (mut sum_gh, mut sum_ghx) = (0f64, 0f64);
                         for i in 0..cols {

@@ -1,10 +1,12 @@
 //! y = x Wᵀ + b along one axis of a (B, N, D) activation.
 //!
-//! Token mixing in the reference transposes (B, N, D) → (B, D, N), applies a Linear over N and
-//! transposes back. Applying W (out, N) from the left, y_b = W x_b + b·1ᵀ, is the same map with no
-//! transposes: [`Axis::Tokens`] does that; [`Axis::Channels`] is the usual right-multiplication.
+//! Token mixing transposes (B, N, D) → (B, D, N), applies a Linear over N and transposes back,
+//! as the reference; whole MLPs along the token axis transpose once around the MLP (see
+//! `models::mlp`), so this per-layer path is for single layers.
 
 use candle_core::{Result, Tensor, Var};
+
+use super::bias::add_bias;
 
 use crate::params::Scope;
 
@@ -48,7 +50,12 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, axis: Axis) -> Result<Tensor> {
-        linear(x, self.weight.as_tensor(), self.bias.as_ref().map(|b| b.as_tensor()), axis)
+        linear(
+            x,
+            self.weight.as_tensor(),
+            self.bias.as_ref().map(|b| b.as_tensor()),
+            axis,
+        )
     }
 }
 
@@ -65,7 +72,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, axis: Axis) -> Result<
             let rows = x.elem_count() / in_f;
             let y = x.reshape((rows, in_f))?.matmul(&w.t()?)?;
             let y = match b {
-                Some(b) => y.broadcast_add(b)?,
+                Some(b) => add_bias(&y, b)?,
                 None => y,
             };
             let mut out_dims = dims.to_vec();
@@ -75,13 +82,16 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, axis: Axis) -> Result<
         Axis::Tokens => {
             let (_, n, _) = x.dims3()?;
             if n != in_f {
-                candle_core::bail!("token linear: input {:?} has {n} tokens, weight expects {in_f}", x.shape());
+                candle_core::bail!(
+                    "token linear: input {:?} has {n} tokens, weight expects {in_f}",
+                    x.shape()
+                );
             }
-            let y = w.broadcast_matmul(x)?;
-            match b {
-                Some(b) => y.broadcast_add(&b.reshape((out_f, 1))?),
-                None => Ok(y),
-            }
+            // The reference's transpose → Linear over N → transpose: two copies, but every matmul
+            // and its backward stays 2-D (a broadcast left factor would reduce its gradient over
+            // the batch with candle's slow strided sum).
+            let y = linear(&x.transpose(1, 2)?.contiguous()?, w, b, Axis::Channels)?;
+            y.transpose(1, 2)?.contiguous()
         }
     }
 }

@@ -2,10 +2,11 @@
 //! (`ops`) with hand-written backward passes: candle's own fused LayerNorm has no backward, and
 //! composing these from primitive ops costs several full passes over memory each.
 
+pub mod bias;
 pub mod context;
 pub mod drop_path;
-pub(crate) mod kernel;
 pub mod gelu;
+pub(crate) mod kernel;
 pub mod layer_norm;
 pub mod linear;
 pub mod patch_embed;

@@ -20,17 +20,32 @@ pub struct PatchEmbed {
 }
 
 impl PatchEmbed {
-    pub fn new(scope: &Scope, in_chans: usize, dim: usize, patch: usize, img_size: usize) -> Result<Self> {
+    pub fn new(
+        scope: &Scope,
+        in_chans: usize,
+        dim: usize,
+        patch: usize,
+        img_size: usize,
+    ) -> Result<Self> {
         let s = scope.sub("proj");
         let weight = s.lecun_normal("weight", &[dim, in_chans, patch, patch])?;
         let bias = s.zeros("bias", &[dim])?;
-        Ok(Self { weight, bias, patch, in_chans, img_size })
+        Ok(Self {
+            weight,
+            bias,
+            patch,
+            in_chans,
+            img_size,
+        })
     }
 
     /// (B, C, H, W) images → (B, N, D) tokens.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4().map_err(|_| {
-            candle_core::Error::Msg(format!("model input must be (batch, channels, height, width), got {:?}", x.shape()))
+            candle_core::Error::Msg(format!(
+                "model input must be (batch, channels, height, width), got {:?}",
+                x.shape()
+            ))
         })?;
         if c != self.in_chans || h != self.img_size || w != self.img_size {
             candle_core::bail!(

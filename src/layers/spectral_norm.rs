@@ -41,14 +41,29 @@ pub struct SoftSpectralNorm {
 
 impl SoftSpectralNorm {
     /// Registers `bias`, `weight_orig`, `weight_u`, `weight_v`, `weight_sigma` (reference order).
-    pub fn new(scope: &Scope, fan_in: usize, fan_out: usize, coeff: f64, n_power: usize) -> Result<Self> {
+    pub fn new(
+        scope: &Scope,
+        fan_in: usize,
+        fan_out: usize,
+        coeff: f64,
+        n_power: usize,
+    ) -> Result<Self> {
         // The reference draws u, v when the hook is attached, before the xavier re-init of W.
         let bias = scope.normal("bias", &[fan_out], MLP_BIAS_STD)?;
         let u = scope.unit_vector_buffer("weight_u", fan_out)?;
         let v = scope.unit_vector_buffer("weight_v", fan_in)?;
         let sigma = scope.constant("weight_sigma", &[1], 1.0, crate::params::Kind::Buffer)?;
         let weight_orig = scope.xavier_uniform("weight_orig", &[fan_out, fan_in])?;
-        Ok(Self { name: scope.prefix().to_string(), weight_orig, bias, u, v, sigma, coeff, n_power })
+        Ok(Self {
+            name: scope.prefix().to_string(),
+            weight_orig,
+            bias,
+            u,
+            v,
+            sigma,
+            coeff,
+            n_power,
+        })
     }
 
     /// The normalised weight W̃ for this call (running the power steps first in training).
@@ -66,12 +81,21 @@ impl SoftSpectralNorm {
             self.u.set(&u)?;
             self.v.set(&v)?;
         }
-        let sigma = u.unsqueeze(0)?.matmul(&w.matmul(&v.unsqueeze(1)?)?)?.reshape(1)?;
+        let sigma = u
+            .unsqueeze(0)?
+            .matmul(&w.matmul(&v.unsqueeze(1)?)?)?
+            .reshape(1)?;
         let sigma_value = sigma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?[0];
         self.sigma.set(&sigma.detach())?;
         let factor = (sigma_value / self.coeff).max(1.0);
         if let Some(trace) = ctx.sn_trace.as_mut() {
-            trace.push(SnCall { module: self.name.clone(), u: u.clone(), v: v.clone(), sigma: sigma_value, factor });
+            trace.push(SnCall {
+                module: self.name.clone(),
+                u: u.clone(),
+                v: v.clone(),
+                sigma: sigma_value,
+                factor,
+            });
         }
         if sigma_value / self.coeff > 1.0 {
             // Gradient flows into W both directly and through σ̂ (u, v constants).
@@ -89,6 +113,11 @@ impl SoftSpectralNorm {
 
 /// a / max(‖a‖₂, eps).
 fn normalize(a: &Tensor) -> Result<Tensor> {
-    let norm = a.sqr()?.sum_all()?.sqrt()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    let norm = a
+        .sqr()?
+        .sum_all()?
+        .sqrt()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?;
     a / norm.max(SN_EPS)
 }

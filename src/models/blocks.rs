@@ -44,7 +44,11 @@ impl Block {
         let (n, d) = (cfg.num_tokens(), cfg.embed_dim);
         let (dt, dc) = (cfg.tokens_dim(), cfg.channels_dim());
         // Per-token LayerNorm(D) for the timm families, joint LayerNorm((N, D)) for paper 2.
-        let ln_shape: Vec<usize> = if cfg.family.is_paper2() { vec![n, d] } else { vec![d] };
+        let ln_shape: Vec<usize> = if cfg.family.is_paper2() {
+            vec![n, d]
+        } else {
+            vec![d]
+        };
         let dp = cfg.drop_path;
         Ok(match cfg.family {
             Family::Mixer | Family::IMixer | Family::VanillaMixer => {
@@ -56,8 +60,16 @@ impl Block {
                     AnyMlp::Plain(Mlp::new(&scope.sub("mlp_tokens"), n, dt, bias)?)
                 };
                 let norm2 = LayerNorm::new(&scope.sub("norm2"), &ln_shape)?;
-                let mlp_channels = AnyMlp::Plain(Mlp::new(&scope.sub("mlp_channels"), d, dc, bias)?);
-                Block::Serial(SerialBlock { norm1, mlp_tokens, norm2, mlp_channels, n_iter: cfg.n_iter, drop_path: dp })
+                let mlp_channels =
+                    AnyMlp::Plain(Mlp::new(&scope.sub("mlp_channels"), d, dc, bias)?);
+                Block::Serial(SerialBlock {
+                    norm1,
+                    mlp_tokens,
+                    norm2,
+                    mlp_channels,
+                    n_iter: cfg.n_iter,
+                    drop_path: dp,
+                })
             }
             Family::ParaMixer | Family::SymMixer | Family::AsymMixer => {
                 let norm = LayerNorm::new(&scope.sub("norm"), &ln_shape)?;
@@ -71,7 +83,13 @@ impl Block {
                 };
                 let mlp_tokens = make("mlp_tokens", n, dt)?;
                 let mlp_channels = make("mlp_channels", d, dc)?;
-                Block::Parallel(ParallelBlock { norm, mlp_tokens, mlp_channels, n_iter: cfg.n_iter, drop_path: dp })
+                Block::Parallel(ParallelBlock {
+                    norm,
+                    mlp_tokens,
+                    mlp_channels,
+                    n_iter: cfg.n_iter,
+                    drop_path: dp,
+                })
             }
         })
     }
@@ -96,9 +114,13 @@ impl SerialBlock {
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let mut x = x.clone();
         for _ in 0..self.n_iter {
-            let t = self.mlp_tokens.forward(&self.norm1.forward(&x)?, Axis::Tokens, ctx)?;
+            let t = self
+                .mlp_tokens
+                .forward(&self.norm1.forward(&x)?, Axis::Tokens, ctx)?;
             x = (x + drop_path(&t, self.drop_path, ctx)?)?;
-            let c = self.mlp_channels.forward(&self.norm2.forward(&x)?, Axis::Channels, ctx)?;
+            let c = self
+                .mlp_channels
+                .forward(&self.norm2.forward(&x)?, Axis::Channels, ctx)?;
             x = (x + drop_path(&c, self.drop_path, ctx)?)?;
         }
         Ok(x)

@@ -43,8 +43,20 @@ impl IMlp {
         Ok(Self {
             name: scope.prefix().to_string(),
             fc1: Linear::new(&scope.sub("fc1"), dim, hidden, b)?,
-            fc_sn1: SoftSpectralNorm::new(&scope.sub("fc_sn1"), hidden, inner, cfg.coeff, cfg.n_power)?,
-            fc_sn2: SoftSpectralNorm::new(&scope.sub("fc_sn2"), inner, hidden, cfg.coeff, cfg.n_power)?,
+            fc_sn1: SoftSpectralNorm::new(
+                &scope.sub("fc_sn1"),
+                hidden,
+                inner,
+                cfg.coeff,
+                cfg.n_power,
+            )?,
+            fc_sn2: SoftSpectralNorm::new(
+                &scope.sub("fc_sn2"),
+                inner,
+                hidden,
+                cfg.coeff,
+                cfg.n_power,
+            )?,
             fc2: Linear::new(&scope.sub("fc2"), hidden, dim, b)?,
             n_iter: cfg.n_iter,
             solver: cfg.solver.clone(),
@@ -73,7 +85,9 @@ impl IMlp {
                 }
                 Ok(x)
             }
-            other => candle_core::bail!("iMLP solver {other:?} is not available yet; use `unrolled`"),
+            other => {
+                candle_core::bail!("iMLP solver {other:?} is not available yet; use `unrolled`")
+            }
         }
     }
 }

@@ -8,6 +8,7 @@
 use candle_core::{Result, Tensor, Var};
 
 use super::imlp::IMlp;
+use crate::layers::bias::bias_gelu;
 use crate::layers::linear::{linear, BiasInit, MLP_BIAS_STD};
 use crate::layers::{gelu, Axis, ForwardCtx, Linear};
 use crate::params::Scope;
@@ -20,12 +21,26 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(scope: &Scope, dim: usize, hidden: usize, bias: bool) -> Result<Self> {
-        let b = if bias { BiasInit::Normal(MLP_BIAS_STD) } else { BiasInit::None };
-        Ok(Self { fc1: Linear::new(&scope.sub("fc1"), dim, hidden, b)?, fc2: Linear::new(&scope.sub("fc2"), hidden, dim, b)? })
+        let b = if bias {
+            BiasInit::Normal(MLP_BIAS_STD)
+        } else {
+            BiasInit::None
+        };
+        Ok(Self {
+            fc1: Linear::new(&scope.sub("fc1"), dim, hidden, b)?,
+            fc2: Linear::new(&scope.sub("fc2"), hidden, dim, b)?,
+        })
     }
 
     pub fn forward(&self, x: &Tensor, axis: Axis) -> Result<Tensor> {
-        self.fc2.forward(&gelu(&self.fc1.forward(x, axis)?)?, axis)
+        let h = match &self.fc1.bias {
+            Some(b) => bias_gelu(
+                &linear(x, self.fc1.weight.as_tensor(), None, axis)?,
+                b.as_tensor(),
+            )?,
+            None => gelu(&self.fc1.forward(x, axis)?)?,
+        };
+        self.fc2.forward(&h, axis)
     }
 }
 
@@ -37,7 +52,9 @@ pub struct SymMlp {
 
 impl SymMlp {
     pub fn new(scope: &Scope, dim: usize, hidden: usize) -> Result<Self> {
-        Ok(Self { weight: scope.sub("fc2").xavier_uniform("weight", &[hidden, dim])? })
+        Ok(Self {
+            weight: scope.sub("fc2").xavier_uniform("weight", &[hidden, dim])?,
+        })
     }
 
     pub fn forward(&self, x: &Tensor, axis: Axis) -> Result<Tensor> {
@@ -82,7 +99,21 @@ pub enum AnyMlp {
 }
 
 impl AnyMlp {
+    /// Applies the MLP along `axis` of a (B, N, D) activation. Along the token axis the input is
+    /// transposed once to (B, D, N), the whole MLP runs along the last axis (2-D matmuls, fused
+    /// bias epilogues), and the output is transposed back — the reference's `mlp(xᵀ)ᵀ`.
     pub fn forward(&self, x: &Tensor, axis: Axis, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        match axis {
+            Axis::Channels => self.forward_last(x, ctx),
+            Axis::Tokens => {
+                let xt = x.transpose(1, 2)?.contiguous()?;
+                self.forward_last(&xt, ctx)?.transpose(1, 2)?.contiguous()
+            }
+        }
+    }
+
+    fn forward_last(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let axis = Axis::Channels;
         match self {
             AnyMlp::Plain(m) => m.forward(x, axis),
             AnyMlp::Sym(m) => m.forward(x, axis),

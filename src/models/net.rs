@@ -23,11 +23,22 @@ impl MixerNet {
         Self::with_dtype(config, seed, DType::F32, device)
     }
 
-    pub fn with_dtype(config: &ModelConfig, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn with_dtype(
+        config: &ModelConfig,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         config.validate().map_err(candle_core::Error::Msg)?;
         let builder = Builder::new(seed, dtype, device);
         let root = builder.root();
-        let stem = PatchEmbed::new(&root.sub("stem"), config.in_chans, config.embed_dim, config.patch_size, config.img_size)?;
+        let stem = PatchEmbed::new(
+            &root.sub("stem"),
+            config.in_chans,
+            config.embed_dim,
+            config.patch_size,
+            config.img_size,
+        )?;
         let blocks = (0..config.depth)
             .map(|i| Block::new(&root.sub("blocks").sub(i), config))
             .collect::<Result<Vec<_>>>()?;
@@ -39,7 +50,14 @@ impl MixerNet {
             bias: Some(head_scope.zeros("bias", &[config.num_classes])?),
         };
         let params = builder.finish();
-        Ok(Self { config: config.clone(), params, stem, blocks, norm, head })
+        Ok(Self {
+            config: config.clone(),
+            params,
+            stem,
+            blocks,
+            norm,
+            head,
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -84,13 +102,21 @@ impl MixerNet {
     }
 
     /// Mean cross-entropy against hard labels (+ the λ term): returns (loss, ce, reg).
-    pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    pub fn loss(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let ce = candle_nn::loss::cross_entropy(logits, labels)?;
         self.add_regularizer(ce)
     }
 
     /// Mean soft-target cross-entropy −Σ t·log softmax(z) (Mixup/CutMix, label smoothing).
-    pub fn soft_loss(&self, logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    pub fn soft_loss(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let logp = candle_nn::ops::log_softmax(logits, 1)?;
         let ce = (targets * logp)?.sum(1)?.neg()?.mean_all()?;
         self.add_regularizer(ce)
@@ -110,7 +136,9 @@ pub fn count_params(cfg: &ModelConfig) -> usize {
     use crate::config::Family::*;
     let (n, d, k) = (cfg.num_tokens(), cfg.embed_dim, cfg.num_classes);
     let (dt, dc, p) = (cfg.tokens_dim(), cfg.channels_dim(), cfg.patch_size);
-    let mlp = |dim: usize, hidden: usize, bias: bool| 2 * dim * hidden + if bias { hidden + dim } else { 0 };
+    let mlp = |dim: usize, hidden: usize, bias: bool| {
+        2 * dim * hidden + if bias { hidden + dim } else { 0 }
+    };
     let block = match cfg.family {
         Mixer => 4 * d + mlp(n, dt, true) + mlp(d, dc, true),
         IMixer => {

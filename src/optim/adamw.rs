@@ -18,7 +18,13 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.05 }
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.05,
+        }
     }
 }
 
@@ -56,7 +62,11 @@ impl AdamW {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { config, slots, step: 0 })
+        Ok(Self {
+            config,
+            slots,
+            step: 0,
+        })
     }
 
     pub fn set_lr(&mut self, lr: f64) {
@@ -65,7 +75,11 @@ impl AdamW {
 
     /// Names of the decayed parameters (for checks against the reference groups).
     pub fn decayed_names(&self) -> Vec<&str> {
-        self.slots.iter().filter(|s| s.decay).map(|s| s.name.as_str()).collect()
+        self.slots
+            .iter()
+            .filter(|s| s.decay)
+            .map(|s| s.name.as_str())
+            .collect()
     }
 
     /// One step from the gradients in `grads` (parameters without a gradient are skipped, as
@@ -79,11 +93,17 @@ impl AdamW {
         let step_size = c.lr / bc1;
         let bc2_sqrt = bc2.sqrt();
         for s in &self.slots {
-            let Some(g) = grads.get(s.var.as_tensor()) else { continue };
+            let Some(g) = grads.get(s.var.as_tensor()) else {
+                continue;
+            };
             let m = ((s.m.as_tensor() * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             let v = ((s.v.as_tensor() * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let p = s.var.as_tensor();
-            let p = if s.decay && c.weight_decay != 0.0 { (p * (1.0 - c.lr * c.weight_decay))? } else { p.clone() };
+            let p = if s.decay && c.weight_decay != 0.0 {
+                (p * (1.0 - c.lr * c.weight_decay))?
+            } else {
+                p.clone()
+            };
             let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
             let p = (p - ((&m / &denom)? * step_size)?)?;
             s.m.set(&m)?;
@@ -108,9 +128,15 @@ impl AdamW {
         for s in &self.slots {
             for (suffix, var) in [("exp_avg", &s.m), ("exp_avg_sq", &s.v)] {
                 let key = format!("{}.{suffix}", s.name);
-                let t = get(&key).ok_or_else(|| candle_core::Error::Msg(format!("optimizer state misses {key}")))?;
+                let t = get(&key).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("optimizer state misses {key}"))
+                })?;
                 if t.shape() != var.shape() {
-                    candle_core::bail!("optimizer state {key} has shape {:?}, expected {:?}", t.shape(), var.shape());
+                    candle_core::bail!(
+                        "optimizer state {key} has shape {:?}, expected {:?}",
+                        t.shape(),
+                        var.shape()
+                    );
                 }
                 var.set(&t.to_dtype(var.dtype())?)?;
             }

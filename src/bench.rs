@@ -1,0 +1,133 @@
+//! `imixer bench`: the configurations of `shared/bench/torch_baseline.py`, timed the same way
+//! (3 warm-up steps, median of ≥ 10 timed steps, peak RSS), one JSON line per run.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use crate::config::{Family, ModelConfig};
+use crate::layers::ForwardCtx;
+use crate::optim::{AdamW, AdamWConfig};
+use crate::train::{train_step, Targets};
+use crate::MixerNet;
+
+/// (img, in_chans, patch, D, blocks, batch) of each benchmark configuration.
+pub fn bench_config(name: &str, family: Family) -> Result<(ModelConfig, usize)> {
+    let (img, c, p, d, depth, batch) = match name {
+        "fmnist-tiny" => (28, 1, 4, 128, 4, 128),
+        "cifar-s" => (32, 3, 4, 256, 8, 128),
+        "s16-224" => (224, 3, 16, 512, 8, 16),
+        other => bail!("unknown bench config '{other}' (fmnist-tiny, cifar-s, s16-224)"),
+    };
+    let cfg = ModelConfig {
+        family,
+        img_size: img,
+        in_chans: c,
+        patch_size: p,
+        embed_dim: d,
+        depth,
+        num_classes: 10,
+        lambda: if family == Family::AsymMixer {
+            0.1
+        } else {
+            0.0
+        },
+        ..ModelConfig::default()
+    };
+    Ok((cfg, batch))
+}
+
+#[derive(Serialize, Debug)]
+pub struct BenchResult {
+    pub r#impl: &'static str,
+    pub family: String,
+    pub config: String,
+    pub mode: String,
+    pub threads: usize,
+    pub batch: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub img_per_s: f64,
+    pub peak_rss_mb: f64,
+}
+
+/// Peak resident set size of this process (VmHWM), in MiB.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+pub fn run(
+    config: &str,
+    family: Family,
+    mode: &str,
+    threads: usize,
+    warmup: usize,
+    steps: usize,
+    budget_s: f64,
+) -> Result<BenchResult> {
+    let (cfg, batch) = bench_config(config, family)?;
+    let dev = Device::Cpu;
+    let model = MixerNet::new(&cfg, 0, &dev)?;
+    let x = Tensor::randn(
+        0f32,
+        1.0,
+        (batch, cfg.in_chans, cfg.img_size, cfg.img_size),
+        &dev,
+    )?;
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
+    let labels = Tensor::new(labels.as_slice(), &dev)?;
+    let mut opt = AdamW::new(
+        &model.params,
+        AdamWConfig {
+            lr: 5e-4,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let mut times = Vec::new();
+    let start = Instant::now();
+    for i in 0..warmup + steps {
+        let t0 = Instant::now();
+        match mode {
+            "train" => {
+                train_step(&model, &mut opt, &x, Targets::Hard(&labels), i as u64, None)?;
+            }
+            "infer" => {
+                let logits = model.forward(&x, &mut ForwardCtx::eval())?;
+                logits.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+            }
+            other => bail!("unknown bench mode '{other}' (train, infer)"),
+        }
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+            if start.elapsed().as_secs_f64() > budget_s && times.len() >= 1 {
+                break;
+            }
+        }
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let median = times[times.len() / 2];
+    Ok(BenchResult {
+        r#impl: "imixer",
+        family: family.to_string(),
+        config: config.to_string(),
+        mode: mode.to_string(),
+        threads,
+        batch,
+        median_ms: median,
+        min_ms: times[0],
+        img_per_s: batch as f64 / (median / 1e3),
+        peak_rss_mb: peak_rss_mb(),
+    })
+}

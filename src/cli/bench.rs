@@ -1,0 +1,67 @@
+//! `imixer bench`: time train or inference steps on the PyTorch-baseline configurations.
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::config::Family;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// fmnist-tiny (28²×1, D 128, 4 blocks, batch 128), cifar-s (32²×3, D 256, 8 blocks, batch 128)
+    /// or s16-224 (the paper's S/16, batch 16); comma list or `all`.
+    #[arg(long, default_value = "fmnist-tiny")]
+    pub config: String,
+    /// Model family (comma list or `all`).
+    #[arg(long, default_value = "mixer")]
+    pub family: String,
+    /// train (forward + loss + backward + AdamW) or infer (eval forward); comma list or `all`.
+    #[arg(long, default_value = "train")]
+    pub mode: String,
+    /// Worker threads (matmul and kernels).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Timed steps (median reported).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Stop timing after this many seconds (at least one step is always timed).
+    #[arg(long, default_value_t = 60.0)]
+    pub budget: f64,
+    /// One JSON line per run instead of a table row.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn list(arg: &str, all: &[&str]) -> Vec<String> {
+    if arg == "all" {
+        all.iter().map(|s| s.to_string()).collect()
+    } else {
+        arg.split(',').map(|s| s.trim().to_string()).collect()
+    }
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    super::set_threads(a.threads);
+    let families: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
+    for config in list(&a.config, &["fmnist-tiny", "cifar-s", "s16-224"]) {
+        for family in list(&a.family, &families) {
+            let family: Family = family.parse().map_err(anyhow::Error::msg)?;
+            for mode in list(&a.mode, &["train", "infer"]) {
+                let r = crate::bench::run(
+                    &config, family, &mode, a.threads, a.warmup, a.steps, a.budget,
+                )?;
+                if a.json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "{:<12} {:<13} {:<6} threads {}  median {:8.1} ms  {:8.1} img/s  peak RSS {:7.1} MiB",
+                        r.config, r.family, r.mode, r.threads, r.median_ms, r.img_per_s, r.peak_rss_mb
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

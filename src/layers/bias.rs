@@ -1,0 +1,240 @@
+//! Bias epilogues of a (rows, C) matmul output as custom ops: `y + b` and `GELU(y + b)`.
+//!
+//! Why: candle's `broadcast_add` backward reduces the bias gradient with a generic strided sum
+//! (one division per element, single-threaded); here the column sums run over fixed row blocks in
+//! parallel, and GELU(y + b) is one pass forward and one backward instead of four.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::gelu::{gelu, gelu_grad_scalar, gelu_scalar};
+use super::kernel::{contiguous, Float, PAR_CHUNK};
+
+/// y + b over the last axis.
+pub fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if y.device().is_cpu() {
+        y.contiguous()?
+            .apply_op2(&b.contiguous()?, BiasOp { gelu: false })
+    } else {
+        y.broadcast_add(b)
+    }
+}
+
+/// GELU(y + b) over the last axis.
+pub fn bias_gelu(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if y.device().is_cpu() {
+        y.contiguous()?
+            .apply_op2(&b.contiguous()?, BiasOp { gelu: true })
+    } else {
+        gelu(&y.broadcast_add(b)?)
+    }
+}
+
+/// Σ over rows of a (rows, C) gradient, with a fixed split (deterministic on any thread count).
+pub fn column_sums<T: Float>(g: &[T], cols: usize) -> Vec<T> {
+    let rows_per_block = (PAR_CHUNK / cols.max(1)).max(1);
+    let partials: Vec<Vec<f64>> = g
+        .par_chunks(rows_per_block * cols)
+        .map(|block| {
+            let mut acc = vec![0f64; cols];
+            for row in block.chunks(cols) {
+                for (a, v) in acc.iter_mut().zip(row) {
+                    *a += v.to_f64();
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0f64; cols];
+    for p in &partials {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    total.into_iter().map(T::from_f64).collect()
+}
+
+struct BiasOp {
+    gelu: bool,
+}
+
+impl CustomOp2 for BiasOp {
+    fn name(&self) -> &'static str {
+        if self.gelu {
+            "imixer-bias-gelu"
+        } else {
+            "imixer-bias-add"
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn run<T: Float>(y: &[T], b: &[T], gelu: bool) -> Vec<T> {
+            let cols = b.len();
+            let block = (PAR_CHUNK / cols).max(1) * cols;
+            let mut out = vec![T::zero(); y.len()];
+            out.par_chunks_mut(block)
+                .zip(y.par_chunks(block))
+                .for_each(|(o, y)| {
+                    for (o, y) in o.chunks_mut(cols).zip(y.chunks(cols)) {
+                        for i in 0..cols {
+                            let v = y[i] + b[i];
+                            o[i] = if gelu { gelu_scalar(v) } else { v };
+                        }
+                    }
+                });
+            out
+        }
+        let cols = l2.shape().elem_count();
+        if l1.dims().last() != Some(&cols) {
+            candle_core::bail!("{}: bias of {cols} for input {:?}", self.name(), l1.shape());
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(y), CpuStorage::F32(b)) => {
+                CpuStorage::F32(run(contiguous(y, l1)?, contiguous(b, l2)?, self.gelu))
+            }
+            (CpuStorage::F64(y), CpuStorage::F64(b)) => {
+                CpuStorage::F64(run(contiguous(y, l1)?, contiguous(b, l2)?, self.gelu))
+            }
+            _ => candle_core::bail!("{}: dtype mismatch or unsupported dtype", self.name()),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        y: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = if self.gelu {
+            y.apply_op2_no_bwd(&grad.contiguous()?, &BiasGeluBackward { bias: b.clone() })?
+        } else {
+            grad.contiguous()?
+        };
+        let db = dy.apply_op1_no_bwd(&ColumnSums {
+            cols: b.elem_count(),
+        })?;
+        Ok((Some(dy), Some(db)))
+    }
+}
+
+/// (y, g) ↦ g · GELU′(y + b).
+struct BiasGeluBackward {
+    bias: Tensor,
+}
+
+impl CustomOp2 for BiasGeluBackward {
+    fn name(&self) -> &'static str {
+        "imixer-bias-gelu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn run<T: Float>(y: &[T], g: &[T], b: &[T]) -> Vec<T> {
+            let cols = b.len();
+            let block = (PAR_CHUNK / cols).max(1) * cols;
+            let mut out = vec![T::zero(); y.len()];
+            out.par_chunks_mut(block)
+                .zip(y.par_chunks(block).zip(g.par_chunks(block)))
+                .for_each(|(o, (y, g))| {
+                    for ((o, y), g) in o.chunks_mut(cols).zip(y.chunks(cols)).zip(g.chunks(cols)) {
+                        for i in 0..cols {
+                            o[i] = g[i] * gelu_grad_scalar(y[i] + b[i]);
+                        }
+                    }
+                });
+            out
+        }
+        let (bs, bl) = self.bias.storage_and_layout();
+        let out = match (s1, s2, &*bs) {
+            (
+                CpuStorage::F32(y),
+                CpuStorage::F32(g),
+                candle_core::Storage::Cpu(CpuStorage::F32(b)),
+            ) => CpuStorage::F32(run(
+                contiguous(y, l1)?,
+                contiguous(g, l2)?,
+                contiguous(b, bl)?,
+            )),
+            (
+                CpuStorage::F64(y),
+                CpuStorage::F64(g),
+                candle_core::Storage::Cpu(CpuStorage::F64(b)),
+            ) => CpuStorage::F64(run(
+                contiguous(y, l1)?,
+                contiguous(g, l2)?,
+                contiguous(b, bl)?,
+            )),
+            _ => {
+                candle_core::bail!("imixer-bias-gelu-backward: dtype mismatch or unsupported dtype")
+            }
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// (…, C) ↦ (C): sums over every leading index.
+struct ColumnSums {
+    cols: usize,
+}
+
+impl candle_core::CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "imixer-column-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match s {
+            CpuStorage::F32(g) => CpuStorage::F32(column_sums(contiguous(g, l)?, self.cols)),
+            CpuStorage::F64(g) => CpuStorage::F64(column_sums(contiguous(g, l)?, self.cols)),
+            _ => candle_core::bail!("imixer-column-sums: unsupported dtype"),
+        };
+        Ok((out, Shape::from(self.cols)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn fused_bias_ops_match_composition_with_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        for fuse_gelu in [false, true] {
+            let y = Var::from_tensor(&Tensor::randn(0f64, 1.5, (7, 3, 5), &dev)?)?;
+            let b = Var::from_tensor(&Tensor::randn(0f64, 1.0, 5, &dev)?)?;
+            let probe = Tensor::randn(0f64, 1.0, (7, 3, 5), &dev)?;
+            let (fused, composed) = if fuse_gelu {
+                (bias_gelu(&y, &b)?, y.broadcast_add(&b)?.gelu_erf()?)
+            } else {
+                (add_bias(&y, &b)?, y.broadcast_add(&b)?)
+            };
+            let d = (&fused - &composed)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            assert!(d < 1e-12, "forward {d}");
+            let gf = (fused * &probe)?.sum_all()?.backward()?;
+            let gc = (composed * &probe)?.sum_all()?.backward()?;
+            for v in [&y, &b] {
+                let d = (gf.get(v).unwrap() - gc.get(v).unwrap())?
+                    .abs()?
+                    .max_all()?
+                    .to_scalar::<f64>()?;
+                // candle's gelu_erf backward truncates 1/√(2π) to 0.398942: ~1e-6 relative.
+                assert!(d < 1e-5, "gradient {d}");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,292 @@
+//! Registry, parameter counts and the single-module properties of SPEC.md (2, 3, 4).
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use imixer::config::{Family, IMixerConfig, ModelConfig};
+use imixer::layers::{gelu, Axis, ForwardCtx, SoftSpectralNorm};
+use imixer::models::imlp::IMlp;
+use imixer::models::net::count_params;
+use imixer::params::Builder;
+use imixer::{registry, MixerNet};
+
+#[test]
+fn parameter_counts_match_spec() -> Result<()> {
+    let dev = Device::Cpu;
+    let built = |name: &str, f: &dyn Fn(&mut ModelConfig)| -> Result<usize> {
+        let mut cfg = registry::lookup(name).map_err(anyhow::Error::msg)?;
+        f(&mut cfg);
+        Ok(MixerNet::new(&cfg, 0, &dev)?.params.num_params())
+    };
+    assert_eq!(built("imixer_s16_224", &|_| {})?, 20_123_690);
+    assert_eq!(
+        built("imixer_s16_224", &|c| c.imixer.hidden_ratio = 1.0)?,
+        19_073_066
+    );
+    assert_eq!(built("vanillamixer_s16_224", &|_| {})?, 21_191_178);
+    assert_eq!(built("paramixer_s16_224", &|_| {})?, 19_585_546);
+    assert_eq!(built("asymmixer_s16_224", &|_| {})?, 19_585_546);
+    assert_eq!(built("symmixer_s16_224", &|_| {})?, 10_795_530);
+    // The big ones analytically (the analytic count is checked against built models below).
+    let analytic = |name: &str| count_params(&registry::lookup(name).unwrap());
+    assert_eq!(analytic("imixer_b16_224"), 66_210_874);
+    assert_eq!(analytic("imixer_l16_224"), 232_384_106);
+    Ok(())
+}
+
+#[test]
+fn analytic_count_equals_built_model_for_every_family() -> Result<()> {
+    for (name, cfg) in registry::all() {
+        if !name.ends_with("_t4_28") && !name.ends_with("_s4_32") {
+            continue;
+        }
+        let model = MixerNet::new(&cfg, 0, &Device::Cpu)?;
+        assert_eq!(model.params.num_params(), count_params(&cfg), "{name}");
+    }
+    Ok(())
+}
+
+#[test]
+fn registry_has_every_reference_name() {
+    let names: Vec<String> = registry::all().into_iter().map(|(n, _)| n).collect();
+    for family in [
+        "mixer",
+        "imixer",
+        "vanillamixer",
+        "paramixer",
+        "symmixer",
+        "asymmixer",
+    ] {
+        for size in ["s16", "s32", "b16", "b32", "l16", "l32"] {
+            assert!(
+                names.contains(&format!("{family}_{size}_224")),
+                "{family}_{size}_224"
+            );
+        }
+    }
+    for ni in 2..=4 {
+        assert!(names.contains(&format!("paramixer_s16_224_ni{ni}")));
+        assert!(names.contains(&format!("symmixer_b16_224_ni{ni}")));
+    }
+    let lambdas = [
+        ("l10", 1.0),
+        ("l01", 0.1),
+        ("l02", 1e-2),
+        ("l03", 1e-3),
+        ("l035", 5e-4),
+        ("l04", 1e-4),
+        ("l05", 1e-5),
+        ("l06", 1e-6),
+        ("l00", 0.0),
+    ];
+    for (code, lambda) in lambdas {
+        let cfg = registry::lookup(&format!("asymmixer_s16_224_{code}")).unwrap();
+        assert_eq!(cfg.lambda, lambda);
+    }
+    let err = registry::lookup("imixer_x16_224").unwrap_err();
+    assert!(
+        err.contains("unknown model name") && err.contains("imixer_s16_224"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_validation_names_the_bad_knob() {
+    let cfg = ModelConfig {
+        img_size: 30,
+        patch_size: 4,
+        ..ModelConfig::default()
+    };
+    assert!(cfg.validate().unwrap_err().contains("patch_size"));
+    let cfg = ModelConfig {
+        family: Family::Mixer,
+        lambda: 0.1,
+        ..ModelConfig::default()
+    };
+    assert!(cfg.validate().unwrap_err().contains("lambda"));
+    assert!(MixerNet::new(
+        &ModelConfig {
+            depth: 0,
+            ..ModelConfig::default()
+        },
+        0,
+        &Device::Cpu
+    )
+    .is_err());
+}
+
+/// σ(W) by 2000 power-iteration steps in f64 (independent of the layer's own u, v).
+fn spectral_norm(w: &Tensor) -> Result<f64> {
+    let w = w.to_dtype(DType::F64)?;
+    let mut v = Tensor::ones((w.dim(1)?, 1), DType::F64, w.device())?;
+    for _ in 0..2000 {
+        let u = w.matmul(&v)?;
+        let nv = w.t()?.matmul(&u)?;
+        let n = nv.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
+        v = (nv / n)?;
+    }
+    Ok(w.matmul(&v)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?)
+}
+
+fn sn_layer(scale: f64, coeff: f64, n_power: usize) -> Result<SoftSpectralNorm> {
+    let b = Builder::new(3, DType::F64, &Device::Cpu);
+    let sn = SoftSpectralNorm::new(&b.root().sub("sn"), 24, 40, coeff, n_power)?;
+    sn.weight_orig.set(&(sn.weight_orig.as_tensor() * scale)?)?;
+    Ok(sn)
+}
+
+#[test]
+fn soft_sn_leaves_small_weights_unchanged() -> Result<()> {
+    let sn = sn_layer(0.2, 0.9, 50)?;
+    assert!(spectral_norm(sn.weight_orig.as_tensor())? < 0.9);
+    let w = sn.weight(&mut ForwardCtx::train(0))?;
+    let d = (w - sn.weight_orig.as_tensor())?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f64>()?;
+    assert_eq!(d, 0.0, "σ ≤ c must leave W exactly unchanged");
+    Ok(())
+}
+
+#[test]
+fn soft_sn_converges_to_the_bound_with_power_steps() -> Result<()> {
+    let mut errors = Vec::new();
+    for n_power in [1, 5, 100] {
+        let sn = sn_layer(3.0, 0.9, n_power)?;
+        assert!(spectral_norm(sn.weight_orig.as_tensor())? > 0.9);
+        let w = sn.weight(&mut ForwardCtx::train(0))?;
+        errors.push((spectral_norm(&w)? - 0.9).abs());
+    }
+    assert!(
+        errors[2] < 1e-6,
+        "σ(W̃) after 100 steps off by {}",
+        errors[2]
+    );
+    assert!(
+        errors[0] > errors[2],
+        "more power steps must tighten σ(W̃) → c: {errors:?}"
+    );
+    Ok(())
+}
+
+fn imlp(coeff: f64, n_iter: usize, n_power: usize) -> Result<(IMlp, Tensor)> {
+    let cfg = IMixerConfig {
+        hidden_ratio: 2.0,
+        n_iter,
+        n_power,
+        coeff,
+        ..IMixerConfig::default()
+    };
+    let b = Builder::new(11, DType::F64, &Device::Cpu);
+    let m = IMlp::new(&b.root().sub("imlp"), 9, 8, &cfg)?;
+    // Make F strongly non-trivial: weights well above the SN bound before normalisation.
+    for sn in [&m.fc_sn1, &m.fc_sn2] {
+        sn.weight_orig.set(&(sn.weight_orig.as_tensor() * 4.0)?)?;
+    }
+    let z = Tensor::randn(0f64, 1.0, (3, 9, 5), &Device::Cpu)?;
+    Ok((m, z))
+}
+
+#[test]
+fn one_iteration_imlp_is_fc2_gelu_y_plus_f_y() -> Result<()> {
+    let (m, z) = imlp(0.9, 1, 8)?;
+    let mut ctx = ForwardCtx::eval();
+    let out = m.forward(&z, Axis::Tokens, &mut ctx)?;
+    let y = m.fc1.forward(&z, Axis::Tokens)?;
+    let f = m.residual_map(&y, Axis::Tokens, &mut ctx)?;
+    let expected = m.fc2.forward(&gelu(&(y + f)?)?, Axis::Tokens)?;
+    let d = (out - expected)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    assert!(d < 1e-12, "{d}");
+    Ok(())
+}
+
+#[test]
+fn fixed_point_converges_geometrically_and_uniquely_for_c_088() -> Result<()> {
+    let (m, z) = imlp(0.88, 1, 500)?;
+    // Converge u, v (one training call of each layer), then evaluate F with the stored state.
+    let mut train = ForwardCtx::train(0);
+    m.residual_map(&z.narrow(1, 0, 8)?.contiguous()?, Axis::Tokens, &mut train)?;
+    let mut ctx = ForwardCtx::eval();
+    let y = m.fc1.forward(&z, Axis::Tokens)?;
+    let norm = |t: &Tensor| -> Result<f64> { Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?) };
+    let solve = |x0: Tensor, ctx: &mut ForwardCtx| -> Result<(Tensor, Vec<f64>)> {
+        let mut x = x0;
+        let mut residuals = Vec::new();
+        for _ in 0..200 {
+            let next = (m.residual_map(&x, Axis::Tokens, ctx)? + &y)?;
+            residuals.push(norm(&(&next - &x)?)?);
+            x = next;
+        }
+        Ok((x, residuals))
+    };
+    let (x_a, r) = solve(y.clone(), &mut ctx)?;
+    assert!(
+        r[199] < 1e-9 * r[0].max(1.0),
+        "residual {:.3e} → {:.3e}",
+        r[0],
+        r[199]
+    );
+    // Geometric: every ratio bounded by the Lipschitz bound L = (c·1.1289)² < 1.
+    let lip = (0.88f64 * 1.128_904_3).powi(2);
+    for k in 1..60 {
+        if r[k - 1] > 1e-12 {
+            assert!(
+                r[k] <= lip * r[k - 1] * (1.0 + 1e-9),
+                "step {k}: {} > L·{}",
+                r[k],
+                r[k - 1]
+            );
+        }
+    }
+    // x* = y + F(x*), and the same x* from a random start.
+    let fx = (m.residual_map(&x_a, Axis::Tokens, &mut ctx)? + &y)?;
+    assert!(norm(&(&fx - &x_a)?)? < 1e-8);
+    let (x_b, _) = solve(Tensor::randn(0f64, 3.0, y.shape(), y.device())?, &mut ctx)?;
+    assert!(norm(&(&x_a - &x_b)?)? < 1e-8, "fixed point not unique");
+    // (1 − F) is bi-Lipschitz with constants 1 ∓ L.
+    for seed in 0..5 {
+        let a = Tensor::randn(0f64, 1.0 + seed as f64, y.shape(), y.device())?;
+        let b = Tensor::randn(0f64, 1.0, y.shape(), y.device())?;
+        let ga = (&a - m.residual_map(&a, Axis::Tokens, &mut ctx)?)?;
+        let gb = (&b - m.residual_map(&b, Axis::Tokens, &mut ctx)?)?;
+        let (dx, dg) = (norm(&(&a - &b)?)?, norm(&(ga - gb)?)?);
+        assert!(
+            dg >= (1.0 - lip) * dx - 1e-12 && dg <= (1.0 + lip) * dx + 1e-12,
+            "{dg} vs {dx}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn checkpoint_roundtrip_and_mismatch_errors() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = registry::lookup("paramixer_t4_28").map_err(anyhow::Error::msg)?;
+    let model = MixerNet::new(&cfg, 5, &Device::Cpu)?;
+    let path = dir.path().join("m.safetensors");
+    model.save(&path)?;
+    let loaded = MixerNet::load(&path, None, &Device::Cpu)?;
+    for (a, b) in model.state_dict().iter().zip(loaded.state_dict()) {
+        assert_eq!(a.0, b.0);
+        assert_eq!(
+            a.1.flatten_all()?.to_vec1::<f32>()?,
+            b.1.flatten_all()?.to_vec1::<f32>()?
+        );
+    }
+    // Loading into the wrong family lists the problems.
+    let other = registry::lookup("symmixer_t4_28").map_err(anyhow::Error::msg)?;
+    let err = MixerNet::load(&path, Some(&other), &Device::Cpu).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("does not match") && msg.contains("file has shape [49, 64]"),
+        "{msg}"
+    );
+    // A truncated file is a clear error, not a panic.
+    let bytes = std::fs::read(&path)?;
+    std::fs::write(&path, &bytes[..bytes.len() / 2])?;
+    let msg = format!(
+        "{:#}",
+        MixerNet::load(&path, None, &Device::Cpu).unwrap_err()
+    );
+    assert!(msg.contains("m.safetensors"), "{msg}");
+    Ok(())
+}
