@@ -15,10 +15,12 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod data;
 pub mod layers;
 pub mod models;
 pub mod optim;
 pub mod params;
+pub mod plot;
 pub mod registry;
 pub mod train;
 

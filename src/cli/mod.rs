@@ -1,7 +1,10 @@
 //! The command-line interface: one subcommand per task, one file per subcommand.
 
 mod bench;
+mod eval;
 mod models;
+mod predict;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -21,6 +24,12 @@ pub struct Cli {
 pub enum Command {
     /// List every registered model name with its parameter count.
     Models(models::ModelsArgs),
+    /// Train a model on real data (Fashion-MNIST by default) with the papers' recipe.
+    Train(Box<train::TrainArgs>),
+    /// Evaluate a checkpoint: top-1/top-5, loss, per-class accuracy, confusion matrix.
+    Eval(eval::EvalArgs),
+    /// Predict the top classes of image files.
+    Predict(predict::PredictArgs),
     /// Time train/inference steps on the PyTorch-baseline configurations.
     Bench(bench::BenchArgs),
 }
@@ -42,5 +51,8 @@ pub fn main() -> Result<()> {
     match cli.command {
         Command::Models(a) => models::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train::run(*a),
+        Command::Eval(a) => eval::run(a),
+        Command::Predict(a) => predict::run(a),
     }
 }

@@ -1,0 +1,132 @@
+//! `imixer eval`: top-1/top-5, loss, per-class accuracy and a confusion-matrix PNG.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use clap::Args;
+
+use crate::data::{self, DatasetKind, EvalTransform, Loader, LoaderConfig};
+use crate::train::eval::evaluate;
+use crate::train::state;
+use crate::MixerNet;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Checkpoint (last.safetensors / best.safetensors of a run, or a reference file with --model).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Model name, for reference checkpoints that carry no configuration.
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long, default_value = "fashion-mnist")]
+    pub dataset: DatasetKind,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Evaluate the training split instead of the held-out one.
+    #[arg(long)]
+    pub train_split: bool,
+    /// Centre-crop fraction (default: the run's setting, else 1 for ≤ 32 px and 0.875 above).
+    #[arg(long)]
+    pub crop_pct: Option<f64>,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Where to write the confusion-matrix PNG (default: next to the checkpoint).
+    #[arg(long)]
+    pub confusion_png: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Loads a checkpoint with its class names and the run's eval transform (when stored).
+pub fn load_for_inference(
+    path: &std::path::Path,
+    model: Option<&str>,
+) -> Result<(MixerNet, Option<Vec<String>>, Option<EvalTransform>)> {
+    let dev = Device::Cpu;
+    let cfg = match model {
+        Some(name) => Some(crate::registry::lookup(name).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let file = crate::checkpoint::read(path, &dev)?;
+    let net = MixerNet::load(path, cfg.as_ref(), &dev)?;
+    let classes = state::classes(&file.metadata);
+    let eval_tf = file
+        .metadata
+        .get(state::TRAIN_CONFIG_KEY)
+        .and_then(|t| toml::from_str::<crate::train::TrainConfig>(t).ok())
+        .map(|c| c.eval_transform);
+    Ok((net, classes, eval_tf))
+}
+
+/// The eval transform for a model: the run's (resized to the model), else a sensible default.
+pub fn eval_transform(
+    net: &MixerNet,
+    saved: Option<EvalTransform>,
+    crop_pct: Option<f64>,
+) -> EvalTransform {
+    let (size, chans) = (net.config.img_size, net.config.in_chans);
+    let mut t = saved.unwrap_or_else(|| EvalTransform {
+        crop_pct: if size <= 32 { 1.0 } else { 0.875 },
+        ..EvalTransform::spec(size, chans)
+    });
+    t.image_size = size;
+    t.in_chans = chans;
+    if let Some(c) = crop_pct {
+        t.crop_pct = c;
+    }
+    t
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    super::set_threads(a.threads);
+    let (net, saved_classes, saved_tf) = load_for_inference(&a.checkpoint, a.model.as_deref())?;
+    let dir = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| data::default_data_dir(a.dataset));
+    let ds = data::load_dataset(a.dataset, &dir)?;
+    let classes = saved_classes.unwrap_or_else(|| ds.classes.clone());
+    if classes.len() != net.config.num_classes {
+        anyhow::bail!(
+            "the model has {} classes but the data set has {}",
+            net.config.num_classes,
+            classes.len()
+        );
+    }
+    let split = if a.train_split { ds.train } else { ds.val };
+    let tf = eval_transform(&net, saved_tf, a.crop_pct);
+    let loader = Loader::new(Arc::new(split), tf, LoaderConfig::eval(a.batch_size))?;
+    let report = evaluate(&net, &loader, classes.len())?;
+    let png = a.confusion_png.clone().unwrap_or_else(|| {
+        a.checkpoint.with_file_name(format!(
+            "{}.confusion.png",
+            a.checkpoint
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("eval")
+        ))
+    });
+    crate::plot::confusion_matrix(&png, &report.confusion, &classes)
+        .context("cannot draw the confusion matrix")?;
+    if a.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["classes"] = serde_json::to_value(&classes)?;
+        v["confusion_png"] = serde_json::Value::String(png.display().to_string());
+        println!("{v}");
+    } else {
+        println!(
+            "images {}  loss {:.4}  top-1 {:.4}  top-5 {:.4}",
+            report.images, report.loss, report.top1, report.top5
+        );
+        for (c, acc) in classes.iter().zip(&report.per_class_accuracy) {
+            println!("  {c:<20} {acc:.4}");
+        }
+        println!("confusion matrix: {}", png.display());
+    }
+    Ok(())
+}

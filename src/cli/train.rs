@@ -1,0 +1,279 @@
+//! `imixer train`: train a model on real data with the papers' recipe.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::data::DatasetKind;
+use crate::train::config::SchedUnit;
+use crate::train::{train, RunOptions, TrainConfig};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Registered model name (see `imixer models`); default per data set (imixer_t4_28 for
+    /// Fashion-MNIST/MNIST, imixer_s4_32 for CIFAR, imixer_s16_224 for folders).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// fashion-mnist (default), mnist, cifar10, cifar100 or folder.
+    #[arg(long)]
+    pub dataset: Option<DatasetKind>,
+    /// Data directory (default: /usr/share/datasets/fashion-mnist for Fashion-MNIST).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// TOML file with any training-config field (flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Run directory for checkpoints, metrics.jsonl and curves.png.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out from last.safetensors (bit-identical to an uninterrupted run).
+    #[arg(long)]
+    pub resume: bool,
+    /// Epochs of the cosine schedule.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Epochs at min-lr after the cosine (timm cool-down).
+    #[arg(long)]
+    pub cooldown_epochs: Option<usize>,
+    /// Linear warm-up length in epochs.
+    #[arg(long)]
+    pub warmup_epochs: Option<f64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Final learning rate of the cosine.
+    #[arg(long)]
+    pub min_lr: Option<f64>,
+    /// Learning rate at the start of warm-up.
+    #[arg(long)]
+    pub warmup_lr: Option<f64>,
+    /// Decoupled AdamW weight decay (not applied to 1-D tensors and biases).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Advance the schedule per `epoch` (papers) or per `step`.
+    #[arg(long, value_parser = parse_sched)]
+    pub sched_on: Option<SchedUnit>,
+    /// Micro-batches accumulated per optimizer step.
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Clip the global gradient norm to this value.
+    #[arg(long)]
+    pub clip_grad: Option<f64>,
+    /// Seed of every random choice (init, order, augmentation, mixing, drop-path).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Drop-path rate, same in every block.
+    #[arg(long)]
+    pub drop_path: Option<f64>,
+    /// Horizontal-flip probability.
+    #[arg(long)]
+    pub hflip: Option<f64>,
+    /// RandAugment policy in timm syntax (e.g. rand-m9-mstd0.5-inc1), or `none`.
+    #[arg(long)]
+    pub randaugment: Option<String>,
+    /// Random-erasing probability (pixel mode).
+    #[arg(long)]
+    pub reprob: Option<f64>,
+    /// Mixup alpha (0 disables).
+    #[arg(long)]
+    pub mixup: Option<f64>,
+    /// CutMix alpha (0 disables).
+    #[arg(long)]
+    pub cutmix: Option<f64>,
+    /// Probability of mixing a batch.
+    #[arg(long)]
+    pub mixup_prob: Option<f64>,
+    /// Probability of CutMix instead of Mixup when both are on.
+    #[arg(long)]
+    pub mixup_switch_prob: Option<f64>,
+    /// Label smoothing.
+    #[arg(long)]
+    pub smoothing: Option<f64>,
+    /// Evaluation centre-crop fraction (timm crop_pct; 1 = no resize margin).
+    #[arg(long)]
+    pub crop_pct: Option<f64>,
+    /// Train on a random subset of this many images.
+    #[arg(long)]
+    pub train_subset: Option<usize>,
+    /// Evaluate on a random subset of this many images.
+    #[arg(long)]
+    pub val_subset: Option<usize>,
+    /// Also save last.safetensors every N optimizer steps within an epoch.
+    #[arg(long)]
+    pub save_every_steps: Option<usize>,
+    /// Loader threads.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print the final metrics as one JSON object on stdout (no progress bars).
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after N optimizer steps, saving last.safetensors (for testing --resume).
+    #[arg(long, hide = true)]
+    pub stop_after_steps: Option<u64>,
+}
+
+fn parse_sched(s: &str) -> Result<SchedUnit, String> {
+    match s {
+        "epoch" => Ok(SchedUnit::Epoch),
+        "step" => Ok(SchedUnit::Step),
+        _ => Err(format!("--sched-on must be epoch or step, not {s}")),
+    }
+}
+
+/// defaults(dataset) → TOML file → flags.
+pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
+    let file: Option<toml::Table> = match &a.config {
+        Some(p) => Some(
+            toml::from_str(
+                &std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config {}", p.display()))?,
+            )
+            .with_context(|| format!("{} is not valid TOML", p.display()))?,
+        ),
+        None => None,
+    };
+    let file_dataset = file
+        .as_ref()
+        .and_then(|t| t.get("dataset"))
+        .and_then(|v| v.as_str())
+        .map(|s| s.parse::<DatasetKind>());
+    let dataset = match (a.dataset, file_dataset) {
+        (Some(d), _) => d,
+        (None, Some(d)) => d?,
+        (None, None) => DatasetKind::FashionMnist,
+    };
+    let mut c = TrainConfig::defaults_for(dataset);
+    if let Some(table) = file {
+        let mut base = toml::Table::try_from(&c)?;
+        for (k, v) in table {
+            merge(&mut base, k, v);
+        }
+        c = toml::Value::Table(base).try_into().with_context(|| {
+            format!(
+                "{}: unknown or mistyped field (see `imixer train --help`)",
+                a.config.as_ref().unwrap().display()
+            )
+        })?;
+    }
+    c.dataset = dataset;
+    macro_rules! set {
+        ($($field:ident),*) => { $( if let Some(v) = a.$field.clone() { c.$field = v; } )* };
+    }
+    macro_rules! set_opt {
+        ($($field:ident),*) => { $( if a.$field.is_some() { c.$field = a.$field.clone(); } )* };
+    }
+    set!(
+        epochs,
+        cooldown_epochs,
+        warmup_epochs,
+        batch_size,
+        lr,
+        min_lr,
+        warmup_lr,
+        weight_decay,
+        sched_on,
+        grad_accum,
+        seed,
+        drop_path,
+        workers,
+        threads
+    );
+    set_opt!(data_dir, save_every_steps, train_subset, val_subset);
+    if let Some(m) = &a.model {
+        c.model = m.clone();
+        c.model_config = None;
+    }
+    if let Some(o) = &a.out {
+        c.out = o.clone();
+    }
+    if a.clip_grad.is_some() {
+        c.clip_grad = a.clip_grad;
+    }
+    if let Some(v) = a.hflip {
+        c.train_transform.hflip = v;
+    }
+    if let Some(r) = &a.randaugment {
+        c.train_transform.rand_augment = if r == "none" {
+            None
+        } else {
+            Some(crate::data::transforms::RandAugment::parse(r)?)
+        };
+    }
+    if let Some(v) = a.reprob {
+        c.train_transform.random_erase = v;
+    }
+    if let Some(v) = a.mixup {
+        c.mixup.mixup_alpha = v;
+        if v > 0.0 && c.mixup.prob == 0.0 {
+            c.mixup.prob = 1.0;
+        }
+    }
+    if let Some(v) = a.cutmix {
+        c.mixup.cutmix_alpha = v;
+        if v > 0.0 && c.mixup.prob == 0.0 {
+            c.mixup.prob = 1.0;
+        }
+    }
+    if let Some(v) = a.mixup_prob {
+        c.mixup.prob = v;
+    }
+    if let Some(v) = a.mixup_switch_prob {
+        c.mixup.switch_prob = v;
+    }
+    if let Some(v) = a.smoothing {
+        c.mixup.label_smoothing = v;
+    }
+    if let Some(v) = a.crop_pct {
+        c.eval_transform.crop_pct = v;
+    }
+    Ok(c)
+}
+
+/// Deep-merges a TOML value into a table (nested tables merge key by key).
+fn merge(base: &mut toml::Table, key: String, value: toml::Value) {
+    match (base.get_mut(&key), value) {
+        (Some(toml::Value::Table(b)), toml::Value::Table(v)) => {
+            for (k, v) in v {
+                merge(b, k, v);
+            }
+        }
+        (_, v) => {
+            base.insert(key, v);
+        }
+    }
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let cfg = resolve(&a)?;
+    super::set_threads(cfg.threads);
+    let summary = train(
+        &cfg,
+        &RunOptions {
+            resume: a.resume,
+            progress: !a.json,
+            stop_after_steps: a.stop_after_steps,
+        },
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        eprintln!(
+            "done: {} ({} params) val top-1 {:.4} top-5 {:.4} (best {:.4} at epoch {:?}) in {:.0} s; run in {}",
+            summary.model,
+            summary.params,
+            summary.final_val_top1,
+            summary.final_val_top5,
+            summary.best_val_top1,
+            summary.best_epoch,
+            summary.train_seconds,
+            summary.out.display()
+        );
+    }
+    Ok(())
+}

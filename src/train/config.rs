@@ -1,0 +1,197 @@
+//! The training configuration: every recipe knob, serialisable to TOML. Resolution order:
+//! per-dataset defaults → `--config FILE.toml` → command-line flags; the resolved configuration
+//! is saved as `OUT/config.toml` and inside every checkpoint.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ModelConfig;
+use crate::data::{DatasetKind, EvalTransform, MixupConfig, TrainTransform};
+
+/// When the learning-rate schedule advances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedUnit {
+    /// Once per epoch (timm default, the papers).
+    Epoch,
+    /// Every optimizer step (smooth warm-up for short runs).
+    Step,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Registered model name (`imixer models`); ignored when `model_config` is given.
+    pub model: String,
+    /// A full model configuration instead of a registered name (any knob).
+    pub model_config: Option<ModelConfig>,
+    /// Drop-path rate (same in every block).
+    pub drop_path: f64,
+    pub dataset: DatasetKind,
+    /// Data directory (default: the dataset's standard location).
+    pub data_dir: Option<PathBuf>,
+    /// Run directory: checkpoints, metrics, plots.
+    pub out: PathBuf,
+    /// Epochs of the cosine schedule (warm-up included).
+    pub epochs: usize,
+    /// Extra epochs at `min_lr` after the cosine.
+    pub cooldown_epochs: usize,
+    pub warmup_epochs: f64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_lr: f64,
+    pub weight_decay: f64,
+    pub sched_on: SchedUnit,
+    /// Micro-batches accumulated per optimizer step.
+    pub grad_accum: usize,
+    /// Clip the global gradient L2 norm (off when absent).
+    pub clip_grad: Option<f64>,
+    pub seed: u64,
+    /// Loader threads (decoding and augmentation).
+    pub workers: usize,
+    /// Compute threads (0: all cores).
+    pub threads: usize,
+    pub train_transform: TrainTransform,
+    pub eval_transform: EvalTransform,
+    /// Mixup/CutMix and label smoothing (`prob = 0` or both alphas 0: smoothing only).
+    pub mixup: MixupConfig,
+    /// Train on a random subset of this many images (quick runs, tests).
+    pub train_subset: Option<usize>,
+    /// Evaluate on a subset of this many images.
+    pub val_subset: Option<usize>,
+    /// Also checkpoint `last` every this many optimizer steps inside an epoch.
+    pub save_every_steps: Option<usize>,
+    pub eval_batch_size: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig::defaults_for(DatasetKind::FashionMnist)
+    }
+}
+
+impl TrainConfig {
+    /// Defaults chosen per data set so that a plain `imixer train` does the right thing.
+    ///
+    /// - Fashion-MNIST / MNIST (28×28×1): the small iMixer `imixer_t4_28`, RandomCrop(pad 2) (+
+    ///   flip for Fashion-MNIST only: flipped digits are other digits), label smoothing 0.1, no
+    ///   RandAugment/erasing/Mixup (they cost more epochs than this budget has), AdamW lr 2e-3,
+    ///   per-step cosine with one warm-up epoch.
+    /// - CIFAR-10/100 (32×32×3): `imixer_s4_32` with the papers' regularisation at native size
+    ///   (RandomCrop pad 4, flip, RandAugment m9, erasing 0.25, Mixup/CutMix, smoothing 0.1,
+    ///   drop-path 0.1), 100 epochs, lr 1e-3, 5 warm-up epochs.
+    /// - Image folders: the full SPEC recipe at 224 (RandomResizedCrop, crop_pct 0.875), 300
+    ///   epochs, 20 warm-up, 10 cool-down, lr 5e-4·batch/512, `imixer_s16_224`.
+    pub fn defaults_for(dataset: DatasetKind) -> Self {
+        let mut c = TrainConfig {
+            model: "imixer_t4_28".into(),
+            model_config: None,
+            drop_path: 0.0,
+            dataset,
+            data_dir: None,
+            out: PathBuf::from("runs/latest"),
+            epochs: 10,
+            cooldown_epochs: 0,
+            warmup_epochs: 1.0,
+            batch_size: 128,
+            lr: 2e-3,
+            min_lr: 1e-5,
+            warmup_lr: 1e-6,
+            weight_decay: 0.05,
+            sched_on: SchedUnit::Step,
+            grad_accum: 1,
+            clip_grad: None,
+            seed: 0,
+            workers: 2,
+            threads: 0,
+            train_transform: TrainTransform::small(28, 1, 2),
+            eval_transform: EvalTransform {
+                crop_pct: 1.0,
+                ..EvalTransform::spec(28, 1)
+            },
+            mixup: MixupConfig {
+                prob: 0.0,
+                ..MixupConfig::smoothing_only(10, 0.1)
+            },
+            train_subset: None,
+            val_subset: None,
+            save_every_steps: None,
+            eval_batch_size: 256,
+        };
+        match dataset {
+            DatasetKind::FashionMnist => {}
+            DatasetKind::Mnist => c.train_transform.hflip = 0.0,
+            DatasetKind::Cifar10 | DatasetKind::Cifar100 => {
+                let classes = if dataset == DatasetKind::Cifar10 {
+                    10
+                } else {
+                    100
+                };
+                c.model = "imixer_s4_32".into();
+                c.epochs = 100;
+                c.warmup_epochs = 5.0;
+                c.lr = 1e-3;
+                c.drop_path = 0.1;
+                c.sched_on = SchedUnit::Epoch;
+                c.train_transform = TrainTransform {
+                    random_erase: 0.25,
+                    rand_augment: TrainTransform::spec(32, 3).rand_augment,
+                    ..TrainTransform::small(32, 3, 4)
+                };
+                c.eval_transform = EvalTransform {
+                    crop_pct: 1.0,
+                    ..EvalTransform::spec(32, 3)
+                };
+                c.mixup = MixupConfig::spec(classes);
+            }
+            DatasetKind::Folder => {
+                c.model = "imixer_s16_224".into();
+                c.epochs = 300;
+                c.cooldown_epochs = 10;
+                c.warmup_epochs = 20.0;
+                c.lr = 5e-4 * c.batch_size as f64 / 512.0;
+                c.min_lr = 1e-6;
+                c.drop_path = 0.1;
+                c.sched_on = SchedUnit::Epoch;
+                c.train_transform = TrainTransform::spec(224, 3);
+                c.eval_transform = EvalTransform::spec(224, 3);
+                c.mixup = MixupConfig::spec(0);
+            }
+        }
+        c
+    }
+
+    /// Total epochs run (cosine + cool-down).
+    pub fn total_epochs(&self) -> usize {
+        self.epochs + self.cooldown_epochs
+    }
+
+    /// Sanity checks with messages that name the knob.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.epochs == 0 {
+            return Err("epochs must be ≥ 1".into());
+        }
+        if self.batch_size == 0 || self.eval_batch_size == 0 {
+            return Err("batch sizes must be ≥ 1".into());
+        }
+        if self.grad_accum == 0 {
+            return Err("grad_accum must be ≥ 1".into());
+        }
+        for (name, v) in [
+            ("lr", self.lr),
+            ("min_lr", self.min_lr),
+            ("warmup_lr", self.warmup_lr),
+            ("weight_decay", self.weight_decay),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(format!("{name} = {v} must be finite and ≥ 0"));
+            }
+        }
+        if self.clip_grad.is_some_and(|c| !(c > 0.0)) {
+            return Err("clip_grad must be > 0".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,100 @@
+//! Training checkpoints: model + optimizer moments + where the run stands, in one safetensors
+//! file. Every random draw of a run is a pure function of (seed, epoch, batch), so "where the run
+//! stands" (next epoch and batch, optimizer step) is the whole RNG state: a resumed run replays
+//! exactly the batches, augmentations, Mixup draws and drop-path masks it would have seen.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, CONFIG_KEY, TRAIN_STATE_PREFIX};
+use crate::optim::AdamW;
+use crate::MixerNet;
+
+pub const STATE_KEY: &str = "imixer.train_state";
+pub const TRAIN_CONFIG_KEY: &str = "imixer.train_config";
+pub const CLASSES_KEY: &str = "imixer.classes";
+
+/// Where a run stands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Epoch to run next (or the one in progress when `next_batch > 0`).
+    pub epoch: usize,
+    /// First batch of `epoch` not yet trained on.
+    pub next_batch: usize,
+    /// Optimizer steps taken.
+    pub step: u64,
+    pub best_top1: f64,
+    pub best_epoch: Option<usize>,
+}
+
+/// Writes model + optimizer + state atomically.
+pub fn save(
+    path: &Path,
+    model: &MixerNet,
+    opt: Option<&AdamW>,
+    state: &RunState,
+    train_config_toml: &str,
+    classes: &[String],
+) -> Result<()> {
+    let mut tensors = model.state_dict();
+    if let Some(opt) = opt {
+        tensors.extend(
+            opt.state_tensors()
+                .into_iter()
+                .map(|(n, t)| (format!("{TRAIN_STATE_PREFIX}{n}"), t)),
+        );
+    }
+    let mut meta = HashMap::new();
+    meta.insert(
+        CONFIG_KEY.to_string(),
+        serde_json::to_string(&model.config)?,
+    );
+    meta.insert(STATE_KEY.to_string(), serde_json::to_string(state)?);
+    meta.insert(TRAIN_CONFIG_KEY.to_string(), train_config_toml.to_string());
+    meta.insert(CLASSES_KEY.to_string(), serde_json::to_string(classes)?);
+    meta.insert("format".to_string(), "pt".to_string());
+    checkpoint::write(path, &tensors, &meta)
+}
+
+/// Restores model weights, optimizer moments and the run state from `path`.
+pub fn restore(
+    path: &Path,
+    model: &MixerNet,
+    opt: &mut AdamW,
+    device: &Device,
+) -> Result<RunState> {
+    let file = checkpoint::read(path, device)?;
+    let state: RunState = serde_json::from_str(
+        file.metadata
+            .get(STATE_KEY)
+            .with_context(|| format!("{} is not a training checkpoint", path.display()))?,
+    )
+    .with_context(|| format!("{}: unreadable run state", path.display()))?;
+    let weights: HashMap<String, Tensor> = file
+        .tensors
+        .iter()
+        .filter(|(k, _)| !k.starts_with(TRAIN_STATE_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    model
+        .load_state(&weights, false)
+        .with_context(|| format!("while resuming from {}", path.display()))?;
+    opt.load_state(state.step, |name| {
+        file.tensors
+            .get(&format!("{TRAIN_STATE_PREFIX}{name}"))
+            .cloned()
+    })
+    .with_context(|| format!("while restoring the optimizer from {}", path.display()))?;
+    Ok(state)
+}
+
+/// Class names stored in a checkpoint, if any.
+pub fn classes(metadata: &HashMap<String, String>) -> Option<Vec<String>> {
+    metadata
+        .get(CLASSES_KEY)
+        .and_then(|s| serde_json::from_str(s).ok())
+}
