@@ -161,7 +161,10 @@ pub struct TrainTransform {
     pub spatial: SpatialAug,
     /// Horizontal flip probability.
     pub hflip: f64,
-    /// timm RandAugment config string, e.g. `rand-m9-mstd0.5-inc1`; absent = off.
+    /// timm RandAugment config string, e.g. `rand-m9-mstd0.5-inc1`; absent = off. (Field-level
+    /// default: `None` is not written to TOML, so the container default, the SPEC recipe's
+    /// RandAugment, would otherwise turn it back on when a saved config is read.)
+    #[serde(default)]
     pub rand_augment: Option<RandAugment>,
     /// RandomErasing probability (pixel mode); 0 = off.
     pub random_erase: f64,

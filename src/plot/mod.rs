@@ -1,5 +1,8 @@
 //! PNG figures with plotters: training curves, confusion matrices, generic line charts.
 //! Every figure is drawn to a temporary file and renamed into place.
+//!
+//! Text uses an embedded DejaVu Sans (plotters' `ab_glyph` backend): no fontconfig/freetype
+//! system libraries, so the binary draws its figures on any machine.
 
 use std::path::Path;
 
@@ -10,6 +13,19 @@ use plotters::prelude::*;
 pub struct Series<'a> {
     pub name: &'a str,
     pub points: Vec<(f64, f64)>,
+}
+
+/// Registers the embedded font once per process.
+fn ensure_font() -> Result<()> {
+    static FONT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *FONT.get_or_init(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular()).is_ok()
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(anyhow!("the embedded plot font could not be loaded"))
+    }
 }
 
 fn temp_path(path: &Path) -> std::path::PathBuf {
@@ -26,6 +42,7 @@ fn finish(tmp: &Path, path: &Path) -> Result<()> {
 
 /// Draws side-by-side line charts (one panel per entry) into one PNG.
 pub fn line_panels(path: &Path, panels: &[(&str, &str, &str, Vec<Series>)]) -> Result<()> {
+    ensure_font()?;
     let tmp = temp_path(path);
     {
         let width = 520 * panels.len().max(1) as u32;
@@ -94,6 +111,7 @@ pub fn line_panels(path: &Path, panels: &[(&str, &str, &str, Vec<Series>)]) -> R
 
 /// A confusion matrix as a heat map (rows: true class, columns: predicted), row-normalised.
 pub fn confusion_matrix(path: &Path, confusion: &[Vec<usize>], classes: &[String]) -> Result<()> {
+    ensure_font()?;
     let k = confusion.len().max(1);
     let tmp = temp_path(path);
     {

@@ -27,8 +27,17 @@ pub struct RunState {
     pub next_batch: usize,
     /// Optimizer steps taken.
     pub step: u64,
+    /// −∞ until the first epoch has been evaluated (JSON writes it as `null`).
+    #[serde(deserialize_with = "best_top1_or_null")]
     pub best_top1: f64,
     pub best_epoch: Option<usize>,
+}
+
+/// Reads `best_top1`, mapping `null` (how serde_json writes the initial −∞) back to −∞; without
+/// this a checkpoint saved inside the first epoch (`--save-every-steps`, `--stop-after-steps`, a
+/// kill) could not be resumed.
+fn best_top1_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NEG_INFINITY))
 }
 
 /// Writes model + optimizer + state atomically.
