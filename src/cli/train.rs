@@ -68,6 +68,19 @@ pub struct TrainArgs {
     /// Drop-path rate, same in every block.
     #[arg(long)]
     pub drop_path: Option<f64>,
+    /// iMixer: iMLP solver — unrolled (reference, n_iter steps), picard or anderson (solve to
+    /// --solver-tol with implicit gradients).
+    #[arg(long)]
+    pub solver: Option<String>,
+    /// Relative residual tolerance of the picard/anderson solver.
+    #[arg(long, default_value_t = 1e-4)]
+    pub solver_tol: f64,
+    /// Iteration cap of the picard/anderson solver (a warning names blocks that hit it).
+    #[arg(long, default_value_t = 30)]
+    pub solver_max_iter: usize,
+    /// Anderson memory m.
+    #[arg(long, default_value_t = 5)]
+    pub anderson_m: usize,
     /// Horizontal-flip probability.
     #[arg(long)]
     pub hflip: Option<f64>,
@@ -194,6 +207,22 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if a.clip_grad.is_some() {
         c.clip_grad = a.clip_grad;
+    }
+    if let Some(s) = &a.solver {
+        use crate::config::Solver;
+        c.solver = Some(match s.as_str() {
+            "unrolled" => Solver::Unrolled,
+            "picard" => Solver::Picard {
+                tol: a.solver_tol,
+                max_iter: a.solver_max_iter,
+            },
+            "anderson" => Solver::Anderson {
+                m: a.anderson_m,
+                tol: a.solver_tol,
+                max_iter: a.solver_max_iter,
+            },
+            other => anyhow::bail!("--solver must be unrolled, picard or anderson, not {other}"),
+        });
     }
     if let Some(v) = a.hflip {
         c.train_transform.hflip = v;

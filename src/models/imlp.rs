@@ -10,7 +10,9 @@
 use candle_core::{Result, Tensor};
 use serde::Serialize;
 
+use super::implicit::{fixed_point, FixedMap, ImplicitGradient};
 use crate::config::{IMixerConfig, Solver};
+use crate::layers::linear::linear;
 use crate::layers::linear::{BiasInit, MLP_BIAS_STD};
 use crate::layers::{gelu, Axis, ForwardCtx, Linear, SoftSpectralNorm};
 use crate::params::Scope;
@@ -85,8 +87,40 @@ impl IMlp {
                 }
                 Ok(x)
             }
-            other => {
-                candle_core::bail!("iMLP solver {other:?} is not available yet; use `unrolled`")
+            solver => {
+                // The SN weights of this forward (one power-iteration round per layer), kept in
+                // the graph for the final differentiable step.
+                let w1 = self.fc_sn1.weight(ctx)?;
+                let w2 = self.fc_sn2.weight(ctx)?;
+                let (b1, b2) = (self.fc_sn1.bias.as_tensor(), self.fc_sn2.bias.as_tensor());
+                let fixed = FixedMap {
+                    w1: w1.detach(),
+                    b1: b1.detach(),
+                    w2: w2.detach(),
+                    b2: b2.detach(),
+                    axis,
+                };
+                let y_d = y.detach();
+                let (x_star, info) = fixed_point(|x| fixed.apply(x)? + &y_d, y_d.clone(), solver)?;
+                ctx.solver_stats.push(SolverStats {
+                    module: self.name.clone(),
+                    iterations: info.iterations,
+                    residual: info.residual,
+                    converged: info.converged,
+                });
+                let x_star = x_star.detach();
+                // x = y + F(x*) carries ∂/∂y and ∂/∂θ; the hook turns ∂L/∂x into the adjoint u.
+                let h = linear(&gelu(&x_star)?, &w1, Some(b1), axis)?;
+                let x = (linear(&gelu(&h)?, &w2, Some(b2), axis)? + y)?;
+                if !ctx.train {
+                    return Ok(x);
+                }
+                x.apply_op1(ImplicitGradient {
+                    x_star,
+                    map: fixed,
+                    solver: solver.clone(),
+                    last_backward: Default::default(),
+                })
             }
         }
     }

@@ -2,6 +2,7 @@
 
 pub mod blocks;
 pub mod imlp;
+pub mod implicit;
 pub mod mlp;
 pub mod net;
 

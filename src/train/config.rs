@@ -28,6 +28,9 @@ pub struct TrainConfig {
     pub model_config: Option<ModelConfig>,
     /// Drop-path rate (same in every block).
     pub drop_path: f64,
+    /// iMixer only: override the iMLP solver (`unrolled` = reference; `picard`/`anderson` solve
+    /// the fixed point to a tolerance with implicit gradients).
+    pub solver: Option<crate::config::Solver>,
     pub dataset: DatasetKind,
     /// Data directory (default: the dataset's standard location).
     pub data_dir: Option<PathBuf>,
@@ -89,6 +92,7 @@ impl TrainConfig {
             model: "imixer_t4_28".into(),
             model_config: None,
             drop_path: 0.0,
+            solver: None,
             dataset,
             data_dir: None,
             out: PathBuf::from("runs/latest"),

@@ -35,6 +35,12 @@ pub struct EpochMetrics {
     pub val_top5: f64,
     pub seconds: f64,
     pub img_per_s: f64,
+    /// iMLP fixed-point solves of this epoch (picard/anderson modes): mean iterations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solver_mean_iters: Option<f64>,
+    /// … and the largest final residual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solver_max_residual: Option<f64>,
 }
 
 /// What `imixer train --json` prints.
@@ -69,6 +75,9 @@ pub fn resolve_model(cfg: &TrainConfig, num_classes: usize) -> Result<ModelConfi
     };
     m.num_classes = num_classes;
     m.drop_path = cfg.drop_path;
+    if let Some(solver) = &cfg.solver {
+        m.imixer.solver = solver.clone();
+    }
     m.validate().map_err(anyhow::Error::msg)?;
     Ok(m)
 }
@@ -247,6 +256,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         let mut grads: Option<GradStore> = None;
         let mut lr = 0.0;
+        let (mut solves, mut solve_iters, mut worst_residual, mut unconverged) =
+            (0usize, 0usize, 0f64, 0usize);
         for batch in train_loader.iter_from(epoch as u64, st.next_batch) {
             let batch = batch?;
             let kb = batch.batch_index;
@@ -266,6 +277,22 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
                 splitmix(cfg.seed ^ splitmix(st.step.wrapping_mul(31).wrapping_add(kb as u64)));
             let mut ctx = ForwardCtx::train(seed);
             let logits = model.forward(&x, &mut ctx)?;
+            for s in &ctx.solver_stats {
+                solves += 1;
+                solve_iters += s.iterations;
+                worst_residual = worst_residual.max(s.residual);
+                if !s.converged {
+                    unconverged += 1;
+                    if unconverged <= 3 {
+                        bar.suspend(|| {
+                            eprintln!(
+                                "warning: {} did not converge at epoch {epoch} batch {kb}: residual {:.2e} after {} iterations",
+                                s.module, s.residual, s.iterations
+                            )
+                        });
+                    }
+                }
+            }
             let (loss, _, _) = model.soft_loss(&logits, &targets)?;
             let loss_value = loss.to_scalar::<f32>()? as f64;
             if !loss_value.is_finite() {
@@ -341,7 +368,12 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
             val_top5: report.top5,
             seconds: epoch_start.elapsed().as_secs_f64(),
             img_per_s: seen as f64 / train_secs.max(1e-9),
+            solver_mean_iters: (solves > 0).then(|| solve_iters as f64 / solves as f64),
+            solver_max_residual: (solves > 0).then_some(worst_residual),
         };
+        if unconverged > 0 {
+            eprintln!("warning: epoch {epoch}: {unconverged} of {solves} iMLP solves hit the iteration cap (max residual {worst_residual:.2e})");
+        }
         if opts.progress {
             eprintln!(
                 "epoch {epoch:>3}/{total_epochs}: train loss {:.4} acc {:.4} | val loss {:.4} top-1 {:.4} top-5 {:.4} | lr {:.2e} | {:.0} s, {:.0} img/s",
@@ -357,7 +389,9 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
             st.best_top1 = report.top1;
             st.best_epoch = Some(epoch);
         }
-        state::save(&last_path, &model, Some(&opt), &st, &config_toml, &classes)?;
+        // best before last: a crash between the two then replays this epoch on resume and
+        // rewrites best (the other order could leave a stale best.safetensors that last's
+        // best_top1 says is already saved).
         if improved {
             state::save(
                 &out.join("best.safetensors"),
@@ -368,6 +402,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
                 &classes,
             )?;
         }
+        state::save(&last_path, &model, Some(&opt), &st, &config_toml, &classes)?;
         plot_curves(&out.join("curves.png"), &history)?;
         last_report = Some(report);
     }

@@ -1,0 +1,235 @@
+//! Exact (1 − F)⁻¹: fixed-point solvers and implicit differentiation for the iMLP.
+//!
+//! The reference unrolls `n_iter` Picard steps and backpropagates through every one of them. In
+//! `picard` / `anderson` mode the iMLP instead solves x* = y + F(x*) to a tolerance *without* a
+//! graph, takes one differentiable step x = y + F(x*) at the solution, and routes the gradient
+//! through an identity op whose backward solves the adjoint equation
+//!
+//! u = g + J_F(x*)ᵀ u        (g = ∂L/∂x),
+//!
+//! by the same solver, each iteration one vector–Jacobian product of F on a one-step graph
+//! (deep-equilibrium style). Memory is one application of F, whatever the iteration count.
+//! With Lip(F) < 1 both equations have unique solutions, and u = (1 − J_F)⁻ᵀ g is exactly the
+//! gradient of L ∘ (1 − F)⁻¹.
+
+use std::collections::VecDeque;
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, Var};
+use serde::Serialize;
+
+use crate::config::Solver;
+use crate::layers::gelu;
+use crate::layers::linear::{linear, Axis};
+
+/// F with fixed (detached) weights: F(x) = W2·GELU(W1·GELU(x) + b1) + b2 along `axis`.
+#[derive(Clone, Debug)]
+pub struct FixedMap {
+    pub w1: Tensor,
+    pub b1: Tensor,
+    pub w2: Tensor,
+    pub b2: Tensor,
+    pub axis: Axis,
+}
+
+impl FixedMap {
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let h = linear(&gelu(x)?, &self.w1, Some(&self.b1), self.axis)?;
+        linear(&gelu(&h)?, &self.w2, Some(&self.b2), self.axis)
+    }
+}
+
+/// Outcome of one solve.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct SolveInfo {
+    pub iterations: usize,
+    /// ‖g(x) − x‖ / (‖g(x)‖ + 1e-12) at the returned x.
+    pub residual: f64,
+    pub converged: bool,
+}
+
+fn norm(t: &Tensor) -> Result<f64> {
+    t.to_dtype(DType::F64)?
+        .sqr()?
+        .sum_all()?
+        .sqrt()?
+        .to_scalar::<f64>()
+}
+
+fn dot(a: &Tensor, b: &Tensor) -> Result<f64> {
+    (a.to_dtype(DType::F64)? * b.to_dtype(DType::F64)?)?
+        .sum_all()?
+        .to_scalar::<f64>()
+}
+
+/// Solves x = g(x) from `x0` with the given solver (`Unrolled` is not a solver here).
+pub fn fixed_point(
+    mut g: impl FnMut(&Tensor) -> Result<Tensor>,
+    x0: Tensor,
+    solver: &Solver,
+) -> Result<(Tensor, SolveInfo)> {
+    let (tol, max_iter, memory) = match solver {
+        Solver::Picard { tol, max_iter } => (*tol, *max_iter, 0),
+        Solver::Anderson { m, tol, max_iter } => (*tol, *max_iter, *m),
+        Solver::Unrolled => {
+            candle_core::bail!("fixed_point: `unrolled` is not an iterative solver")
+        }
+    };
+    let mut x = x0;
+    // Anderson history of (x_i, g(x_i)).
+    let mut hist: VecDeque<(Tensor, Tensor)> = VecDeque::new();
+    let mut residual = f64::INFINITY;
+    for k in 1..=max_iter.max(1) {
+        let gx = g(&x)?;
+        let r = (&gx - &x)?;
+        residual = norm(&r)? / (norm(&gx)? + 1e-12);
+        if residual <= tol {
+            return Ok((
+                gx,
+                SolveInfo {
+                    iterations: k,
+                    residual,
+                    converged: true,
+                },
+            ));
+        }
+        if memory == 0 {
+            x = gx;
+            continue;
+        }
+        hist.push_back((x.clone(), gx.clone()));
+        if hist.len() > memory {
+            hist.pop_front();
+        }
+        x = anderson_mix(&hist)?;
+    }
+    Ok((
+        x,
+        SolveInfo {
+            iterations: max_iter,
+            residual,
+            converged: false,
+        },
+    ))
+}
+
+/// Type-II Anderson mixing (β = 1): x = Σ αᵢ g(xᵢ) with α minimising ‖Σ αᵢ rᵢ‖, Σ αᵢ = 1,
+/// solved from the small regularised normal equations (Tikhonov 1e-8·trace).
+fn anderson_mix(hist: &VecDeque<(Tensor, Tensor)>) -> Result<Tensor> {
+    let n = hist.len();
+    let res: Vec<Tensor> = hist.iter().map(|(x, gx)| gx - x).collect::<Result<_>>()?;
+    let mut h = vec![vec![0f64; n]; n];
+    for i in 0..n {
+        for j in 0..=i {
+            let v = dot(&res[i], &res[j])?;
+            h[i][j] = v;
+            h[j][i] = v;
+        }
+    }
+    let trace: f64 = (0..n).map(|i| h[i][i]).sum();
+    for (i, row) in h.iter_mut().enumerate() {
+        row[i] += 1e-8 * trace.max(1e-30);
+    }
+    // Solve H a = 1, then α = a / Σa.
+    let a = solve_spd(h, vec![1.0; n]);
+    let s: f64 = a.iter().sum();
+    let alpha: Vec<f64> = if s.abs() > 1e-300 && a.iter().all(|v| v.is_finite()) {
+        a.iter().map(|v| v / s).collect()
+    } else {
+        let mut e = vec![0.0; n];
+        e[n - 1] = 1.0;
+        e
+    };
+    let mut out: Option<Tensor> = None;
+    for ((_, gx), a) in hist.iter().zip(alpha) {
+        let term = (gx * a)?;
+        out = Some(match out {
+            Some(o) => (o + term)?,
+            None => term,
+        });
+    }
+    Ok(out.expect("non-empty history"))
+}
+
+/// Gaussian elimination with partial pivoting for the tiny Anderson system.
+fn solve_spd(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
+    let n = b.len();
+    for c in 0..n {
+        let p = (c..n)
+            .max_by(|&i, &j| {
+                a[i][c]
+                    .abs()
+                    .partial_cmp(&a[j][c].abs())
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .unwrap_or(c);
+        a.swap(c, p);
+        b.swap(c, p);
+        let d = a[c][c];
+        if d.abs() < 1e-300 {
+            continue;
+        }
+        for r in c + 1..n {
+            let f = a[r][c] / d;
+            for k in c..n {
+                a[r][k] -= f * a[c][k];
+            }
+            b[r] -= f * b[c];
+        }
+    }
+    let mut x = vec![0f64; n];
+    for r in (0..n).rev() {
+        let s: f64 = (r + 1..n).map(|k| a[r][k] * x[k]).sum();
+        x[r] = if a[r][r].abs() < 1e-300 {
+            0.0
+        } else {
+            (b[r] - s) / a[r][r]
+        };
+    }
+    x
+}
+
+/// Identity in the forward pass; its backward replaces the incoming gradient g by the solution
+/// u of u = g + J_F(x*)ᵀ u (the implicit-function-theorem gradient of the fixed point).
+pub struct ImplicitGradient {
+    pub x_star: Tensor,
+    pub map: FixedMap,
+    pub solver: Solver,
+    /// Adjoint solve statistics of the last backward (diagnostics).
+    pub last_backward: std::sync::Mutex<Option<SolveInfo>>,
+}
+
+impl CustomOp1 for ImplicitGradient {
+    fn name(&self) -> &'static str {
+        "imixer-implicit-gradient"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match s {
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(crate::layers::kernel::contiguous(v, l)?.to_vec())
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(crate::layers::kernel::contiguous(v, l)?.to_vec())
+            }
+            _ => candle_core::bail!("imixer-implicit-gradient: only f32/f64"),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // One graph of F at x*, reused by every vector–Jacobian product.
+        let z = Var::from_tensor(&self.x_star)?;
+        let fz = self.map.apply(z.as_tensor())?;
+        let g = grad.detach();
+        let vjp_step = |u: &Tensor| -> Result<Tensor> {
+            let grads = (&fz * u)?.sum_all()?.backward()?;
+            let jtu = grads.get(z.as_tensor()).cloned().unwrap_or(u.zeros_like()?);
+            &g + jtu
+        };
+        let (u, info) = fixed_point(vjp_step, g.clone(), &self.solver)?;
+        if let Ok(mut slot) = self.last_backward.lock() {
+            *slot = Some(info);
+        }
+        Ok(Some(u.detach()))
+    }
+}
