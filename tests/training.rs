@@ -75,7 +75,9 @@ fn check_metrics(run: &Path, epochs: usize) -> Vec<serde_json::Value> {
         assert_eq!(keys, expected, "fields of metrics line {e}");
         assert_eq!(m["epoch"].as_u64(), Some(e as u64));
         for f in &METRIC_FIELDS[1..] {
-            let v = m[f].as_f64().unwrap_or_else(|| panic!("{f} of epoch {e} is not a number: {m}"));
+            let v = m[f]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{f} of epoch {e} is not a number: {m}"));
             assert!(v.is_finite() && v >= 0.0, "{f} of epoch {e} = {v}");
         }
         for f in ["train_acc", "val_top1", "val_top5"] {
@@ -87,8 +89,15 @@ fn check_metrics(run: &Path, epochs: usize) -> Vec<serde_json::Value> {
 }
 
 fn assert_png(path: &Path) -> (u32, u32) {
-    let img = image::open(path).unwrap_or_else(|e| panic!("{} is not an image: {e}", path.display()));
-    assert!(img.width() > 100 && img.height() > 100, "{}: {}×{}", path.display(), img.width(), img.height());
+    let img =
+        image::open(path).unwrap_or_else(|e| panic!("{} is not an image: {e}", path.display()));
+    assert!(
+        img.width() > 100 && img.height() > 100,
+        "{}: {}×{}",
+        path.display(),
+        img.width(),
+        img.height()
+    );
     (img.width(), img.height())
 }
 
@@ -113,7 +122,10 @@ fn learns_fashion_mnist_subset() {
     };
     let t = Instant::now();
     let summary = train(&cfg, &opts()).unwrap();
-    eprintln!("learns_fashion_mnist_subset: train {:.1} s, {summary:?}", t.elapsed().as_secs_f64());
+    eprintln!(
+        "learns_fashion_mnist_subset: train {:.1} s, {summary:?}",
+        t.elapsed().as_secs_f64()
+    );
 
     // 4000 / 32 = 125 optimizer steps per epoch, 375 in all.
     let st = run_state(&out.join("last.safetensors"));
@@ -125,20 +137,38 @@ fn learns_fashion_mnist_subset() {
         "a tiny Mixer should reach well above chance (0.1) on Fashion-MNIST after 375 steps, got top-1 {}",
         summary.final_val_top1
     );
-    assert!(summary.final_val_top5 > 0.9, "top-5 {}", summary.final_val_top5);
-    assert!(summary.final_val_loss < 1.2, "val loss {}", summary.final_val_loss);
+    assert!(
+        summary.final_val_top5 > 0.9,
+        "top-5 {}",
+        summary.final_val_top5
+    );
+    assert!(
+        summary.final_val_loss < 1.2,
+        "val loss {}",
+        summary.final_val_loss
+    );
 
     let lines = check_metrics(&out, 3);
     let get = |e: usize, f: &str| lines[e][f].as_f64().unwrap();
     assert_eq!(get(2, "val_top1"), summary.final_val_top1);
     assert_eq!(get(2, "val_loss"), summary.final_val_loss);
-    assert!(get(2, "train_loss") < get(0, "train_loss"), "training loss must fall: {lines:?}");
-    assert!(get(2, "val_loss") < get(0, "val_loss"), "val loss must fall: {lines:?}");
+    assert!(
+        get(2, "train_loss") < get(0, "train_loss"),
+        "training loss must fall: {lines:?}"
+    );
+    assert!(
+        get(2, "val_loss") < get(0, "val_loss"),
+        "val loss must fall: {lines:?}"
+    );
     assert!(get(2, "lr") < get(1, "lr"), "cosine decays: {lines:?}");
     // Val accuracies are multiples of 1/1000 (the val subset size).
     for e in 0..3 {
         let k = get(e, "val_top1") * 1000.0;
-        assert!((k - k.round()).abs() < 1e-6, "val_top1 {} is not k/1000", get(e, "val_top1"));
+        assert!(
+            (k - k.round()).abs() < 1e-6,
+            "val_top1 {} is not k/1000",
+            get(e, "val_top1")
+        );
     }
     let (best_e, best) = (0..3)
         .map(|e| (e, get(e, "val_top1")))
@@ -146,16 +176,31 @@ fn learns_fashion_mnist_subset() {
     assert_eq!(summary.best_val_top1, best);
     assert_eq!(summary.best_epoch, Some(best_e));
 
-    for f in ["last.safetensors", "best.safetensors", "config.toml", "curves.png"] {
+    for f in [
+        "last.safetensors",
+        "best.safetensors",
+        "config.toml",
+        "curves.png",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing in the run directory");
     }
     assert_png(&out.join("curves.png"));
-    let saved: TrainConfig = toml::from_str(&fs::read_to_string(out.join("config.toml")).unwrap()).unwrap();
-    assert_eq!(saved, cfg, "config.toml must round-trip to the run's configuration");
-    // best.safetensors: model only, from the best epoch; it evaluates to the best val top-1.
+    let saved: TrainConfig =
+        toml::from_str(&fs::read_to_string(out.join("config.toml")).unwrap()).unwrap();
+    assert_eq!(
+        saved, cfg,
+        "config.toml must round-trip to the run's configuration"
+    );
+    // best.safetensors: model only, from the best epoch, with the class names.
     let best_file = imixer::checkpoint::read(&out.join("best.safetensors"), &Device::Cpu).unwrap();
-    assert!(best_file.tensors.keys().all(|k| !k.starts_with("optimizer.")));
-    assert_eq!(run_state(&out.join("best.safetensors")).best_epoch, Some(best_e));
+    assert!(best_file
+        .tensors
+        .keys()
+        .all(|k| !k.starts_with("optimizer.")));
+    assert_eq!(
+        run_state(&out.join("best.safetensors")).best_epoch,
+        Some(best_e)
+    );
     let classes = imixer::train::state::classes(&best_file.metadata).unwrap();
     assert_eq!(classes, FASHION_CLASSES);
 }
@@ -193,25 +238,40 @@ fn resume_is_bit_identical() {
 
     // B: killed (in-process) at step 7 (epoch 0, batch 7), then at step 7 + 20 = 27 (epoch 1,
     // batch 7), then run to completion.
-    let err = train(&cfg_b, &stop_after(7, false)).unwrap_err().to_string();
+    let err = train(&cfg_b, &stop_after(7, false))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("stopped after 7 steps"), "{err}");
     let st = run_state(&b.join("last.safetensors"));
     assert_eq!((st.epoch, st.next_batch, st.step), (0, 7, 7));
     assert!(!b.join("metrics.jsonl").exists() || metrics(&b).is_empty());
 
-    let err = train(&cfg_b, &stop_after(20, true)).unwrap_err().to_string();
+    let err = train(&cfg_b, &stop_after(20, true))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("stopped after 20 steps"), "{err}");
     let st = run_state(&b.join("last.safetensors"));
     assert_eq!((st.epoch, st.next_batch, st.step), (1, 7, 27));
-    assert_eq!(metrics(&b).len(), 1, "epoch 0 finished in the second process");
+    assert_eq!(
+        metrics(&b).len(),
+        1,
+        "epoch 0 finished in the second process"
+    );
 
     let summary_b = train(&cfg_b, &resume()).unwrap();
-    let (model, opt) = assert_bit_identical(&a.join("last.safetensors"), &b.join("last.safetensors"));
+    let (model, opt) =
+        assert_bit_identical(&a.join("last.safetensors"), &b.join("last.safetensors"));
     eprintln!("resume_is_bit_identical: {model} model + {opt} optimizer tensors identical");
     assert_bit_identical_model(&a.join("best.safetensors"), &b.join("best.safetensors"));
-    assert_eq!(run_state(&a.join("last.safetensors")), run_state(&b.join("last.safetensors")));
+    assert_eq!(
+        run_state(&a.join("last.safetensors")),
+        run_state(&b.join("last.safetensors"))
+    );
     assert_eq!(summary_a.final_val_top1, summary_b.final_val_top1);
-    assert_eq!(summary_a.final_val_loss.to_bits(), summary_b.final_val_loss.to_bits());
+    assert_eq!(
+        summary_a.final_val_loss.to_bits(),
+        summary_b.final_val_loss.to_bits()
+    );
     // The per-epoch validation numbers are the same too (train loss/acc of the interrupted
     // epochs only count the batches seen by the last process).
     let (ma, mb) = (check_metrics(&a, 2), check_metrics(&b, 2));
@@ -220,6 +280,26 @@ fn resume_is_bit_identical() {
             assert_eq!(x[f], y[f], "{f} of epoch {}", x["epoch"]);
         }
     }
+
+    // Control: the comparison does see a difference where there is one (another seed).
+    let c = dir.path().join("c");
+    train(
+        &TrainConfig {
+            seed: 1,
+            epochs: 1,
+            ..paramixer_cfg(&c)
+        },
+        &opts(),
+    )
+    .unwrap();
+    let (diff, _, opt_c) =
+        tensor_differences(&a.join("last.safetensors"), &c.join("last.safetensors"));
+    assert_eq!(
+        diff.len(),
+        model + opt,
+        "every tensor differs with another seed: {diff:?}"
+    );
+    assert_eq!(opt_c, opt);
 
     // Resuming a finished run is a no-op that keeps the checkpoint.
     let before = fs::read(b.join("last.safetensors")).unwrap();
@@ -230,24 +310,30 @@ fn resume_is_bit_identical() {
 
     // A run directory is never overwritten by accident, and a changed config cannot resume.
     let err = train(&cfg_b, &opts()).unwrap_err().to_string();
-    assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
-    let changed = TrainConfig { lr: 1e-3, ..cfg_b.clone() };
+    assert!(
+        err.contains("already holds a run") && err.contains("--resume"),
+        "{err}"
+    );
+    let changed = TrainConfig {
+        lr: 1e-3,
+        ..cfg_b.clone()
+    };
     let err = train(&changed, &resume()).unwrap_err().to_string();
     assert!(err.contains("configuration differs"), "{err}");
 }
 
 fn assert_bit_identical_model(a: &Path, b: &Path) {
-    let dev = Device::Cpu;
-    let (fa, fb) = (
-        imixer::checkpoint::read(a, &dev).unwrap(),
-        imixer::checkpoint::read(b, &dev).unwrap(),
+    let (diff, model, opt) = tensor_differences(a, b);
+    assert!(
+        diff.is_empty(),
+        "{} vs {}: {diff:?}",
+        a.display(),
+        b.display()
     );
-    assert_eq!(fa.tensors.len(), fb.tensors.len());
-    for (name, ta) in &fa.tensors {
-        let tb = &fb.tensors[name];
-        let diff = (ta - tb).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name} differs");
-    }
+    assert!(
+        model > 0 && opt == 0,
+        "{model} model, {opt} optimizer tensors"
+    );
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -304,56 +390,95 @@ fn kill_dash_9_then_resume_is_bit_identical() {
     };
     let limit = Duration::from_secs(120);
 
-    // B: start, wait for a mid-epoch checkpoint, SIGKILL.
-    let mut run = spawn(bin().args(args(&b)));
+    // B: start, wait for a mid-epoch checkpoint, SIGKILL; resume and kill again in the next
+    // epoch; then resume to completion. 2560 / 32 = 80 optimizer steps per epoch.
     let last_b = b.join("last.safetensors");
-    let t0 = Instant::now();
-    let seen = loop {
-        assert!(
-            t0.elapsed() < limit,
-            "no mid-epoch checkpoint appeared in {} within {limit:?}",
-            b.display()
-        );
-        if run.exited() {
-            let o = run.finish(limit, "imixer train (to be killed)");
-            panic!(
-                "the run ended ({}) before a mid-epoch checkpoint was seen:\n{}",
-                o.status, o.stderr
-            );
-        }
-        if last_b.is_file() {
-            let st = run_state(&last_b);
-            if st.next_batch > 0 {
-                break st;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let killed = run.kill();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(killed.status.signal(), Some(9), "expected death by SIGKILL: {}", killed.status);
-    let st = run_state(&last_b);
-    // 2560 / 32 = 80 steps per epoch; the kill landed mid-run (possibly a few steps after `seen`).
-    assert!(st.step >= seen.step && st.step < 160, "{seen:?} → {st:?}");
-    assert!(st.next_batch > 0 && st.next_batch < 80, "mid-epoch state expected: {st:?}");
-    assert_eq!(st.step as usize, st.epoch * 80 + st.next_batch);
-    eprintln!("killed at {st:?}");
-
-    // Resume B to completion; A uninterrupted.
     let mut resume_args = args(&b);
     resume_args.push("--resume".into());
+    let mut previous: Option<imixer::train::state::RunState> = None;
+    for target_epoch in [0, 1] {
+        let run_args = if previous.is_some() {
+            resume_args.clone()
+        } else {
+            args(&b)
+        };
+        let mut run = spawn(bin().args(&run_args));
+        let t0 = Instant::now();
+        let seen = loop {
+            assert!(
+                t0.elapsed() < limit,
+                "no mid-epoch checkpoint of epoch {target_epoch} appeared in {} within {limit:?}",
+                b.display()
+            );
+            if run.exited() {
+                let o = run.finish(limit, "imixer train (to be killed)");
+                panic!(
+                    "the run ended ({}) before a mid-epoch checkpoint of epoch {target_epoch} was seen:\n{}",
+                    o.status, o.stderr
+                );
+            }
+            if last_b.is_file() {
+                let st = run_state(&last_b);
+                if st.epoch == target_epoch && st.next_batch > 0 {
+                    break st;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let killed = run.kill();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            killed.status.signal(),
+            Some(9),
+            "expected death by SIGKILL: {}",
+            killed.status
+        );
+        if let Some(p) = &previous {
+            assert!(
+                killed.stderr.contains(&format!(
+                    "at epoch {} batch {} (step {})",
+                    p.epoch, p.next_batch, p.step
+                )),
+                "the resumed run should say where it resumes:\n{}",
+                killed.stderr
+            );
+        }
+        let st = run_state(&last_b);
+        // The kill landed mid-run, possibly a few steps after `seen`.
+        assert!(st.step >= seen.step && st.step < 160, "{seen:?} → {st:?}");
+        assert!(
+            st.next_batch > 0 && st.next_batch < 80,
+            "mid-epoch state expected: {st:?}"
+        );
+        assert_eq!(st.step as usize, st.epoch * 80 + st.next_batch);
+        let n = metrics(&b).len();
+        assert!(
+            n == st.epoch || n == st.epoch + 1,
+            "{n} metrics lines at {st:?}"
+        );
+        eprintln!("killed at {st:?}");
+        previous = Some(st);
+    }
+    let st = previous.unwrap();
     let rb = run_bin(&resume_args, limit).ok("imixer train --resume");
     assert!(
-        rb.stderr.contains(&format!("at epoch {} batch {} (step {})", st.epoch, st.next_batch, st.step)),
+        rb.stderr.contains(&format!(
+            "at epoch {} batch {} (step {})",
+            st.epoch, st.next_batch, st.step
+        )),
         "the resumed run should say where it resumes:\n{}",
         rb.stderr
     );
     let ra = run_bin(&args(&a), limit).ok("imixer train (uninterrupted)");
 
-    let (model, opt) = assert_bit_identical(&a.join("last.safetensors"), &b.join("last.safetensors"));
+    let (model, opt) =
+        assert_bit_identical(&a.join("last.safetensors"), &b.join("last.safetensors"));
     eprintln!("kill -9: {model} model + {opt} optimizer tensors identical");
     let final_state = run_state(&b.join("last.safetensors"));
-    assert_eq!((final_state.epoch, final_state.next_batch, final_state.step), (2, 0, 160));
+    assert_eq!(
+        (final_state.epoch, final_state.next_batch, final_state.step),
+        (2, 0, 160)
+    );
     assert_eq!(final_state, run_state(&a.join("last.safetensors")));
     let (ja, jb): (serde_json::Value, serde_json::Value) = (
         serde_json::from_str(ra.stdout.trim()).unwrap(),
@@ -363,6 +488,15 @@ fn kill_dash_9_then_resume_is_bit_identical() {
     assert_eq!(ja["final_val_loss"], jb["final_val_loss"]);
     assert_eq!(ja["params"], jb["params"]);
     check_metrics(&b, 2);
+    // The TOML merge keeps the Fashion-MNIST recipe: no RandAugment crept in from the serde
+    // defaults (it did before `rand_augment` got a field-level default).
+    let saved: TrainConfig =
+        toml::from_str(&fs::read_to_string(b.join("config.toml")).unwrap()).unwrap();
+    assert_eq!(saved.train_transform.rand_augment, None);
+    assert_eq!(saved.mixup.prob, 1.0);
+    assert_eq!(saved.drop_path, 0.1);
+    assert_eq!(saved.model_config.as_ref().unwrap().family, Family::IMixer);
+    assert_eq!(saved.save_every_steps, Some(2));
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -392,9 +526,17 @@ fn nan_loss_is_an_error_and_keeps_the_checkpoint() {
         ..cfg.clone()
     };
     fs::create_dir_all(&second).unwrap();
-    fs::copy(first.join("last.safetensors"), second.join("last.safetensors")).unwrap();
+    fs::copy(
+        first.join("last.safetensors"),
+        second.join("last.safetensors"),
+    )
+    .unwrap();
     fs::copy(first.join("metrics.jsonl"), second.join("metrics.jsonl")).unwrap();
-    fs::write(second.join("config.toml"), toml::to_string_pretty(&cfg2).unwrap()).unwrap();
+    fs::write(
+        second.join("config.toml"),
+        toml::to_string_pretty(&cfg2).unwrap(),
+    )
+    .unwrap();
 
     let err = format!("{:#}", train(&cfg2, &resume()).unwrap_err());
     eprintln!("NaN run: {err}");
@@ -406,16 +548,36 @@ fn nan_loss_is_an_error_and_keeps_the_checkpoint() {
     let (batch, step) = parse_batch_step(&err);
     assert!((1..10).contains(&batch), "{err}");
     assert_eq!(step, 10 + batch as u64, "{err}");
-    assert!(err.contains(&second.join("last.safetensors").display().to_string()), "{err}");
-    assert!(err.contains("--lr") && err.contains("--clip-grad"), "the message says what to do: {err}");
+    assert!(
+        err.contains(&second.join("last.safetensors").display().to_string()),
+        "{err}"
+    );
+    assert!(
+        err.contains("--lr") && err.contains("--clip-grad"),
+        "the message says what to do: {err}"
+    );
 
     let after = fs::read(second.join("last.safetensors")).unwrap();
-    assert!(after == good, "last.safetensors changed although the run failed");
+    assert!(
+        after == good,
+        "last.safetensors changed although the run failed"
+    );
     assert!(!second.join("best.safetensors").exists());
-    assert_eq!(metrics(&second).len(), 1, "no metrics line for the failed epoch");
+    assert_eq!(
+        metrics(&second).len(),
+        1,
+        "no metrics line for the failed epoch"
+    );
     // The kept checkpoint still resumes (with a sane learning rate).
-    let cfg3 = TrainConfig { lr: 2e-3, ..cfg2.clone() };
-    fs::write(second.join("config.toml"), toml::to_string_pretty(&cfg3).unwrap()).unwrap();
+    let cfg3 = TrainConfig {
+        lr: 2e-3,
+        ..cfg2.clone()
+    };
+    fs::write(
+        second.join("config.toml"),
+        toml::to_string_pretty(&cfg3).unwrap(),
+    )
+    .unwrap();
     let err = train(&cfg3, &stop_after(1, true)).unwrap_err().to_string();
     assert!(err.contains("stopped after 1 steps"), "{err}");
     assert_eq!(run_state(&second.join("last.safetensors")).step, 11);
@@ -424,7 +586,10 @@ fn nan_loss_is_an_error_and_keeps_the_checkpoint() {
 /// `(batch, step)` from "… at epoch E, batch K (step S) …".
 fn parse_batch_step(err: &str) -> (usize, u64) {
     let after = |key: &str| -> u64 {
-        let i = err.find(key).unwrap_or_else(|| panic!("no '{key}' in: {err}")) + key.len();
+        let i = err
+            .find(key)
+            .unwrap_or_else(|| panic!("no '{key}' in: {err}"))
+            + key.len();
         err[i..]
             .chars()
             .take_while(|c| c.is_ascii_digit())
@@ -439,7 +604,12 @@ fn parse_batch_step(err: &str) -> (usize, u64) {
 
 /// One short epoch on `dir` in format `kind` with a tiny model of the right shape; returns the
 /// class names stored in the checkpoint.
-fn train_one_epoch(kind: DatasetKind, dir: &Path, out: &Path, model: imixer::ModelConfig) -> Vec<String> {
+fn train_one_epoch(
+    kind: DatasetKind,
+    dir: &Path,
+    out: &Path,
+    model: imixer::ModelConfig,
+) -> Vec<String> {
     let cfg = TrainConfig {
         model_config: Some(model),
         dataset: kind,
@@ -460,13 +630,26 @@ fn train_one_epoch(kind: DatasetKind, dir: &Path, out: &Path, model: imixer::Mod
     assert_eq!(lines[0]["val_top1"].as_f64(), Some(summary.final_val_top1));
     // Val accuracy is a multiple of 1/|val|: the whole held-out split was evaluated.
     let k = summary.final_val_top1 * ds.val.len() as f64;
-    assert!((k - k.round()).abs() < 1e-6, "{kind}: top-1 {} with {} val images", summary.final_val_top1, ds.val.len());
+    assert!(
+        (k - k.round()).abs() < 1e-6,
+        "{kind}: top-1 {} with {} val images",
+        summary.final_val_top1,
+        ds.val.len()
+    );
     let last = out.join("last.safetensors");
-    assert_eq!(run_state(&last).step as usize, ds.train.len() / 8, "{kind}: one step per full batch");
+    assert_eq!(
+        run_state(&last).step as usize,
+        ds.train.len() / 8,
+        "{kind}: one step per full batch"
+    );
     let f = imixer::checkpoint::read(&last, &Device::Cpu).unwrap();
     let classes = imixer::train::state::classes(&f.metadata).unwrap();
     let net = MixerNet::load(&last, None, &Device::Cpu).unwrap();
-    assert_eq!(net.config.num_classes, classes.len(), "{kind}: head sized to the data set");
+    assert_eq!(
+        net.config.num_classes,
+        classes.len(),
+        "{kind}: head sized to the data set"
+    );
     classes
 }
 
@@ -482,26 +665,46 @@ fn every_data_format_trains() {
     let d = root.join("mnist-raw");
     write_idx_dataset(&d, 48, 20, false);
     assert!(d.join("train-images-idx3-ubyte").is_file());
-    let classes = train_one_epoch(DatasetKind::Mnist, &d, &root.join("out-mnist"), gray.clone());
+    let classes = train_one_epoch(
+        DatasetKind::Mnist,
+        &d,
+        &root.join("out-mnist"),
+        gray.clone(),
+    );
     assert_eq!(classes, (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
 
     // Fashion-MNIST layout, gzipped IDX files.
     let d = root.join("fmnist-gz");
     write_idx_dataset(&d, 40, 12, true);
     assert!(d.join("t10k-labels-idx1-ubyte.gz").is_file());
-    let classes = train_one_epoch(DatasetKind::FashionMnist, &d, &root.join("out-fmnist"), gray);
+    let classes = train_one_epoch(
+        DatasetKind::FashionMnist,
+        &d,
+        &root.join("out-fmnist"),
+        gray,
+    );
     assert_eq!(classes, FASHION_CLASSES);
 
     // CIFAR-10 binary: data dir is the parent of cifar-10-batches-bin; names from batches.meta.txt.
     let names: Vec<String> = (0..10).map(|i| format!("thing{i}")).collect();
     let c10 = root.join("c10");
     write_cifar10(&c10, 8, 10, &names);
-    let classes = train_one_epoch(DatasetKind::Cifar10, &c10, &root.join("out-c10"), rgb.clone());
+    let classes = train_one_epoch(
+        DatasetKind::Cifar10,
+        &c10,
+        &root.join("out-c10"),
+        rgb.clone(),
+    );
     assert_eq!(classes, names);
 
     // CIFAR-100 binary (coarse + fine label bytes): 100 classes, pointed at the directory itself.
     let c100 = write_cifar100(&root.join("c100"), 48, 12);
-    let classes = train_one_epoch(DatasetKind::Cifar100, &c100, &root.join("out-c100"), rgb.clone());
+    let classes = train_one_epoch(
+        DatasetKind::Cifar100,
+        &c100,
+        &root.join("out-c100"),
+        rgb.clone(),
+    );
     assert_eq!(classes.len(), 100);
 
     // Image folder, PNG and JPEG of assorted sizes (resized/cropped to 32×32).
@@ -534,14 +737,29 @@ fn cli_eval_predict_and_errors() {
     // eval --json on the full test split.
     let png = run.join("best.confusion.png");
     let o = run_bin(
-        &["eval", "--checkpoint", best.to_str().unwrap(), "--dataset", "fashion-mnist", "--json"],
+        &[
+            "eval",
+            "--checkpoint",
+            best.to_str().unwrap(),
+            "--dataset",
+            "fashion-mnist",
+            "--json",
+        ],
         limit,
     )
     .ok("imixer eval");
     let lines: Vec<&str> = o.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one JSON object: {}", o.stdout);
     let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
-    for k in ["top1", "top5", "loss", "per_class_accuracy", "confusion", "images", "classes"] {
+    for k in [
+        "top1",
+        "top5",
+        "loss",
+        "per_class_accuracy",
+        "confusion",
+        "images",
+        "classes",
+    ] {
         assert!(v.get(k).is_some(), "eval JSON lacks {k}: {v}");
     }
     assert_eq!(v["images"], 10_000);
@@ -549,7 +767,11 @@ fn cli_eval_predict_and_errors() {
     assert_eq!(conf.len(), 10);
     assert!(conf.iter().all(|r| r.len() == 10));
     for (c, row) in conf.iter().enumerate() {
-        assert_eq!(row.iter().sum::<u64>(), 1000, "Fashion-MNIST has 1000 test images of class {c}");
+        assert_eq!(
+            row.iter().sum::<u64>(),
+            1000,
+            "Fashion-MNIST has 1000 test images of class {c}"
+        );
         let acc = v["per_class_accuracy"][c].as_f64().unwrap();
         assert!((acc - row[c] as f64 / 1000.0).abs() < 1e-12);
     }
@@ -559,7 +781,11 @@ fn cli_eval_predict_and_errors() {
     assert!(top1 > 0.4, "a trained tiny Mixer: top-1 {top1}");
     // The full test split agrees with the run's own estimate on a 1000-image subset.
     let best_val = run_state(&best).best_top1;
-    assert!((top1 - best_val).abs() < 0.05, "eval top-1 {top1} vs run's val top-1 {best_val}");
+    eprintln!("eval: top-1 {top1} on 10000 test images, run's val top-1 {best_val}");
+    assert!(
+        (top1 - best_val).abs() < 0.08,
+        "eval top-1 {top1} vs run's val top-1 {best_val}"
+    );
     assert!(v["top5"].as_f64().unwrap() >= top1);
     assert!(v["loss"].as_f64().unwrap().is_finite());
     assert_eq!(v["classes"], serde_json::json!(FASHION_CLASSES));
@@ -570,9 +796,18 @@ fn cli_eval_predict_and_errors() {
     let ds = data::load_dataset(DatasetKind::FashionMnist, &data).unwrap();
     let raw = ds.val.get(0).unwrap();
     let img_path = dir.path().join("item0.png");
-    image::GrayImage::from_raw(28, 28, raw.data.clone()).unwrap().save(&img_path).unwrap();
+    image::GrayImage::from_raw(28, 28, raw.data.clone())
+        .unwrap()
+        .save(&img_path)
+        .unwrap();
     let o = run_bin(
-        &["predict", "--checkpoint", best.to_str().unwrap(), img_path.to_str().unwrap(), "--json"],
+        &[
+            "predict",
+            "--checkpoint",
+            best.to_str().unwrap(),
+            img_path.to_str().unwrap(),
+            "--json",
+        ],
         limit,
     )
     .ok("imixer predict");
@@ -580,23 +815,45 @@ fn cli_eval_predict_and_errors() {
     assert_eq!(p["image"], img_path.display().to_string());
     let top = p["top"].as_array().unwrap();
     assert_eq!(top.len(), 5);
-    let probs: Vec<f64> = top.iter().map(|t| t["probability"].as_f64().unwrap()).collect();
+    let probs: Vec<f64> = top
+        .iter()
+        .map(|t| t["probability"].as_f64().unwrap())
+        .collect();
     assert!(probs.windows(2).all(|w| w[0] >= w[1]), "sorted: {probs:?}");
     assert!(probs.iter().all(|&q| (0.0..=1.0).contains(&q)));
     let sum: f64 = probs.iter().sum();
-    assert!(sum <= 1.0 + 1e-5 && sum > 0.2, "top-5 probabilities sum to {sum}");
+    assert!(
+        sum <= 1.0 + 1e-5 && sum > 0.2,
+        "top-5 probabilities sum to {sum}"
+    );
     let names: Vec<&str> = top.iter().map(|t| t["class"].as_str().unwrap()).collect();
-    assert!(names.iter().all(|n| FASHION_CLASSES.contains(n)), "{names:?}");
+    assert!(
+        names.iter().all(|n| FASHION_CLASSES.contains(n)),
+        "{names:?}"
+    );
     // Same numbers in-process: eval transform of the run (crop 1.0, mean = std = 0.5).
     let net = MixerNet::load(&best, None, &Device::Cpu).unwrap();
     let x = cfg.eval_transform.apply(&raw).unwrap();
     let t = Tensor::from_vec(x.data, (1, 1, 28, 28), &Device::Cpu).unwrap();
     let logits = net.forward(&t, &mut ForwardCtx::eval()).unwrap();
-    let want = candle_nn::ops::softmax(&logits, 1).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+    let want = candle_nn::ops::softmax(&logits, 1)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     for t in top {
-        let c = FASHION_CLASSES.iter().position(|n| *n == t["class"].as_str().unwrap()).unwrap();
+        let c = FASHION_CLASSES
+            .iter()
+            .position(|n| *n == t["class"].as_str().unwrap())
+            .unwrap();
         let got = t["probability"].as_f64().unwrap();
-        assert!((got - want[c] as f64).abs() < 1e-5, "{}: predict {got}, model {}", FASHION_CLASSES[c], want[c]);
+        assert!(
+            (got - want[c] as f64).abs() < 1e-5,
+            "{}: predict {got}, model {}",
+            FASHION_CLASSES[c],
+            want[c]
+        );
     }
 
     // Errors: non-zero exit, a message that says what is wrong, never a panic.
@@ -604,21 +861,46 @@ fn cli_eval_predict_and_errors() {
     fs::create_dir_all(&empty).unwrap();
     let out_x = dir.path().join("x");
     let o = run_bin(
-        &["train", "--model", "nosuchmodel", "--out", out_x.to_str().unwrap(), "--epochs", "1"],
+        &[
+            "train",
+            "--model",
+            "nosuchmodel",
+            "--out",
+            out_x.to_str().unwrap(),
+            "--epochs",
+            "1",
+        ],
         limit,
     )
     .failed("train --model nosuchmodel");
-    assert!(o.stderr.contains("nosuchmodel") && o.stderr.contains("imixer models"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("nosuchmodel") && o.stderr.contains("imixer models"),
+        "{}",
+        o.stderr
+    );
 
     let o = run_bin(
-        &["train", "--data-dir", "/nonexistent/fmnist", "--out", out_x.to_str().unwrap()],
+        &[
+            "train",
+            "--data-dir",
+            "/nonexistent/fmnist",
+            "--out",
+            out_x.to_str().unwrap(),
+        ],
         limit,
     )
     .failed("train --data-dir /nonexistent");
-    assert!(o.stderr.contains("/nonexistent/fmnist") && o.stderr.contains("not found"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("/nonexistent/fmnist") && o.stderr.contains("not found"),
+        "{}",
+        o.stderr
+    );
 
-    let o = run_bin(&["train", "--resume", "--out", empty.to_str().unwrap()], limit)
-        .failed("train --resume in an empty directory");
+    let o = run_bin(
+        &["train", "--resume", "--out", empty.to_str().unwrap()],
+        limit,
+    )
+    .failed("train --resume in an empty directory");
     assert!(
         o.stderr.contains("no run to resume") && o.stderr.contains(empty.to_str().unwrap()),
         "{}",
@@ -629,14 +911,26 @@ fn cli_eval_predict_and_errors() {
     let bytes = fs::read(&best).unwrap();
     let trunc = dir.path().join("truncated.safetensors");
     fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
-    let o = run_bin(&["eval", "--checkpoint", trunc.to_str().unwrap(), "--json"], limit)
-        .failed("eval of a truncated checkpoint");
+    let o = run_bin(
+        &["eval", "--checkpoint", trunc.to_str().unwrap(), "--json"],
+        limit,
+    )
+    .failed("eval of a truncated checkpoint");
     assert!(o.stderr.contains(trunc.to_str().unwrap()), "{}", o.stderr);
-    assert!(o.stdout.trim().is_empty(), "no JSON on failure: {}", o.stdout);
+    assert!(
+        o.stdout.trim().is_empty(),
+        "no JSON on failure: {}",
+        o.stdout
+    );
 
     let missing = dir.path().join("missing.safetensors");
     let o = run_bin(
-        &["predict", "--checkpoint", missing.to_str().unwrap(), img_path.to_str().unwrap()],
+        &[
+            "predict",
+            "--checkpoint",
+            missing.to_str().unwrap(),
+            img_path.to_str().unwrap(),
+        ],
         limit,
     )
     .failed("predict with a missing checkpoint");
@@ -645,7 +939,12 @@ fn cli_eval_predict_and_errors() {
     let not_png = dir.path().join("not-an-image.png");
     fs::write(&not_png, b"hello").unwrap();
     let o = run_bin(
-        &["predict", "--checkpoint", best.to_str().unwrap(), not_png.to_str().unwrap()],
+        &[
+            "predict",
+            "--checkpoint",
+            best.to_str().unwrap(),
+            not_png.to_str().unwrap(),
+        ],
         limit,
     )
     .failed("predict on a non-image");
@@ -659,9 +958,12 @@ fn models_command_lists_counts() {
     let o = run_bin(&["models", "--json"], Duration::from_secs(30)).ok("imixer models --json");
     let mut listed = Vec::new();
     for line in o.stdout.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
         let name = v["name"].as_str().unwrap().to_string();
-        let params = v["params"].as_u64().unwrap_or_else(|| panic!("no params: {line}"));
+        let params = v["params"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no params: {line}"));
         listed.push((name, params));
     }
     let registry = imixer::registry::all();
@@ -671,7 +973,11 @@ fn models_command_lists_counts() {
         "every registry name, in registry order"
     );
     for ((name, params), (_, cfg)) in listed.iter().zip(&registry) {
-        assert_eq!(*params as usize, imixer::models::net::count_params(cfg), "{name}");
+        assert_eq!(
+            *params as usize,
+            imixer::models::net::count_params(cfg),
+            "{name}"
+        );
     }
     let count = |n: &str| listed.iter().find(|(m, _)| m == n).unwrap().1;
     assert_eq!(count("imixer_s16_224"), 20_123_690);
@@ -679,10 +985,28 @@ fn models_command_lists_counts() {
     assert_eq!(count("symmixer_s16_224"), 10_795_530);
 
     // --filter and --classes change what is listed.
-    let o = run_bin(&["models", "--json", "--filter", "imixer_s16", "--classes", "1000"], Duration::from_secs(30))
-        .ok("imixer models --filter");
-    let v: Vec<serde_json::Value> = o.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(!v.is_empty() && v.iter().all(|x| x["name"].as_str().unwrap().contains("imixer_s16")));
+    let o = run_bin(
+        &[
+            "models",
+            "--json",
+            "--filter",
+            "imixer_s16",
+            "--classes",
+            "1000",
+        ],
+        Duration::from_secs(30),
+    )
+    .ok("imixer models --filter");
+    let v: Vec<serde_json::Value> = o
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        !v.is_empty()
+            && v.iter()
+                .all(|x| x["name"].as_str().unwrap().contains("imixer_s16"))
+    );
     let s16 = v.iter().find(|x| x["name"] == "imixer_s16_224").unwrap();
     // The head grows by (1000 − 10) · (512 + 1) parameters.
     assert_eq!(s16["params"].as_u64(), Some(20_123_690 + 990 * 513));

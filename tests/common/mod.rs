@@ -26,9 +26,7 @@ pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 /// The real Fashion-MNIST directory; panics with instructions when it is not installed.
 pub fn fashion_dir() -> PathBuf {
     let dir = PathBuf::from(FASHION_MNIST_DIR);
-    let have = |stem: &str| {
-        dir.join(format!("{stem}.gz")).is_file() || dir.join(stem).is_file()
-    };
+    let have = |stem: &str| dir.join(format!("{stem}.gz")).is_file() || dir.join(stem).is_file();
     let all = [
         "train-images-idx3-ubyte",
         "train-labels-idx1-ubyte",
@@ -55,7 +53,12 @@ pub fn single_thread() {
 
 /// A tiny model of `family`: D = 32, 2 blocks, (img/patch)² tokens; iMixer with 1 fixed-point
 /// step and 1 power iteration.
-pub fn tiny_model(family: Family, img_size: usize, in_chans: usize, patch_size: usize) -> ModelConfig {
+pub fn tiny_model(
+    family: Family,
+    img_size: usize,
+    in_chans: usize,
+    patch_size: usize,
+) -> ModelConfig {
     ModelConfig {
         family,
         img_size,
@@ -98,52 +101,69 @@ pub fn run_state(path: &Path) -> RunState {
     serde_json::from_str(s).unwrap()
 }
 
-/// Asserts that two checkpoints hold the same tensor names, dtypes, shapes and bits, and that
-/// both carry optimizer moments. Returns (model tensors, optimizer tensors) compared.
-pub fn assert_bit_identical(a: &Path, b: &Path) -> (usize, usize) {
+/// Tensors of two checkpoints that differ in dtype, shape or any bit (names present in only one
+/// file included), plus the number of (model, optimizer) tensors of `a`.
+pub fn tensor_differences(a: &Path, b: &Path) -> (Vec<String>, usize, usize) {
     let dev = Device::Cpu;
     let fa = imixer::checkpoint::read(a, &dev).unwrap();
     let fb = imixer::checkpoint::read(b, &dev).unwrap();
     let na: BTreeSet<&String> = fa.tensors.keys().collect();
     let nb: BTreeSet<&String> = fb.tensors.keys().collect();
-    assert_eq!(na, nb, "{} and {} hold different tensors", a.display(), b.display());
-    let (mut model, mut opt) = (0, 0);
-    let mut differing = Vec::new();
-    for name in na {
-        let (ta, tb) = (&fa.tensors[name], &fb.tensors[name]);
-        assert_eq!(ta.dtype(), tb.dtype(), "{name}: dtypes differ");
-        assert_eq!(ta.dims(), tb.dims(), "{name}: shapes differ");
-        let bits = |t: &candle_core::Tensor| -> Vec<u64> {
-            let flat = t.flatten_all().unwrap();
-            match t.dtype() {
-                DType::F32 => flat
-                    .to_vec1::<f32>()
-                    .unwrap()
-                    .into_iter()
-                    .map(|v| v.to_bits() as u64)
-                    .collect(),
-                // Every other dtype converts to f64 exactly.
-                _ => flat
-                    .to_dtype(DType::F64)
-                    .unwrap()
-                    .to_vec1::<f64>()
-                    .unwrap()
-                    .into_iter()
-                    .map(f64::to_bits)
-                    .collect(),
-            }
-        };
-        let (va, vb) = (bits(ta), bits(tb));
-        if va != vb {
-            let n = va.iter().zip(&vb).filter(|(x, y)| x != y).count();
-            differing.push(format!("{name} ({n}/{} elements)", va.len()));
+    let mut differing: Vec<String> = na
+        .symmetric_difference(&nb)
+        .map(|n| format!("{n} (in one file only)"))
+        .collect();
+    let bits = |t: &candle_core::Tensor| -> Vec<u64> {
+        let flat = t.flatten_all().unwrap();
+        match t.dtype() {
+            DType::F32 => flat
+                .to_vec1::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(|v| v.to_bits() as u64)
+                .collect(),
+            // Every other dtype converts to f64 exactly.
+            _ => flat
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+                .into_iter()
+                .map(f64::to_bits)
+                .collect(),
         }
+    };
+    let (mut model, mut opt) = (0, 0);
+    for name in na.intersection(&nb) {
+        let (ta, tb) = (&fa.tensors[*name], &fb.tensors[*name]);
         if name.starts_with(imixer::checkpoint::TRAIN_STATE_PREFIX) {
             opt += 1;
         } else {
             model += 1;
         }
+        if ta.dtype() != tb.dtype() || ta.dims() != tb.dims() {
+            differing.push(format!(
+                "{name} ({:?}{:?} vs {:?}{:?})",
+                ta.dtype(),
+                ta.dims(),
+                tb.dtype(),
+                tb.dims()
+            ));
+            continue;
+        }
+        let (va, vb) = (bits(ta), bits(tb));
+        if va != vb {
+            let n = va.iter().zip(&vb).filter(|(x, y)| x != y).count();
+            differing.push(format!("{name} ({n}/{} elements)", va.len()));
+        }
     }
+    (differing, model, opt)
+}
+
+/// Asserts that two checkpoints hold the same tensor names, dtypes, shapes and bits, and that
+/// both carry optimizer moments. Returns the (model, optimizer) tensor counts compared.
+pub fn assert_bit_identical(a: &Path, b: &Path) -> (usize, usize) {
+    let (differing, model, opt) = tensor_differences(a, b);
     assert!(
         differing.is_empty(),
         "{} and {} differ in {} tensors: {}",
@@ -160,7 +180,8 @@ pub fn assert_bit_identical(a: &Path, b: &Path) -> (usize, usize) {
 /// Lines of `metrics.jsonl` as JSON values.
 pub fn metrics(run: &Path) -> Vec<serde_json::Value> {
     let p = run.join("metrics.jsonl");
-    let text = fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
+    let text =
+        fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad metrics line {l}: {e}")))
@@ -388,7 +409,11 @@ pub fn write_cifar10(root: &Path, per_file: usize, n_test: usize, names: &[Strin
     fs::create_dir_all(&dir).unwrap();
     for f in 1..=5 {
         let labels: Vec<Vec<u8>> = (0..per_file).map(|r| vec![((f + r) % 10) as u8]).collect();
-        fs::write(dir.join(format!("data_batch_{f}.bin")), cifar_records(&labels, f * 100)).unwrap();
+        fs::write(
+            dir.join(format!("data_batch_{f}.bin")),
+            cifar_records(&labels, f * 100),
+        )
+        .unwrap();
     }
     let labels: Vec<Vec<u8>> = (0..n_test).map(|r| vec![(r % 10) as u8]).collect();
     fs::write(dir.join("test_batch.bin"), cifar_records(&labels, 7)).unwrap();
