@@ -11,11 +11,13 @@
 //! - [`checkpoint`]: safetensors load/save under the reference names, atomically.
 //! - [`optim`]: AdamW with timm's parameter groups.
 
+pub mod analysis;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod hopfield;
 pub mod layers;
 pub mod models;
 pub mod optim;

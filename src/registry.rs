@@ -5,6 +5,7 @@
 //!
 //! Small-image variants (patch 4), the sizes of the benchmark configs:
 //! - `<family>_t4_28`: 28×28×1 (Fashion-MNIST/MNIST), D 128, 4 blocks (49 tokens);
+//! - `<family>_n4_28`: 28×28×1, D 64, 4 blocks — the quick default of `imixer train`;
 //! - `<family>_s4_32`: 32×32×3 (CIFAR), D 256, 8 blocks (64 tokens).
 
 use crate::config::{Family, ModelConfig};
@@ -23,7 +24,7 @@ pub const ASYM_LAMBDAS: [(&str, f64); 9] = [
 ];
 
 /// (suffix, img_size, in_chans, patch, D, depth)
-const SIZES: [(&str, usize, usize, usize, usize, usize); 8] = [
+const SIZES: [(&str, usize, usize, usize, usize, usize); 9] = [
     ("s16_224", 224, 3, 16, 512, 8),
     ("s32_224", 224, 3, 32, 512, 8),
     ("b16_224", 224, 3, 16, 768, 12),
@@ -31,6 +32,7 @@ const SIZES: [(&str, usize, usize, usize, usize, usize); 8] = [
     ("l16_224", 224, 3, 16, 1024, 24),
     ("l32_224", 224, 3, 32, 1024, 24),
     ("t4_28", 28, 1, 4, 128, 4),
+    ("n4_28", 28, 1, 4, 64, 4),
     ("s4_32", 32, 3, 4, 256, 8),
 ];
 

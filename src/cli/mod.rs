@@ -1,7 +1,9 @@
 //! The command-line interface: one subcommand per task, one file per subcommand.
 
 mod bench;
+mod dynamics;
 mod eval;
+mod inspect;
 mod models;
 mod predict;
 mod train;
@@ -30,20 +32,30 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Predict the top classes of image files.
     Predict(predict::PredictArgs),
+    /// Spectral norms, fixed-point convergence and weight symmetry of a trained model.
+    Inspect(inspect::InspectArgs),
+    /// AsymMixer continuous-time demo: energy descent (symmetric) vs. non-descent (asymmetric).
+    Dynamics(dynamics::DynamicsArgs),
     /// Time train/inference steps on the PyTorch-baseline configurations.
     Bench(bench::BenchArgs),
 }
 
-/// Sets the worker-thread count of candle's kernels, its matmuls and our own kernels. Must run
-/// before the first tensor operation (the pools read it once).
+/// Sets the worker-thread count of candle's kernels, its matmuls and our own kernels (0: all
+/// cores). Must run before the first tensor operation. Always pinned explicitly: when the
+/// variables are unset, candle re-derives the core count (reading /proc) on every matmul.
 pub fn set_threads(n: usize) {
-    if n > 0 {
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global();
-    }
+    let n = if n > 0 {
+        n
+    } else {
+        std::thread::available_parallelism()
+            .map(|p| p.get())
+            .unwrap_or(1)
+    };
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
 }
 
 pub fn main() -> Result<()> {
@@ -54,5 +66,7 @@ pub fn main() -> Result<()> {
         Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Predict(a) => predict::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Dynamics(a) => dynamics::run(a),
     }
 }

@@ -11,7 +11,7 @@ use crate::train::{train, RunOptions, TrainConfig};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Registered model name (see `imixer models`); default per data set (imixer_t4_28 for
+    /// Registered model name (see `imixer models`); default per data set (imixer_n4_28 for
     /// Fashion-MNIST/MNIST, imixer_s4_32 for CIFAR, imixer_s16_224 for folders).
     #[arg(long)]
     pub model: Option<String>,

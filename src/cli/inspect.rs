@@ -1,0 +1,174 @@
+//! `imixer inspect`: spectral norms and Lipschitz bounds of every SN layer, fixed-point
+//! convergence of every iMLP on real inputs, and weight symmetry of every MLP.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use candle_core::Tensor;
+use clap::Args;
+use serde::Serialize;
+
+use super::eval::{eval_transform, load_for_inference};
+use crate::analysis::fixed_point::{trace, FixedPointTrace};
+use crate::analysis::spectral::{sn_report, SnReport, GELU_MAX_SLOPE};
+use crate::analysis::symmetry::{symmetry, SymmetryReport};
+use crate::data::{self, DatasetKind, Loader, LoaderConfig};
+use crate::layers::ForwardCtx;
+use crate::models::{AnyMlp, Block};
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Checkpoint to analyse.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Model name, for reference checkpoints that carry no configuration.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Data set whose held-out images feed the fixed-point analysis (default: fashion-mnist when
+    /// the model takes 28×28×1 images, else random inputs).
+    #[arg(long)]
+    pub dataset: Option<DatasetKind>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Images in the analysis batch.
+    #[arg(long, default_value_t = 64)]
+    pub images: usize,
+    /// Fixed-point steps K to trace (beyond the trained n_iter).
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct BlockReport {
+    block: usize,
+    spectral_norms: Vec<SnReport>,
+    /// Lip(F) ≤ GELU′max² · σ(W̃1) · σ(W̃2) (< 1 ⇒ (1 − F) invertible, bi-Lipschitz 1 ∓ L).
+    lipschitz_bound: Option<f64>,
+    fixed_point: Option<FixedPointTrace>,
+    symmetry: Vec<SymmetryReport>,
+}
+
+fn batch(
+    args: &InspectArgs,
+    net: &crate::MixerNet,
+    saved_tf: Option<data::EvalTransform>,
+) -> Result<(Tensor, String)> {
+    let cfg = &net.config;
+    let kind = args
+        .dataset
+        .or((cfg.img_size == 28 && cfg.in_chans == 1).then_some(DatasetKind::FashionMnist));
+    if let Some(kind) = kind {
+        let dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| data::default_data_dir(kind));
+        let ds = data::load_dataset(kind, &dir)?;
+        let split = ds.val.subset(args.images, 0);
+        let loader = Loader::new(
+            Arc::new(split),
+            eval_transform(net, saved_tf, None),
+            LoaderConfig::eval(args.images),
+        )?;
+        let b = loader.batch(0, 0)?;
+        return Ok((
+            Tensor::from_vec(b.images, b.shape.to_vec(), net.device())?,
+            format!("{} held-out images of {kind}", b.shape[0]),
+        ));
+    }
+    let x = Tensor::randn(
+        0f32,
+        1.0,
+        (args.images, cfg.in_chans, cfg.img_size, cfg.img_size),
+        net.device(),
+    )?;
+    Ok((x, format!("{} N(0,1) random inputs", args.images)))
+}
+
+pub fn run(a: InspectArgs) -> Result<()> {
+    super::set_threads(0);
+    let (net, _, saved_tf) = load_for_inference(&a.checkpoint, a.model.as_deref())?;
+    let (images, source) = batch(&a, &net, saved_tf)?;
+    let mut x = net.stem.forward(&images)?;
+    let mut reports = Vec::new();
+    for (i, block) in net.blocks.iter().enumerate() {
+        let (tok, ch) = block.mlps();
+        let mut r = BlockReport {
+            block: i,
+            spectral_norms: vec![],
+            lipschitz_bound: None,
+            fixed_point: None,
+            symmetry: vec![
+                symmetry(&format!("blocks.{i}.mlp_tokens"), tok)?,
+                symmetry(&format!("blocks.{i}.mlp_channels"), ch)?,
+            ],
+        };
+        if let (AnyMlp::Implicit(m), Block::Serial(sb)) = (tok, block) {
+            let s1 = sn_report(&m.fc_sn1)?;
+            let s2 = sn_report(&m.fc_sn2)?;
+            r.lipschitz_bound =
+                Some(GELU_MAX_SLOPE * GELU_MAX_SLOPE * s1.sigma_effective * s2.sigma_effective);
+            r.spectral_norms = vec![s1, s2];
+            let z = sb.norm1.forward(&x)?.transpose(1, 2)?.contiguous()?;
+            r.fixed_point = Some(trace(m, &z, a.steps)?);
+        }
+        x = block.forward(&x, &mut ForwardCtx::eval())?;
+        reports.push(r);
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"checkpoint": a.checkpoint.display().to_string(), "family": net.config.family, "inputs": source, "blocks": reports})
+        );
+        return Ok(());
+    }
+    println!(
+        "{} ({}), fixed-point inputs: {source}",
+        a.checkpoint.display(),
+        net.config.family
+    );
+    for r in &reports {
+        println!("block {}", r.block);
+        for s in &r.spectral_norms {
+            println!(
+                "  {:<28} σ̂ {:.4}  σ(W) {:.4}  σ(W̃) {:.4}  (c = {})",
+                s.module, s.sigma_hat, s.sigma_weight, s.sigma_effective, s.coeff
+            );
+        }
+        if let Some(l) = r.lipschitz_bound {
+            println!(
+                "  Lipschitz bound of F: {l:.4} ({})",
+                if l < 1.0 {
+                    "contraction guaranteed"
+                } else {
+                    "no guarantee"
+                }
+            );
+        }
+        if let Some(fp) = &r.fixed_point {
+            let show: Vec<String> = fp
+                .residuals
+                .iter()
+                .take(8)
+                .map(|v| format!("{v:.1e}"))
+                .collect();
+            println!(
+                "  fixed point (trained n_iter {}): residual k=1..: {} … k={}: {:.1e}; contraction {:.3}",
+                fp.trained_n_iter,
+                show.join(" "),
+                fp.residuals.len(),
+                fp.residuals.last().copied().unwrap_or(f64::NAN),
+                fp.contraction
+            );
+        }
+        for s in &r.symmetry {
+            println!(
+                "  {:<28} cos(W_out, W_inᵀ) {:+.4}  antisymmetric ratio {:.4}",
+                s.module, s.cosine, s.antisymmetric_ratio
+            );
+        }
+    }
+    Ok(())
+}
