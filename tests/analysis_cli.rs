@@ -132,3 +132,54 @@ fn dynamics_demo_shows_descent_only_for_symmetric_weights() {
         assert!(std::fs::metadata(out.join(png)).unwrap().len() > 1000);
     }
 }
+
+#[test]
+fn energy_demo_trains_and_descends_from_random_states() {
+    common::fashion_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("energy");
+    let o = Command::new(env!("CARGO_BIN_EXE_imixer"))
+        .args([
+            "energy-demo",
+            "--epochs",
+            "1",
+            "--train-subset",
+            "1024",
+            "--hidden",
+            "64",
+            "--batch-size",
+            "256",
+            "--lr",
+            "1e-3",
+            "--threads",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["energy_monotone"], true, "{m}");
+    let e: Vec<f64> = m["energy_descent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(e.len(), 29);
+    assert!(e[28] < e[0]);
+    assert!(m["final_loss"].as_f64().unwrap().is_finite());
+    for png in [
+        "loss.png",
+        "energy.png",
+        "denoised.png",
+        "receptive_fields.png",
+    ] {
+        assert!(
+            std::fs::metadata(out.join(png)).unwrap().len() > 200,
+            "{png}"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 
 mod bench;
 mod dynamics;
+mod energy_demo;
 mod eval;
 mod inspect;
 mod models;
@@ -36,6 +37,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// AsymMixer continuous-time demo: energy descent (symmetric) vs. non-descent (asymmetric).
     Dynamics(dynamics::DynamicsArgs),
+    /// Energy MetaFormer: a 3-layer Hopfield denoiser with monotone energy descent.
+    EnergyDemo(energy_demo::EnergyDemoArgs),
     /// Time train/inference steps on the PyTorch-baseline configurations.
     Bench(bench::BenchArgs),
 }
@@ -68,5 +71,6 @@ pub fn main() -> Result<()> {
         Command::Predict(a) => predict::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Dynamics(a) => dynamics::run(a),
+        Command::EnergyDemo(a) => energy_demo::run(a),
     }
 }

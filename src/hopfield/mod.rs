@@ -13,6 +13,7 @@
 //! Everything here is f64 on plain slices: the properties are exact identities, checked to
 //! round-off.
 
+pub mod energy_metaformer;
 pub mod ham;
 pub mod lagrangian;
 pub mod mixer_energy;
