@@ -111,7 +111,7 @@ pub fn run(
         }
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
-            if start.elapsed().as_secs_f64() > budget_s && times.len() >= 1 {
+            if start.elapsed().as_secs_f64() > budget_s && !times.is_empty() {
                 break;
             }
         }

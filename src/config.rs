@@ -74,21 +74,16 @@ impl std::str::FromStr for Family {
 }
 
 /// How the iMLP approximates its fixed point x = y + F(x).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Solver {
     /// The reference: exactly `n_iter` Picard steps, backpropagated through (golden-exact).
+    #[default]
     Unrolled,
     /// Picard iteration to `tol` (relative residual), at most `max_iter` steps; implicit gradient.
     Picard { tol: f64, max_iter: usize },
     /// Anderson acceleration with memory `m`; implicit gradient.
     Anderson { m: usize, tol: f64, max_iter: usize },
-}
-
-impl Default for Solver {
-    fn default() -> Self {
-        Solver::Unrolled
-    }
 }
 
 /// iMixer's iMLP knobs (reference flags `--h_ratio --n_power --n_iter`, coefficient c).
@@ -199,7 +194,7 @@ impl ModelConfig {
                 return Err(format!("model config: {name} must be positive"));
             }
         }
-        if self.img_size % self.patch_size != 0 {
+        if !self.img_size.is_multiple_of(self.patch_size) {
             return Err(format!(
                 "model config: patch_size {} does not divide img_size {}",
                 self.patch_size, self.img_size
@@ -230,16 +225,14 @@ impl ModelConfig {
             ));
         }
         if self.n_iter != 1 && !self.family.is_paper2() {
-            return Err(format!(
-                "model config: n_iter (block repeats) applies to paper-2 families; for imixer set imixer.n_iter"
-            ));
+            return Err("model config: n_iter (block repeats) applies to paper-2 families; for imixer set imixer.n_iter".into());
         }
         if self.family == Family::IMixer {
             let c = &self.imixer;
             if c.n_iter == 0 || c.hidden_ratio <= 0.0 || self.imlp_inner_dim() == 0 {
                 return Err("model config: imixer needs n_iter ≥ 1 and hidden_ratio > 0".into());
             }
-            if !(c.coeff > 0.0) {
+            if c.coeff.is_nan() || c.coeff <= 0.0 {
                 return Err(format!(
                     "model config: imixer.coeff {} must be > 0",
                     c.coeff

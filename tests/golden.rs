@@ -145,7 +145,8 @@ impl Checker {
         if rel > self.worst.0 && scale > 1e-6 {
             self.worst = (rel, name.to_string());
         }
-        if !(err <= tol) {
+        // NaN-safe: a NaN error must fail.
+        if err.is_nan() || err > tol {
             self.failures.push(format!(
                 "{name}: max abs err {err:.3e} > tol {tol:.3e} (max |expected| {scale:.3e})"
             ));
@@ -157,6 +158,7 @@ impl Checker {
     /// lr·eps/(|g| + eps)². Where |g| ~ eps a rounding-level gradient difference moves the step by
     /// up to lr, so each element's tolerance is the gradient tolerance `dg` propagated through
     /// that derivative (capped at 2·lr) on top of the usual relative tolerance.
+    #[allow(clippy::too_many_arguments)]
     fn close_adam_step(
         &mut self,
         name: &str,
@@ -183,7 +185,7 @@ impl Checker {
             let sens = (lr * eps * dg / (g[i].abs() + eps).powi(2)).min(2.0 * lr);
             let tol = 1e-6 + RTOL * scale + sens;
             let err = (a[i] - e[i]).abs();
-            if !(err <= tol) {
+            if err.is_nan() || err > tol {
                 self.failures.push(format!(
                     "{name}[{i}]: {} vs expected {} (tol {tol:.2e}, grad {:.2e})",
                     a[i], e[i], g[i]

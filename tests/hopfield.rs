@@ -109,10 +109,10 @@ fn jacobian_asymmetry(net: &MixerNet) -> Result<f64> {
         }
     }
     let (mut asym, mut scale) = (0f64, 0f64);
-    for r in 0..n {
-        for c in 0..n {
-            asym = asym.max((j[r][c] - j[c][r]).abs());
-            scale = scale.max(j[r][c].abs());
+    for (r, row) in j.iter().enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            asym = asym.max((v - j[c][r]).abs());
+            scale = scale.max(v.abs());
         }
     }
     Ok(asym / scale)

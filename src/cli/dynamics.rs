@@ -44,6 +44,9 @@ pub struct DynamicsArgs {
     pub out: PathBuf,
 }
 
+/// (title, curve names, curves) of one figure panel.
+type Panel = (&'static str, Vec<String>, Vec<Vec<(f64, f64)>>);
+
 pub fn run(a: DynamicsArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
@@ -99,7 +102,7 @@ pub fn run(a: DynamicsArgs) -> Result<()> {
         coord_panels.push((label, names, x_series));
     }
     fn to_panels<'a>(
-        panels: &'a [(&'static str, Vec<String>, Vec<Vec<(f64, f64)>>)],
+        panels: &'a [Panel],
         ylabel: &'static str,
     ) -> Vec<(&'static str, &'static str, &'static str, Vec<Series<'a>>)> {
         panels

@@ -222,7 +222,7 @@ pub fn block_interaction_energy(block: &Block, g: &Tensor) -> Result<Tensor> {
     let (ws, wc) = (w(tok)?, w(ch)?);
     let a = ws.broadcast_matmul(g)?; // (B, Ns, D)
     let b = g.broadcast_matmul(&wc.t()?)?; // (B, N, Nc)
-    Ok((phi(&a)?.sum_all()? + phi(&b)?.sum_all()?)?.neg()?)
+    (phi(&a)?.sum_all()? + phi(&b)?.sum_all()?)?.neg()
 }
 
 /// Φ_GELU elementwise from candle ops (differentiable).

@@ -43,7 +43,7 @@ impl LayerNorm {
 /// Functional LayerNorm over the trailing `weight.elem_count()` elements of `x`.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let cols = weight.elem_count();
-    if x.elem_count() % cols != 0 || bias.elem_count() != cols {
+    if !x.elem_count().is_multiple_of(cols) || bias.elem_count() != cols {
         candle_core::bail!(
             "layer_norm: input {:?} cannot be normalised over weight {:?} / bias {:?}",
             x.shape(),

@@ -55,7 +55,12 @@ impl Block {
                 let bias = cfg.family != Family::VanillaMixer;
                 let norm1 = LayerNorm::new(&scope.sub("norm1"), &ln_shape)?;
                 let mlp_tokens = if cfg.family == Family::IMixer {
-                    AnyMlp::Implicit(IMlp::new(&scope.sub("mlp_tokens"), n, dt, &cfg.imixer)?)
+                    AnyMlp::Implicit(Box::new(IMlp::new(
+                        &scope.sub("mlp_tokens"),
+                        n,
+                        dt,
+                        &cfg.imixer,
+                    )?))
                 } else {
                     AnyMlp::Plain(Mlp::new(&scope.sub("mlp_tokens"), n, dt, bias)?)
                 };

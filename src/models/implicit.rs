@@ -170,8 +170,9 @@ fn solve_spd(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
         }
         for r in c + 1..n {
             let f = a[r][c] / d;
-            for k in c..n {
-                a[r][k] -= f * a[c][k];
+            let (upper, lower) = a.split_at_mut(r);
+            for (dst, src) in lower[0][c..n].iter_mut().zip(&upper[c][c..n]) {
+                *dst -= f * src;
             }
             b[r] -= f * b[c];
         }

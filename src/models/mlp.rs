@@ -95,7 +95,8 @@ pub enum AnyMlp {
     Plain(Mlp),
     Sym(SymMlp),
     Asym(AsymMlp),
-    Implicit(IMlp),
+    /// Boxed: the iMLP is much larger than the other variants.
+    Implicit(Box<IMlp>),
 }
 
 impl AnyMlp {

@@ -193,7 +193,7 @@ impl TrainConfig {
                 return Err(format!("{name} = {v} must be finite and ≥ 0"));
             }
         }
-        if self.clip_grad.is_some_and(|c| !(c > 0.0)) {
+        if self.clip_grad.is_some_and(|c| c.is_nan() || c <= 0.0) {
             return Err("clip_grad must be > 0".into());
         }
         Ok(())

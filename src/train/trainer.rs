@@ -331,7 +331,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
                 st.next_batch = kb + 1;
                 if cfg
                     .save_every_steps
-                    .is_some_and(|n| st.step % n as u64 == 0)
+                    .is_some_and(|n| st.step.is_multiple_of(n as u64))
                     && st.next_batch < steps_per_epoch
                 {
                     state::save(&last_path, &model, Some(&opt), &st, &config_toml, &classes)?;
