@@ -4,11 +4,11 @@
 //! (one division per element, single-threaded); here the column sums run over fixed row blocks in
 //! parallel, and GELU(y + b) is one pass forward and one backward instead of four.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gelu::{gelu, gelu_grad_scalar, gelu_scalar};
-use super::kernel::{contiguous, Float, PAR_CHUNK};
+use super::kernel::{dispatch, Float, SliceKernel, PAR_CHUNK};
 
 /// y + b over the last axis.
 pub fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -58,6 +58,27 @@ struct BiasOp {
     gelu: bool,
 }
 
+impl SliceKernel for BiasOp {
+    /// inputs: y (…, C), b (C).
+    fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
+        let (y, b) = (i[0], i[1]);
+        let cols = b.len();
+        let block = (PAR_CHUNK / cols).max(1) * cols;
+        let mut out = vec![T::zero(); y.len()];
+        out.par_chunks_mut(block)
+            .zip(y.par_chunks(block))
+            .for_each(|(o, y)| {
+                for (o, y) in o.chunks_mut(cols).zip(y.chunks(cols)) {
+                    for i in 0..cols {
+                        let v = y[i] + b[i];
+                        o[i] = if self.gelu { gelu_scalar(v) } else { v };
+                    }
+                }
+            });
+        out
+    }
+}
+
 impl CustomOp2 for BiasOp {
     fn name(&self) -> &'static str {
         if self.gelu {
@@ -74,36 +95,14 @@ impl CustomOp2 for BiasOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        fn run<T: Float>(y: &[T], b: &[T], gelu: bool) -> Vec<T> {
-            let cols = b.len();
-            let block = (PAR_CHUNK / cols).max(1) * cols;
-            let mut out = vec![T::zero(); y.len()];
-            out.par_chunks_mut(block)
-                .zip(y.par_chunks(block))
-                .for_each(|(o, y)| {
-                    for (o, y) in o.chunks_mut(cols).zip(y.chunks(cols)) {
-                        for i in 0..cols {
-                            let v = y[i] + b[i];
-                            o[i] = if gelu { gelu_scalar(v) } else { v };
-                        }
-                    }
-                });
-            out
-        }
         let cols = l2.shape().elem_count();
         if l1.dims().last() != Some(&cols) {
             candle_core::bail!("{}: bias of {cols} for input {:?}", self.name(), l1.shape());
         }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(y), CpuStorage::F32(b)) => {
-                CpuStorage::F32(run(contiguous(y, l1)?, contiguous(b, l2)?, self.gelu))
-            }
-            (CpuStorage::F64(y), CpuStorage::F64(b)) => {
-                CpuStorage::F64(run(contiguous(y, l1)?, contiguous(b, l2)?, self.gelu))
-            }
-            _ => candle_core::bail!("{}: dtype mismatch or unsupported dtype", self.name()),
-        };
-        Ok((out, l1.shape().clone()))
+        Ok((
+            dispatch(self.name(), self, &[(s1, l1), (s2, l2)])?,
+            l1.shape().clone(),
+        ))
     }
 
     fn bwd(
@@ -114,7 +113,7 @@ impl CustomOp2 for BiasOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = if self.gelu {
-            y.apply_op2_no_bwd(&grad.contiguous()?, &BiasGeluBackward { bias: b.clone() })?
+            y.apply_op3_no_bwd(&grad.contiguous()?, b, &BiasGeluBackward)?
         } else {
             grad.contiguous()?
         };
@@ -125,12 +124,29 @@ impl CustomOp2 for BiasOp {
     }
 }
 
-/// (y, g) ↦ g · GELU′(y + b).
-struct BiasGeluBackward {
-    bias: Tensor,
+/// (y, g, b) ↦ g · GELU′(y + b).
+struct BiasGeluBackward;
+
+impl SliceKernel for BiasGeluBackward {
+    fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
+        let (y, g, b) = (i[0], i[1], i[2]);
+        let cols = b.len();
+        let block = (PAR_CHUNK / cols).max(1) * cols;
+        let mut out = vec![T::zero(); y.len()];
+        out.par_chunks_mut(block)
+            .zip(y.par_chunks(block).zip(g.par_chunks(block)))
+            .for_each(|(o, (y, g))| {
+                for ((o, y), g) in o.chunks_mut(cols).zip(y.chunks(cols)).zip(g.chunks(cols)) {
+                    for i in 0..cols {
+                        o[i] = g[i] * gelu_grad_scalar(y[i] + b[i]);
+                    }
+                }
+            });
+        out
+    }
 }
 
-impl CustomOp2 for BiasGeluBackward {
+impl CustomOp3 for BiasGeluBackward {
     fn name(&self) -> &'static str {
         "imixer-bias-gelu-backward"
     }
@@ -141,47 +157,13 @@ impl CustomOp2 for BiasGeluBackward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        fn run<T: Float>(y: &[T], g: &[T], b: &[T]) -> Vec<T> {
-            let cols = b.len();
-            let block = (PAR_CHUNK / cols).max(1) * cols;
-            let mut out = vec![T::zero(); y.len()];
-            out.par_chunks_mut(block)
-                .zip(y.par_chunks(block).zip(g.par_chunks(block)))
-                .for_each(|(o, (y, g))| {
-                    for ((o, y), g) in o.chunks_mut(cols).zip(y.chunks(cols)).zip(g.chunks(cols)) {
-                        for i in 0..cols {
-                            o[i] = g[i] * gelu_grad_scalar(y[i] + b[i]);
-                        }
-                    }
-                });
-            out
-        }
-        let (bs, bl) = self.bias.storage_and_layout();
-        let out = match (s1, s2, &*bs) {
-            (
-                CpuStorage::F32(y),
-                CpuStorage::F32(g),
-                candle_core::Storage::Cpu(CpuStorage::F32(b)),
-            ) => CpuStorage::F32(run(
-                contiguous(y, l1)?,
-                contiguous(g, l2)?,
-                contiguous(b, bl)?,
-            )),
-            (
-                CpuStorage::F64(y),
-                CpuStorage::F64(g),
-                candle_core::Storage::Cpu(CpuStorage::F64(b)),
-            ) => CpuStorage::F64(run(
-                contiguous(y, l1)?,
-                contiguous(g, l2)?,
-                contiguous(b, bl)?,
-            )),
-            _ => {
-                candle_core::bail!("imixer-bias-gelu-backward: dtype mismatch or unsupported dtype")
-            }
-        };
-        Ok((out, l1.shape().clone()))
+        Ok((
+            dispatch(self.name(), self, &[(s1, l1), (s2, l2), (s3, l3)])?,
+            l1.shape().clone(),
+        ))
     }
 }
 
@@ -190,18 +172,22 @@ struct ColumnSums {
     cols: usize,
 }
 
+impl SliceKernel for ColumnSums {
+    fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
+        column_sums(i[0], self.cols)
+    }
+}
+
 impl candle_core::CustomOp1 for ColumnSums {
     fn name(&self) -> &'static str {
         "imixer-column-sums"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = match s {
-            CpuStorage::F32(g) => CpuStorage::F32(column_sums(contiguous(g, l)?, self.cols)),
-            CpuStorage::F64(g) => CpuStorage::F64(column_sums(contiguous(g, l)?, self.cols)),
-            _ => candle_core::bail!("imixer-column-sums: unsupported dtype"),
-        };
-        Ok((out, Shape::from(self.cols)))
+        Ok((
+            dispatch(self.name(), self, &[(s, l)])?,
+            Shape::from(self.cols),
+        ))
     }
 }
 

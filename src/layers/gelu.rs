@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernel::{contiguous, Float, PAR_CHUNK};
+use super::kernel::{dispatch, Float, SliceKernel, PAR_CHUNK};
 
 /// GELU(x) = x·Φ(x) with the exact error function (PyTorch `nn.GELU()`, SPEC.md).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
@@ -35,29 +35,26 @@ pub fn gelu_scalar<T: Float>(x: T) -> T {
 
 struct GeluOp;
 
+impl SliceKernel for GeluOp {
+    fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
+        let x = i[0];
+        let mut y = Vec::with_capacity(x.len());
+        y.par_extend(
+            x.par_iter()
+                .with_min_len(PAR_CHUNK)
+                .map(|&v| gelu_scalar(v)),
+        );
+        y
+    }
+}
+
 impl CustomOp1 for GeluOp {
     fn name(&self) -> &'static str {
         "imixer-gelu"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        fn run<T: Float>(x: &[T]) -> Vec<T> {
-            let mut y = vec![T::zero(); x.len()];
-            y.par_chunks_mut(PAR_CHUNK)
-                .zip(x.par_chunks(PAR_CHUNK))
-                .for_each(|(y, x)| {
-                    for (y, &x) in y.iter_mut().zip(x) {
-                        *y = gelu_scalar(x);
-                    }
-                });
-            y
-        }
-        let out = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(run(contiguous(x, l)?)),
-            CpuStorage::F64(x) => CpuStorage::F64(run(contiguous(x, l)?)),
-            _ => candle_core::bail!("imixer-gelu: only f32/f64 are supported"),
-        };
-        Ok((out, l.shape().clone()))
+        Ok((dispatch(self.name(), self, &[(s, l)])?, l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -69,6 +66,20 @@ impl CustomOp1 for GeluOp {
 
 /// (x, ∂L/∂y) ↦ ∂L/∂y · GELU′(x).
 struct GeluBackward;
+
+impl SliceKernel for GeluBackward {
+    fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
+        let (x, g) = (i[0], i[1]);
+        let mut out = Vec::with_capacity(x.len());
+        out.par_extend(
+            x.par_iter()
+                .zip(g.par_iter())
+                .with_min_len(PAR_CHUNK)
+                .map(|(&x, &g)| g * gelu_grad_scalar(x)),
+        );
+        out
+    }
+}
 
 impl CustomOp2 for GeluBackward {
     fn name(&self) -> &'static str {
@@ -82,27 +93,10 @@ impl CustomOp2 for GeluBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        fn run<T: Float>(x: &[T], g: &[T]) -> Vec<T> {
-            let mut out = vec![T::zero(); x.len()];
-            out.par_chunks_mut(PAR_CHUNK)
-                .zip(x.par_chunks(PAR_CHUNK).zip(g.par_chunks(PAR_CHUNK)))
-                .for_each(|(o, (x, g))| {
-                    for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                        *o = g * gelu_grad_scalar(x);
-                    }
-                });
-            out
-        }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
-                CpuStorage::F32(run(contiguous(x, l1)?, contiguous(g, l2)?))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
-                CpuStorage::F64(run(contiguous(x, l1)?, contiguous(g, l2)?))
-            }
-            _ => candle_core::bail!("imixer-gelu-backward: dtype mismatch or unsupported dtype"),
-        };
-        Ok((out, l1.shape().clone()))
+        Ok((
+            dispatch(self.name(), self, &[(s1, l1), (s2, l2)])?,
+            l1.shape().clone(),
+        ))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Small helpers shared by the CPU kernels of our custom ops: a float trait covering f32/f64 (the
 //! models run in f32, the property tests in f64) and contiguous-slice access.
 
-use candle_core::{Layout, Result};
+use candle_core::{CpuStorage, Layout, Result};
 
 /// Elements per parallel work item. Fixed (not derived from the thread count) so that every
 /// reduction is split the same way on any machine: same seed ⇒ same bits.
@@ -13,6 +13,40 @@ pub fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("imixer kernel: expected a contiguous tensor"),
+    }
+}
+
+/// A CPU kernel written once for f32 and f64 over contiguous inputs of one dtype.
+pub trait SliceKernel {
+    fn run<T: Float>(&self, inputs: &[&[T]]) -> Vec<T>;
+}
+
+/// Runs `kernel` on CPU storages that are all f32 or all f64 (each read through its layout).
+pub fn dispatch(
+    name: &str,
+    kernel: &impl SliceKernel,
+    inputs: &[(&CpuStorage, &Layout)],
+) -> Result<CpuStorage> {
+    let f32s: Option<Vec<&[f32]>> = inputs
+        .iter()
+        .map(|(s, l)| match s {
+            CpuStorage::F32(v) => contiguous(v, l).ok(),
+            _ => None,
+        })
+        .collect();
+    if let Some(v) = f32s {
+        return Ok(CpuStorage::F32(kernel.run(&v)));
+    }
+    let f64s: Option<Vec<&[f64]>> = inputs
+        .iter()
+        .map(|(s, l)| match s {
+            CpuStorage::F64(v) => contiguous(v, l).ok(),
+            _ => None,
+        })
+        .collect();
+    match f64s {
+        Some(v) => Ok(CpuStorage::F64(kernel.run(&v))),
+        None => candle_core::bail!("{name}: inputs must be contiguous and all f32 or all f64"),
     }
 }
 

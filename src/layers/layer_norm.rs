@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
 use rayon::prelude::*;
 
-use super::kernel::{contiguous, Float, PAR_CHUNK};
+use super::kernel::{dispatch, Float, SliceKernel, PAR_CHUNK};
 use crate::params::Scope;
 
 /// LayerNorm eps of every reference model.
@@ -105,6 +105,27 @@ fn row_stats<T: Float>(row: &[T], eps: f64) -> (f64, f64) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
+impl SliceKernel for LayerNormOp {
+    /// inputs: x, γ, β.
+    fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
+        let (x, w, b, cols, eps) = (i[0], i[1], i[2], self.cols, self.eps);
+        let mut y = vec![T::zero(); x.len()];
+        let block = rows_per_block(cols) * cols;
+        y.par_chunks_mut(block)
+            .zip(x.par_chunks(block))
+            .for_each(|(y, x)| {
+                for (y, x) in y.chunks_mut(cols).zip(x.chunks(cols)) {
+                    let (mean, rstd) = row_stats(x, eps);
+                    for i in 0..cols {
+                        let xhat = T::from_f64((x[i].to_f64() - mean) * rstd);
+                        y[i] = xhat * w[i] + b[i];
+                    }
+                }
+            });
+        y
+    }
+}
+
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
         "imixer-layer-norm"
@@ -119,41 +140,10 @@ impl CustomOp3 for LayerNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        fn run<T: Float>(x: &[T], w: &[T], b: &[T], cols: usize, eps: f64) -> Vec<T> {
-            let mut y = vec![T::zero(); x.len()];
-            let block = rows_per_block(cols) * cols;
-            y.par_chunks_mut(block)
-                .zip(x.par_chunks(block))
-                .for_each(|(y, x)| {
-                    for (y, x) in y.chunks_mut(cols).zip(x.chunks(cols)) {
-                        let (mean, rstd) = row_stats(x, eps);
-                        for i in 0..cols {
-                            let xhat = T::from_f64((x[i].to_f64() - mean) * rstd);
-                            y[i] = xhat * w[i] + b[i];
-                        }
-                    }
-                });
-            y
-        }
-        let (cols, eps) = (self.cols, self.eps);
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(run(
-                contiguous(x, l1)?,
-                contiguous(w, l2)?,
-                contiguous(b, l3)?,
-                cols,
-                eps,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(run(
-                contiguous(x, l1)?,
-                contiguous(w, l2)?,
-                contiguous(b, l3)?,
-                cols,
-                eps,
-            )),
-            _ => candle_core::bail!("imixer-layer-norm: dtype mismatch or unsupported dtype"),
-        };
-        Ok((out, l1.shape().clone()))
+        Ok((
+            dispatch(self.name(), self, &[(s1, l1), (s2, l2), (s3, l3)])?,
+            l1.shape().clone(),
+        ))
     }
 
     fn bwd(
@@ -190,6 +180,55 @@ struct LayerNormBackward {
     eps: f64,
 }
 
+impl SliceKernel for LayerNormBackward {
+    /// inputs: x, γ, ∂L/∂y.
+    fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
+        let (x, w, g, cols, eps) = (i[0], i[1], i[2], self.cols, self.eps);
+        let n = x.len();
+        let mut out = vec![T::zero(); n + 2 * cols];
+        let block = rows_per_block(cols) * cols;
+        let (dx, _) = out.split_at_mut(n);
+        // Per-block partial sums of dγ, dβ (f64), reduced below in block order.
+        let partials: Vec<Vec<f64>> = dx
+            .par_chunks_mut(block)
+            .zip(x.par_chunks(block).zip(g.par_chunks(block)))
+            .map(|(dx, (x, g))| {
+                let mut acc = vec![0f64; 2 * cols];
+                let mut xhat = vec![0f64; cols];
+                for ((dx, x), g) in dx.chunks_mut(cols).zip(x.chunks(cols)).zip(g.chunks(cols)) {
+                    let (mean, rstd) = row_stats(x, eps);
+                    let (mut sum_gh, mut sum_ghx) = (0f64, 0f64);
+                    for i in 0..cols {
+                        xhat[i] = (x[i].to_f64() - mean) * rstd;
+                        let gi = g[i].to_f64();
+                        let gh = gi * w[i].to_f64();
+                        sum_gh += gh;
+                        sum_ghx += gh * xhat[i];
+                        acc[i] += gi * xhat[i];
+                        acc[cols + i] += gi;
+                    }
+                    let (m_gh, m_ghx) = (sum_gh / cols as f64, sum_ghx / cols as f64);
+                    for i in 0..cols {
+                        let gh = g[i].to_f64() * w[i].to_f64();
+                        dx[i] = T::from_f64(rstd * (gh - m_gh - xhat[i] * m_ghx));
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut total = vec![0f64; 2 * cols];
+        for p in &partials {
+            for (t, v) in total.iter_mut().zip(p) {
+                *t += v;
+            }
+        }
+        for (o, t) in out[n..].iter_mut().zip(&total) {
+            *o = T::from_f64(*t);
+        }
+        out
+    }
+}
+
 impl CustomOp3 for LayerNormBackward {
     fn name(&self) -> &'static str {
         "imixer-layer-norm-backward"
@@ -204,71 +243,8 @@ impl CustomOp3 for LayerNormBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        fn run<T: Float>(x: &[T], w: &[T], g: &[T], cols: usize, eps: f64) -> Vec<T> {
-            let n = x.len();
-            let mut out = vec![T::zero(); n + 2 * cols];
-            let block = rows_per_block(cols) * cols;
-            let (dx, _) = out.split_at_mut(n);
-            // Per-block partial sums of dγ, dβ (f64), reduced below in block order.
-            let partials: Vec<Vec<f64>> = dx
-                .par_chunks_mut(block)
-                .zip(x.par_chunks(block).zip(g.par_chunks(block)))
-                .map(|(dx, (x, g))| {
-                    let mut acc = vec![0f64; 2 * cols];
-                    let mut xhat = vec![0f64; cols];
-                    for ((dx, x), g) in dx.chunks_mut(cols).zip(x.chunks(cols)).zip(g.chunks(cols))
-                    {
-                        let (mean, rstd) = row_stats(x, eps);
-                        let (mut sum_gh, mut sum_ghx) = (0f64, 0f64);
-                        for i in 0..cols {
-                            xhat[i] = (x[i].to_f64() - mean) * rstd;
-                            let gi = g[i].to_f64();
-                            let gh = gi * w[i].to_f64();
-                            sum_gh += gh;
-                            sum_ghx += gh * xhat[i];
-                            acc[i] += gi * xhat[i];
-                            acc[cols + i] += gi;
-                        }
-                        let (m_gh, m_ghx) = (sum_gh / cols as f64, sum_ghx / cols as f64);
-                        for i in 0..cols {
-                            let gh = g[i].to_f64() * w[i].to_f64();
-                            dx[i] = T::from_f64(rstd * (gh - m_gh - xhat[i] * m_ghx));
-                        }
-                    }
-                    acc
-                })
-                .collect();
-            let mut total = vec![0f64; 2 * cols];
-            for p in &partials {
-                for (t, v) in total.iter_mut().zip(p) {
-                    *t += v;
-                }
-            }
-            for (o, t) in out[n..].iter_mut().zip(&total) {
-                *o = T::from_f64(*t);
-            }
-            out
-        }
-        let (cols, eps) = (self.cols, self.eps);
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(g)) => CpuStorage::F32(run(
-                contiguous(x, l1)?,
-                contiguous(w, l2)?,
-                contiguous(g, l3)?,
-                cols,
-                eps,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(g)) => CpuStorage::F64(run(
-                contiguous(x, l1)?,
-                contiguous(w, l2)?,
-                contiguous(g, l3)?,
-                cols,
-                eps,
-            )),
-            _ => candle_core::bail!("imixer-layer-norm-backward: unsupported dtype"),
-        };
-        let len = l1.shape().elem_count() + 2 * cols;
-        Ok((out, Shape::from(len)))
+        let out = dispatch(self.name(), self, &[(s1, l1), (s2, l2), (s3, l3)])?;
+        Ok((out, Shape::from(l1.shape().elem_count() + 2 * self.cols)))
     }
 }
 

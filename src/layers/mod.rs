@@ -6,7 +6,7 @@ pub mod bias;
 pub mod context;
 pub mod drop_path;
 pub mod gelu;
-pub(crate) mod kernel;
+pub mod kernel;
 pub mod layer_norm;
 pub mod linear;
 pub mod patch_embed;

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::config::Solver;
 use crate::layers::gelu;
+use crate::layers::kernel::{dispatch, Float, SliceKernel};
 use crate::layers::linear::{linear, Axis};
 
 /// F with fixed (detached) weights: F(x) = W2·GELU(W1·GELU(x) + b1) + b2 along `axis`.
@@ -189,6 +190,15 @@ fn solve_spd(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
     x
 }
 
+/// The forward kernel of [`ImplicitGradient`]: a copy.
+struct Identity;
+
+impl SliceKernel for Identity {
+    fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
+        i[0].to_vec()
+    }
+}
+
 /// Identity in the forward pass; its backward replaces the incoming gradient g by the solution
 /// u of u = g + J_F(x*)ᵀ u (the implicit-function-theorem gradient of the fixed point).
 pub struct ImplicitGradient {
@@ -205,16 +215,10 @@ impl CustomOp1 for ImplicitGradient {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = match s {
-            CpuStorage::F32(v) => {
-                CpuStorage::F32(crate::layers::kernel::contiguous(v, l)?.to_vec())
-            }
-            CpuStorage::F64(v) => {
-                CpuStorage::F64(crate::layers::kernel::contiguous(v, l)?.to_vec())
-            }
-            _ => candle_core::bail!("imixer-implicit-gradient: only f32/f64"),
-        };
-        Ok((out, l.shape().clone()))
+        Ok((
+            dispatch(self.name(), &Identity, &[(s, l)])?,
+            l.shape().clone(),
+        ))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
