@@ -2,11 +2,12 @@
 //! steps (beyond the trained n_iter) with the model's eval-mode weights, recording the relative
 //! residual ‖x_{k+1} − x_k‖ / ‖x_{k+1}‖ and the contraction ratio r_{k+1}/r_k.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 use serde::Serialize;
 
 use crate::layers::{Axis, ForwardCtx};
 use crate::models::imlp::IMlp;
+use crate::models::implicit::norm;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct FixedPointTrace {
@@ -16,14 +17,6 @@ pub struct FixedPointTrace {
     /// Geometric-mean contraction ratio over the trace (≈ Lip(F) along the path).
     pub contraction: f64,
     pub trained_n_iter: usize,
-}
-
-fn norm(t: &Tensor) -> Result<f64> {
-    t.to_dtype(DType::F64)?
-        .sqr()?
-        .sum_all()?
-        .sqrt()?
-        .to_scalar::<f64>()
 }
 
 /// `z` is the iMLP input in the layout the model feeds it (token axis last: (B, D, N)).

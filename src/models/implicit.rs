@@ -48,7 +48,8 @@ pub struct SolveInfo {
     pub converged: bool,
 }
 
-fn norm(t: &Tensor) -> Result<f64> {
+/// ‖t‖₂ in f64 (shared with the fixed-point diagnostics).
+pub fn norm(t: &Tensor) -> Result<f64> {
     t.to_dtype(DType::F64)?
         .sqr()?
         .sum_all()?
