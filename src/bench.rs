@@ -80,10 +80,11 @@ pub fn run(
     let (cfg, batch) = bench_config(config, family)?;
     let dev = Device::Cpu;
     let model = MixerNet::new(&cfg, 0, &dev)?;
-    let x = Tensor::randn(
-        0f32,
+    let x = crate::params::seeded_normal(
+        0,
+        &[batch, cfg.in_chans, cfg.img_size, cfg.img_size],
         1.0,
-        (batch, cfg.in_chans, cfg.img_size, cfg.img_size),
+        DType::F32,
         &dev,
     )?;
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();

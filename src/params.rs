@@ -205,3 +205,24 @@ impl<'a> Scope<'a> {
         )
     }
 }
+
+/// A tensor of N(0, std²) draws from a ChaCha8 stream seeded by `seed`.
+///
+/// Why not `Tensor::randn`: candle's CPU generator is not seedable, so synthetic inputs (benchmarks,
+/// `inspect` without data, tests) would differ from run to run.
+pub fn seeded_normal(
+    seed: u64,
+    shape: &[usize],
+    std: f64,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let data: Vec<f64> = (0..n)
+        .map(|_| std * <StandardNormal as Distribution<f64>>::sample(&StandardNormal, &mut rng))
+        .collect();
+    Tensor::from_vec(data, shape, &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(device)
+}

@@ -11,6 +11,9 @@ use imixer::layers::{Axis, ForwardCtx};
 use imixer::MixerNet;
 use rand::{Rng, SeedableRng};
 
+mod common;
+use common::seeded_normal;
+
 fn vec_rand(n: usize, seed: u64, scale: f64) -> Vec<f64> {
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     (0..n).map(|_| r.gen_range(-scale..scale)).collect()
@@ -77,7 +80,7 @@ fn block_update(net: &MixerNet, g: &Tensor) -> Result<Tensor> {
 #[test]
 fn symmixer_block_is_minus_grad_of_interaction_energy() -> Result<()> {
     let net = paper2_model(Family::SymMixer)?;
-    let g = Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, 16, 3), &Device::Cpu)?)?;
+    let g = Var::from_tensor(&seeded_normal(3, &[2, 16, 3], 1.0)?)?;
     let e = block_interaction_energy(&net.blocks[0], g.as_tensor())?;
     let grad = e.backward()?.get(g.as_tensor()).unwrap().clone();
     let m = block_update(&net, g.as_tensor())?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use clap::Args;
 use serde::Serialize;
 
@@ -78,10 +78,11 @@ fn batch(
             format!("{} held-out images of {kind}", b.shape[0]),
         ));
     }
-    let x = Tensor::randn(
-        0f32,
+    let x = crate::params::seeded_normal(
+        0,
+        &[args.images, cfg.in_chans, cfg.img_size, cfg.img_size],
         1.0,
-        (args.images, cfg.in_chans, cfg.img_size, cfg.img_size),
+        DType::F32,
         net.device(),
     )?;
     Ok((x, format!("{} N(0,1) random inputs", args.images)))

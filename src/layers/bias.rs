@@ -194,15 +194,16 @@ impl candle_core::CustomOp1 for ColumnSums {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use crate::params::seeded_normal;
+    use candle_core::{DType, Device, Var};
 
     #[test]
     fn fused_bias_ops_match_composition_with_gradients() -> Result<()> {
         let dev = Device::Cpu;
         for fuse_gelu in [false, true] {
-            let y = Var::from_tensor(&Tensor::randn(0f64, 1.5, (7, 3, 5), &dev)?)?;
-            let b = Var::from_tensor(&Tensor::randn(0f64, 1.0, 5, &dev)?)?;
-            let probe = Tensor::randn(0f64, 1.0, (7, 3, 5), &dev)?;
+            let y = Var::from_tensor(&seeded_normal(1, &[7, 3, 5], 1.5, DType::F64, &dev)?)?;
+            let b = Var::from_tensor(&seeded_normal(2, &[5], 1.0, DType::F64, &dev)?)?;
+            let probe = seeded_normal(3, &[7, 3, 5], 1.0, DType::F64, &dev)?;
             let (fused, composed) = if fuse_gelu {
                 (bias_gelu(&y, &b)?, y.broadcast_add(&b)?.gelu_erf()?)
             } else {

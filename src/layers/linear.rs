@@ -99,15 +99,17 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, axis: Axis) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, IndexOp};
+    use crate::params::seeded_normal;
+    use candle_core::{DType, Device, IndexOp};
 
     /// Token-axis application == transpose, right-multiply, transpose back (the reference).
     #[test]
     fn token_axis_equals_transposed_linear() -> Result<()> {
         let dev = Device::Cpu;
-        let x = Tensor::randn(0f64, 1.0, (2, 5, 3), &dev)?;
-        let w = Tensor::randn(0f64, 1.0, (4, 5), &dev)?;
-        let b = Tensor::randn(0f64, 1.0, 4, &dev)?;
+        let normal = |seed, shape: &[usize]| seeded_normal(seed, shape, 1.0, DType::F64, &dev);
+        let x = normal(1, &[2, 5, 3])?;
+        let w = normal(2, &[4, 5])?;
+        let b = normal(3, &[4])?;
         let ours = linear(&x, &w, Some(&b), Axis::Tokens)?;
         let xt = x.transpose(1, 2)?.contiguous()?;
         let reference = linear(&xt, &w, Some(&b), Axis::Channels)?.transpose(1, 2)?;

@@ -464,3 +464,12 @@ pub fn write_image_folder(root: &Path, classes: &[&str], n_train: usize, n_val: 
         }
     }
 }
+
+/// Seeded f64 N(0, std²) test input on the CPU (see [`imixer::params::seeded_normal`]).
+pub fn seeded_normal(
+    seed: u64,
+    shape: &[usize],
+    std: f64,
+) -> candle_core::Result<candle_core::Tensor> {
+    imixer::params::seeded_normal(seed, shape, std, DType::F64, &Device::Cpu)
+}
