@@ -76,8 +76,18 @@ fn inspect_reports_spectral_norms_fixed_point_and_symmetry() {
                     "fixed-point residual should shrink: {res:?}"
                 );
                 assert!(b["lipschitz_bound"].as_f64().unwrap() > 0.0);
+                // Picard and Anderson, per default tolerance, converge to the same point.
+                let solvers = b["solvers"].as_array().unwrap();
+                assert_eq!(solvers.len(), 2);
+                for c in solvers {
+                    assert_eq!(c["picard_converged"], true, "{c}");
+                    assert_eq!(c["anderson_converged"], true, "{c}");
+                    let tol = c["tol"].as_f64().unwrap();
+                    assert!(c["relative_difference"].as_f64().unwrap() < 100.0 * tol, "{c}");
+                }
             } else {
                 assert!(b["fixed_point"].is_null());
+                assert!(b["solvers"].as_array().unwrap().is_empty());
             }
         }
     }

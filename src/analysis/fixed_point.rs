@@ -5,9 +5,10 @@
 use candle_core::{Result, Tensor};
 use serde::Serialize;
 
+use crate::config::Solver;
 use crate::layers::{Axis, ForwardCtx};
 use crate::models::imlp::IMlp;
-use crate::models::implicit::norm;
+use crate::models::implicit::{fixed_point, norm};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct FixedPointTrace {
@@ -46,4 +47,49 @@ pub fn trace(imlp: &IMlp, z: &Tensor, steps: usize) -> Result<FixedPointTrace> {
         contraction,
         trained_n_iter: imlp.n_iter,
     })
+}
+
+/// Picard vs Anderson on the same fixed-point problem, solved to one tolerance.
+#[derive(Clone, Debug, Serialize)]
+pub struct SolverComparison {
+    pub module: String,
+    pub tol: f64,
+    pub picard_iterations: usize,
+    pub picard_converged: bool,
+    pub anderson_m: usize,
+    pub anderson_iterations: usize,
+    pub anderson_converged: bool,
+    /// ‖x*_picard − x*_anderson‖ / ‖x*_picard‖: both solvers must find the same point.
+    pub relative_difference: f64,
+}
+
+/// Solves x = y + F(x) (eval-mode weights, `z` as for [`trace`]) with Picard and Anderson(m) to
+/// each tolerance, capped at `max_iter` iterations.
+pub fn compare_solvers(
+    imlp: &IMlp,
+    z: &Tensor,
+    tols: &[f64],
+    m: usize,
+    max_iter: usize,
+) -> Result<Vec<SolverComparison>> {
+    let mut ctx = ForwardCtx::eval();
+    let y = imlp.fc1.forward(z, Axis::Channels)?;
+    let map = imlp.fixed_map(Axis::Channels, &mut ctx)?;
+    let solve = |solver: Solver| fixed_point(|x| map.apply(x)? + &y, y.clone(), &solver);
+    tols.iter()
+        .map(|&tol| {
+            let (x_p, p) = solve(Solver::Picard { tol, max_iter })?;
+            let (x_a, a) = solve(Solver::Anderson { m, tol, max_iter })?;
+            Ok(SolverComparison {
+                module: imlp.name.clone(),
+                tol,
+                picard_iterations: p.iterations,
+                picard_converged: p.converged,
+                anderson_m: m,
+                anderson_iterations: a.iterations,
+                anderson_converged: a.converged,
+                relative_difference: norm(&(&x_p - &x_a)?)? / norm(&x_p)?.max(1e-30),
+            })
+        })
+        .collect()
 }

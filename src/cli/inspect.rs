@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::eval::{eval_transform, load_for_inference};
-use crate::analysis::fixed_point::{trace, FixedPointTrace};
+use crate::analysis::fixed_point::{compare_solvers, trace, FixedPointTrace, SolverComparison};
 use crate::analysis::spectral::{sn_report, SnReport, GELU_MAX_SLOPE};
 use crate::analysis::symmetry::{symmetry, SymmetryReport};
 use crate::data::{self, DatasetKind, Loader, LoaderConfig};
@@ -37,6 +37,15 @@ pub struct InspectArgs {
     /// Fixed-point steps K to trace (beyond the trained n_iter).
     #[arg(long, default_value_t = 30)]
     pub steps: usize,
+    /// Tolerances (relative residual) at which Picard and Anderson are compared (comma list).
+    #[arg(long, value_delimiter = ',', default_values_t = [1e-4, 1e-6])]
+    pub solver_tols: Vec<f64>,
+    /// Anderson memory m for the comparison.
+    #[arg(long, default_value_t = 5)]
+    pub anderson_m: usize,
+    /// Iteration cap of both solvers in the comparison (hitting it is reported).
+    #[arg(long, default_value_t = 500)]
+    pub solver_max_iter: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -48,6 +57,8 @@ struct BlockReport {
     /// Lip(F) ≤ GELU′max² · σ(W̃1) · σ(W̃2) (< 1 ⇒ (1 − F) invertible, bi-Lipschitz 1 ∓ L).
     lipschitz_bound: Option<f64>,
     fixed_point: Option<FixedPointTrace>,
+    /// Picard vs Anderson on the same inputs, per tolerance.
+    solvers: Vec<SolverComparison>,
     symmetry: Vec<SymmetryReport>,
 }
 
@@ -101,6 +112,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
             spectral_norms: vec![],
             lipschitz_bound: None,
             fixed_point: None,
+            solvers: vec![],
             symmetry: vec![
                 symmetry(&format!("blocks.{i}.mlp_tokens"), tok)?,
                 symmetry(&format!("blocks.{i}.mlp_channels"), ch)?,
@@ -114,6 +126,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
             r.spectral_norms = vec![s1, s2];
             let z = sb.norm1.forward(&x)?.transpose(1, 2)?.contiguous()?;
             r.fixed_point = Some(trace(m, &z, a.steps)?);
+            r.solvers = compare_solvers(m, &z, &a.solver_tols, a.anderson_m, a.solver_max_iter)?;
         }
         x = block.forward(&x, &mut ForwardCtx::eval())?;
         reports.push(r);
@@ -162,6 +175,18 @@ pub fn run(a: InspectArgs) -> Result<()> {
                 fp.residuals.len(),
                 fp.residuals.last().copied().unwrap_or(f64::NAN),
                 fp.contraction
+            );
+        }
+        for c in &r.solvers {
+            println!(
+                "  solve to {:.0e}: picard {} it{}, anderson(m={}) {} it{}, ‖Δx*‖/‖x*‖ {:.1e}",
+                c.tol,
+                c.picard_iterations,
+                if c.picard_converged { "" } else { " (cap hit)" },
+                c.anderson_m,
+                c.anderson_iterations,
+                if c.anderson_converged { "" } else { " (cap hit)" },
+                c.relative_difference
             );
         }
         for s in &r.symmetry {

@@ -71,6 +71,14 @@ impl IMlp {
         self.fc_sn2.forward(&gelu(&h)?, axis, ctx)
     }
 
+    /// F with this call's normalised weights, detached (what the solvers iterate).
+    pub fn fixed_map(&self, axis: Axis, ctx: &mut ForwardCtx) -> Result<FixedMap> {
+        let w1 = self.fc_sn1.weight(ctx)?;
+        let w2 = self.fc_sn2.weight(ctx)?;
+        let (b1, b2) = (self.fc_sn1.bias.as_tensor(), self.fc_sn2.bias.as_tensor());
+        Ok(FixedMap::detached(&w1, b1, &w2, b2, axis))
+    }
+
     pub fn forward(&self, z: &Tensor, axis: Axis, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let y = self.fc1.forward(z, axis)?;
         let x = self.solve(&y, axis, ctx)?;
@@ -93,13 +101,7 @@ impl IMlp {
                 let w1 = self.fc_sn1.weight(ctx)?;
                 let w2 = self.fc_sn2.weight(ctx)?;
                 let (b1, b2) = (self.fc_sn1.bias.as_tensor(), self.fc_sn2.bias.as_tensor());
-                let fixed = FixedMap {
-                    w1: w1.detach(),
-                    b1: b1.detach(),
-                    w2: w2.detach(),
-                    b2: b2.detach(),
-                    axis,
-                };
+                let fixed = FixedMap::detached(&w1, b1, &w2, b2, axis);
                 let y_d = y.detach();
                 let (x_star, info) = fixed_point(|x| fixed.apply(x)? + &y_d, y_d.clone(), solver)?;
                 ctx.solver_stats.push(SolverStats {

@@ -33,6 +33,16 @@ pub struct FixedMap {
 }
 
 impl FixedMap {
+    pub fn detached(w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor, axis: Axis) -> Self {
+        Self {
+            w1: w1.detach(),
+            b1: b1.detach(),
+            w2: w2.detach(),
+            b2: b2.detach(),
+            axis,
+        }
+    }
+
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let h = linear(&gelu(x)?, &self.w1, Some(&self.b1), self.axis)?;
         linear(&gelu(&h)?, &self.w2, Some(&self.b2), self.axis)
