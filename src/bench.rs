@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use crate::config::{Family, ModelConfig};
+use crate::config::{Family, IMixerConfig, ModelConfig, Solver};
 use crate::layers::ForwardCtx;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::train::{train_step, Targets};
@@ -15,6 +15,15 @@ use crate::MixerNet;
 
 /// (img, in_chans, patch, D, blocks, batch) of each benchmark configuration.
 pub fn bench_config(name: &str, family: Family) -> Result<(ModelConfig, usize)> {
+    bench_config_with(name, family, &IMixerConfig::default())
+}
+
+/// [`bench_config`] with the iMixer's iMLP knobs (solver, n_iter) replaced.
+pub fn bench_config_with(
+    name: &str,
+    family: Family,
+    imixer: &IMixerConfig,
+) -> Result<(ModelConfig, usize)> {
     let (img, c, p, d, depth, batch) = match name {
         "fmnist-tiny" => (28, 1, 4, 128, 4, 128),
         "cifar-s" => (32, 3, 4, 256, 8, 128),
@@ -34,6 +43,7 @@ pub fn bench_config(name: &str, family: Family) -> Result<(ModelConfig, usize)> 
         } else {
             0.0
         },
+        imixer: imixer.clone(),
         ..ModelConfig::default()
     };
     Ok((cfg, batch))
@@ -51,6 +61,11 @@ pub struct BenchResult {
     pub min_ms: f64,
     pub img_per_s: f64,
     pub peak_rss_mb: f64,
+    /// iMixer runs: the iMLP solver and its iteration count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub solver: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_iter: Option<usize>,
 }
 
 /// Peak resident set size of this process (VmHWM), in MiB.
@@ -68,16 +83,18 @@ pub fn peak_rss_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     config: &str,
     family: Family,
+    imixer: &IMixerConfig,
     mode: &str,
     threads: usize,
     warmup: usize,
     steps: usize,
     budget_s: f64,
 ) -> Result<BenchResult> {
-    let (cfg, batch) = bench_config(config, family)?;
+    let (cfg, batch) = bench_config_with(config, family, imixer)?;
     let dev = Device::Cpu;
     let model = MixerNet::new(&cfg, 0, &dev)?;
     let x = crate::params::seeded_normal(
@@ -130,5 +147,11 @@ pub fn run(
         min_ms: times[0],
         img_per_s: batch as f64 / (median / 1e3),
         peak_rss_mb: peak_rss_mb(),
+        solver: (family == Family::IMixer).then(|| match &imixer.solver {
+            Solver::Unrolled => "unrolled".to_string(),
+            Solver::Picard { .. } => "picard".to_string(),
+            Solver::Anderson { m, .. } => format!("anderson(m={m})"),
+        }),
+        n_iter: (family == Family::IMixer).then_some(imixer.n_iter),
     })
 }

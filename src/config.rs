@@ -86,6 +86,20 @@ pub enum Solver {
     Anderson { m: usize, tol: f64, max_iter: usize },
 }
 
+impl Solver {
+    /// The solver named on a command line (`unrolled`, `picard`, `anderson`) with its knobs.
+    pub fn from_name(name: &str, tol: f64, max_iter: usize, m: usize) -> Result<Self, String> {
+        match name {
+            "unrolled" => Ok(Solver::Unrolled),
+            "picard" => Ok(Solver::Picard { tol, max_iter }),
+            "anderson" => Ok(Solver::Anderson { m, tol, max_iter }),
+            other => Err(format!(
+                "unknown solver '{other}': use unrolled, picard or anderson"
+            )),
+        }
+    }
+}
+
 /// iMixer's iMLP knobs (reference flags `--h_ratio --n_power --n_iter`, coefficient c).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

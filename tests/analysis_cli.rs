@@ -83,7 +83,10 @@ fn inspect_reports_spectral_norms_fixed_point_and_symmetry() {
                     assert_eq!(c["picard_converged"], true, "{c}");
                     assert_eq!(c["anderson_converged"], true, "{c}");
                     let tol = c["tol"].as_f64().unwrap();
-                    assert!(c["relative_difference"].as_f64().unwrap() < 100.0 * tol, "{c}");
+                    assert!(
+                        c["relative_difference"].as_f64().unwrap() < 100.0 * tol,
+                        "{c}"
+                    );
                 }
             } else {
                 assert!(b["fixed_point"].is_null());

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use crate::config::Family;
+use crate::config::{Family, IMixerConfig, Solver};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -29,6 +29,17 @@ pub struct BenchArgs {
     /// Stop timing after this many seconds (at least one step is always timed).
     #[arg(long, default_value_t = 60.0)]
     pub budget: f64,
+    /// iMixer only: iMLP solver — unrolled (backprop through --n-iter steps) or picard/anderson
+    /// (implicit gradient). Benchmarks run the solvers for exactly --n-iter iterations (tolerance
+    /// 0, cap --n-iter, forward and adjoint), so time and memory are compared at equal work.
+    #[arg(long, default_value = "unrolled")]
+    pub solver: String,
+    /// iMixer only: fixed-point iterations (default: the paper's n_iter 2).
+    #[arg(long)]
+    pub n_iter: Option<usize>,
+    /// iMixer only: Anderson memory m.
+    #[arg(long, default_value_t = 5)]
+    pub anderson_m: usize,
     /// One JSON line per run instead of a table row.
     #[arg(long)]
     pub json: bool,
@@ -44,13 +55,21 @@ fn list(arg: &str, all: &[&str]) -> Vec<String> {
 
 pub fn run(a: BenchArgs) -> Result<()> {
     super::set_threads(a.threads);
+    let n_iter = a.n_iter.unwrap_or(IMixerConfig::default().n_iter);
+    let solver = Solver::from_name(&a.solver, 0.0, n_iter, a.anderson_m)
+        .map_err(|e| anyhow::anyhow!("--solver: {e}"))?;
+    let imixer = IMixerConfig {
+        n_iter,
+        solver,
+        ..IMixerConfig::default()
+    };
     let families: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
     for config in list(&a.config, &["fmnist-tiny", "cifar-s", "s16-224"]) {
         for family in list(&a.family, &families) {
             let family: Family = family.parse().map_err(anyhow::Error::msg)?;
             for mode in list(&a.mode, &["train", "infer"]) {
                 let r = crate::bench::run(
-                    &config, family, &mode, a.threads, a.warmup, a.steps, a.budget,
+                    &config, family, &imixer, &mode, a.threads, a.warmup, a.steps, a.budget,
                 )?;
                 if a.json {
                     println!("{}", serde_json::to_string(&r)?);

@@ -185,7 +185,11 @@ pub fn run(a: InspectArgs) -> Result<()> {
                 if c.picard_converged { "" } else { " (cap hit)" },
                 c.anderson_m,
                 c.anderson_iterations,
-                if c.anderson_converged { "" } else { " (cap hit)" },
+                if c.anderson_converged {
+                    ""
+                } else {
+                    " (cap hit)"
+                },
                 c.relative_difference
             );
         }

@@ -209,20 +209,10 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         c.clip_grad = a.clip_grad;
     }
     if let Some(s) = &a.solver {
-        use crate::config::Solver;
-        c.solver = Some(match s.as_str() {
-            "unrolled" => Solver::Unrolled,
-            "picard" => Solver::Picard {
-                tol: a.solver_tol,
-                max_iter: a.solver_max_iter,
-            },
-            "anderson" => Solver::Anderson {
-                m: a.anderson_m,
-                tol: a.solver_tol,
-                max_iter: a.solver_max_iter,
-            },
-            other => anyhow::bail!("--solver must be unrolled, picard or anderson, not {other}"),
-        });
+        c.solver = Some(
+            crate::config::Solver::from_name(s, a.solver_tol, a.solver_max_iter, a.anderson_m)
+                .map_err(|e| anyhow::anyhow!("--solver: {e}"))?,
+        );
     }
     if let Some(v) = a.hflip {
         c.train_transform.hflip = v;

@@ -19,6 +19,23 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// GELU′(x) = Φ(x) + x·φ(x) elementwise (a linearisation, e.g. for explicit Jacobian products).
+pub fn gelu_derivative(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        let x = x.contiguous()?;
+        x.apply_op2_no_bwd(&x.ones_like()?, &GeluBackward)
+    } else {
+        gelu_derivative_composed(x)
+    }
+}
+
+/// The same from candle's ops, for devices without our kernel.
+fn gelu_derivative_composed(x: &Tensor) -> Result<Tensor> {
+    let phi = ((x / std::f64::consts::SQRT_2)?.erf()? + 1.0)? * 0.5;
+    let density = (x.sqr()? * -0.5)?.exp()? * 0.398_942_280_401_432_7;
+    phi? + (x * density?)?
+}
+
 /// Derivative of the exact GELU: Φ(x) + x·φ(x).
 #[inline]
 pub fn gelu_grad_scalar<T: Float>(x: T) -> T {
@@ -113,6 +130,18 @@ mod tests {
         let theirs = x.gelu_erf()?;
         let diff = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
         assert!(diff < 1e-12, "max diff {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn derivative_kernel_matches_composition() -> Result<()> {
+        let x =
+            (Tensor::arange(-60i64, 60, &Device::Cpu)?.to_dtype(candle_core::DType::F64)? * 0.1)?;
+        let d = (gelu_derivative(&x)? - gelu_derivative_composed(&x)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()?;
+        assert!(d < 1e-12, "{d}");
         Ok(())
     }
 

@@ -14,11 +14,11 @@
 
 use std::collections::VecDeque;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use serde::Serialize;
 
 use crate::config::Solver;
-use crate::layers::gelu;
+use crate::layers::gelu::{gelu, gelu_derivative};
 use crate::layers::kernel::{dispatch, Float, SliceKernel};
 use crate::layers::linear::{linear, Axis};
 
@@ -46,6 +46,34 @@ impl FixedMap {
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let h = linear(&gelu(x)?, &self.w1, Some(&self.b1), self.axis)?;
         linear(&gelu(&h)?, &self.w2, Some(&self.b2), self.axis)
+    }
+
+    /// J_F(x)ᵀ as a linear map: u ↦ GELU′(x) ⊙ W1ᵀ (GELU′(h) ⊙ W2ᵀ u), h = W1·GELU(x) + b1.
+    pub fn transposed_jacobian_at(&self, x: &Tensor) -> Result<TransposedJacobian> {
+        let h = linear(&gelu(x)?, &self.w1, Some(&self.b1), self.axis)?;
+        Ok(TransposedJacobian {
+            slope_x: gelu_derivative(x)?,
+            slope_h: gelu_derivative(&h)?,
+            w1_t: self.w1.t()?.contiguous()?,
+            w2_t: self.w2.t()?.contiguous()?,
+            axis: self.axis,
+        })
+    }
+}
+
+/// J_F(x)ᵀ at a fixed x (see [`FixedMap::transposed_jacobian_at`]).
+pub struct TransposedJacobian {
+    slope_x: Tensor,
+    slope_h: Tensor,
+    w1_t: Tensor,
+    w2_t: Tensor,
+    axis: Axis,
+}
+
+impl TransposedJacobian {
+    pub fn apply(&self, u: &Tensor) -> Result<Tensor> {
+        let t = (linear(u, &self.w2_t, None, self.axis)? * &self.slope_h)?;
+        linear(&t, &self.w1_t, None, self.axis)? * &self.slope_x
     }
 }
 
@@ -87,13 +115,13 @@ pub fn fixed_point(
         }
     };
     let mut x = x0;
-    // Anderson history of (x_i, g(x_i)).
-    let mut hist: VecDeque<(Tensor, Tensor)> = VecDeque::new();
+    let mut hist = AndersonHistory::default();
     let mut residual = f64::INFINITY;
     for k in 1..=max_iter.max(1) {
         let gx = g(&x)?;
         let r = (&gx - &x)?;
-        residual = norm(&r)? / (norm(&gx)? + 1e-12);
+        let r_sq = dot(&r, &r)?;
+        residual = r_sq.sqrt() / (norm(&gx)? + 1e-12);
         if residual <= tol {
             return Ok((
                 gx,
@@ -108,11 +136,8 @@ pub fn fixed_point(
             x = gx;
             continue;
         }
-        hist.push_back((x.clone(), gx.clone()));
-        if hist.len() > memory {
-            hist.pop_front();
-        }
-        x = anderson_mix(&hist)?;
+        hist.push(gx, r, r_sq, memory)?;
+        x = hist.mix()?;
     }
     Ok((
         x,
@@ -124,42 +149,65 @@ pub fn fixed_point(
     ))
 }
 
-/// Type-II Anderson mixing (β = 1): x = Σ αᵢ g(xᵢ) with α minimising ‖Σ αᵢ rᵢ‖, Σ αᵢ = 1,
-/// solved from the small regularised normal equations (Tikhonov 1e-8·trace).
-fn anderson_mix(hist: &VecDeque<(Tensor, Tensor)>) -> Result<Tensor> {
-    let n = hist.len();
-    let res: Vec<Tensor> = hist.iter().map(|(x, gx)| gx - x).collect::<Result<_>>()?;
-    let mut h = vec![vec![0f64; n]; n];
-    for i in 0..n {
-        for j in 0..=i {
-            let v = dot(&res[i], &res[j])?;
-            h[i][j] = v;
-            h[j][i] = v;
+/// The last m pairs (g(xᵢ), rᵢ = g(xᵢ) − xᵢ) and their residual Gram matrix, updated
+/// incrementally: each iteration adds one row of dot products instead of recomputing all m².
+#[derive(Default)]
+struct AndersonHistory {
+    entries: VecDeque<(Tensor, Tensor)>,
+    /// gram[i][j] = ⟨rᵢ, rⱼ⟩ for the entries in order.
+    gram: VecDeque<Vec<f64>>,
+}
+
+impl AndersonHistory {
+    fn push(&mut self, gx: Tensor, r: Tensor, r_sq: f64, memory: usize) -> Result<()> {
+        if self.entries.len() == memory {
+            self.entries.pop_front();
+            self.gram.pop_front();
+            self.gram.iter_mut().for_each(|row| {
+                row.remove(0);
+            });
         }
+        let mut row = Vec::with_capacity(self.entries.len() + 1);
+        for ((_, ri), old_row) in self.entries.iter().zip(self.gram.iter_mut()) {
+            let d = dot(ri, &r)?;
+            old_row.push(d);
+            row.push(d);
+        }
+        row.push(r_sq);
+        self.gram.push_back(row);
+        self.entries.push_back((gx, r));
+        Ok(())
     }
-    let trace: f64 = (0..n).map(|i| h[i][i]).sum();
-    for (i, row) in h.iter_mut().enumerate() {
-        row[i] += 1e-8 * trace.max(1e-30);
+
+    /// Type-II Anderson mixing (β = 1): x = Σ αᵢ g(xᵢ) with α minimising ‖Σ αᵢ rᵢ‖, Σ αᵢ = 1,
+    /// from the small regularised normal equations (Tikhonov 1e-8·trace).
+    fn mix(&self) -> Result<Tensor> {
+        let n = self.entries.len();
+        let mut h: Vec<Vec<f64>> = self.gram.iter().cloned().collect();
+        let trace: f64 = (0..n).map(|i| h[i][i]).sum();
+        for (i, row) in h.iter_mut().enumerate() {
+            row[i] += 1e-8 * trace.max(1e-30);
+        }
+        // Solve H a = 1, then α = a / Σa.
+        let a = solve_spd(h, vec![1.0; n]);
+        let s: f64 = a.iter().sum();
+        let alpha: Vec<f64> = if s.abs() > 1e-300 && a.iter().all(|v| v.is_finite()) {
+            a.iter().map(|v| v / s).collect()
+        } else {
+            let mut e = vec![0.0; n];
+            e[n - 1] = 1.0;
+            e
+        };
+        let mut out: Option<Tensor> = None;
+        for ((gx, _), a) in self.entries.iter().zip(alpha) {
+            let term = (gx * a)?;
+            out = Some(match out {
+                Some(o) => (o + term)?,
+                None => term,
+            });
+        }
+        out.ok_or_else(|| candle_core::Error::Msg("anderson: empty history".into()))
     }
-    // Solve H a = 1, then α = a / Σa.
-    let a = solve_spd(h, vec![1.0; n]);
-    let s: f64 = a.iter().sum();
-    let alpha: Vec<f64> = if s.abs() > 1e-300 && a.iter().all(|v| v.is_finite()) {
-        a.iter().map(|v| v / s).collect()
-    } else {
-        let mut e = vec![0.0; n];
-        e[n - 1] = 1.0;
-        e
-    };
-    let mut out: Option<Tensor> = None;
-    for ((_, gx), a) in hist.iter().zip(alpha) {
-        let term = (gx * a)?;
-        out = Some(match out {
-            Some(o) => (o + term)?,
-            None => term,
-        });
-    }
-    Ok(out.expect("non-empty history"))
 }
 
 /// Gaussian elimination with partial pivoting for the tiny Anderson system.
@@ -233,15 +281,11 @@ impl CustomOp1 for ImplicitGradient {
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        // One graph of F at x*, reused by every vector–Jacobian product.
-        let z = Var::from_tensor(&self.x_star)?;
-        let fz = self.map.apply(z.as_tensor())?;
+        // J_F(x*)ᵀ is linearised once at x*; every adjoint iteration is then two matmuls and two
+        // products (no autograd graph per iteration).
+        let jt = self.map.transposed_jacobian_at(&self.x_star)?;
         let g = grad.detach();
-        let vjp_step = |u: &Tensor| -> Result<Tensor> {
-            let grads = (&fz * u)?.sum_all()?.backward()?;
-            let jtu = grads.get(z.as_tensor()).cloned().unwrap_or(u.zeros_like()?);
-            &g + jtu
-        };
+        let vjp_step = |u: &Tensor| -> Result<Tensor> { &g + jt.apply(u)? };
         let (u, info) = fixed_point(vjp_step, g.clone(), &self.solver)?;
         if let Ok(mut slot) = self.last_backward.lock() {
             *slot = Some(info);
