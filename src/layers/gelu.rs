@@ -53,14 +53,18 @@ pub fn gelu_scalar<T: Float>(x: T) -> T {
 struct GeluOp;
 
 impl SliceKernel for GeluOp {
+    // Chunked plain loops, not a per-element rayon map: the inner loop must be a straight slice
+    // loop for the compiler to vectorise erf/exp (per-element `par_iter().map` ran ≈ 2.5× slower).
     fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
         let x = i[0];
-        let mut y = Vec::with_capacity(x.len());
-        y.par_extend(
-            x.par_iter()
-                .with_min_len(PAR_CHUNK)
-                .map(|&v| gelu_scalar(v)),
-        );
+        let mut y = vec![T::zero(); x.len()];
+        y.par_chunks_mut(PAR_CHUNK)
+            .zip(x.par_chunks(PAR_CHUNK))
+            .for_each(|(y, x)| {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = gelu_scalar(x);
+                }
+            });
         y
     }
 }
@@ -87,13 +91,14 @@ struct GeluBackward;
 impl SliceKernel for GeluBackward {
     fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
         let (x, g) = (i[0], i[1]);
-        let mut out = Vec::with_capacity(x.len());
-        out.par_extend(
-            x.par_iter()
-                .zip(g.par_iter())
-                .with_min_len(PAR_CHUNK)
-                .map(|(&x, &g)| g * gelu_grad_scalar(x)),
-        );
+        let mut out = vec![T::zero(); x.len()];
+        out.par_chunks_mut(PAR_CHUNK)
+            .zip(x.par_chunks(PAR_CHUNK).zip(g.par_chunks(PAR_CHUNK)))
+            .for_each(|(o, (x, g))| {
+                for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                    *o = g * gelu_grad_scalar(x);
+                }
+            });
         out
     }
 }

@@ -114,7 +114,12 @@ impl SoftSpectralNorm {
 /// tiny ops (two mat-vecs, norms, scalar reads), and an iMixer train step runs hundreds of
 /// steps — that dispatch cost was a large share of the iMixer's overhead. Other devices keep the
 /// composed path.
-fn power_iteration(w: &Tensor, u: &Tensor, v: &Tensor, steps: usize) -> Result<(Tensor, Tensor)> {
+pub fn power_iteration(
+    w: &Tensor,
+    u: &Tensor,
+    v: &Tensor,
+    steps: usize,
+) -> Result<(Tensor, Tensor)> {
     if w.device().is_cpu() {
         let (rows, cols) = w.dims2()?;
         let uv = w
@@ -122,6 +127,16 @@ fn power_iteration(w: &Tensor, u: &Tensor, v: &Tensor, steps: usize) -> Result<(
             .apply_op2_no_bwd(&u.contiguous()?, &PowerIteration { steps })?;
         return Ok((uv.narrow(0, 0, rows)?, uv.narrow(0, rows, cols)?));
     }
+    power_iteration_composed(w, u, v, steps)
+}
+
+/// [`power_iteration`] from candle ops (the reference's two mat-vecs and normalisations).
+pub fn power_iteration_composed(
+    w: &Tensor,
+    u: &Tensor,
+    v: &Tensor,
+    steps: usize,
+) -> Result<(Tensor, Tensor)> {
     let (mut u, mut v) = (u.clone(), v.clone());
     for _ in 0..steps {
         v = normalize(&w.t()?.matmul(&u.unsqueeze(1)?)?.squeeze(1)?)?;
@@ -212,11 +227,7 @@ mod tests {
         let u0 = normalize(&seeded_normal(2, &[7], 1.0, DType::F64, &dev)?)?;
         let v0 = normalize(&seeded_normal(3, &[12], 1.0, DType::F64, &dev)?)?;
         let (u, v) = power_iteration(&w, &u0, &v0, 8)?;
-        let (mut u_ref, mut v_ref) = (u0, v0);
-        for _ in 0..8 {
-            v_ref = normalize(&w.t()?.matmul(&u_ref.unsqueeze(1)?)?.squeeze(1)?)?;
-            u_ref = normalize(&w.matmul(&v_ref.unsqueeze(1)?)?.squeeze(1)?)?;
-        }
+        let (u_ref, v_ref) = power_iteration_composed(&w, &u0, &v0, 8)?;
         for (a, b) in [(u, u_ref), (v, v_ref)] {
             let d = (a - b)?.abs()?.max_all()?.to_scalar::<f64>()?;
             assert!(d < 1e-14, "{d}");

@@ -14,12 +14,13 @@
 
 use std::collections::VecDeque;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::config::Solver;
 use crate::layers::gelu::{gelu, gelu_derivative};
-use crate::layers::kernel::{dispatch, Float, SliceKernel};
+use crate::layers::kernel::{dispatch, Float, SliceKernel, PAR_CHUNK};
 use crate::layers::linear::{linear, Axis};
 
 /// F with fixed (detached) weights: F(x) = W2·GELU(W1·GELU(x) + b1) + b2 along `axis`.
@@ -88,17 +89,80 @@ pub struct SolveInfo {
 
 /// ‖t‖₂ in f64 (shared with the fixed-point diagnostics).
 pub fn norm(t: &Tensor) -> Result<f64> {
-    t.to_dtype(DType::F64)?
-        .sqr()?
-        .sum_all()?
-        .sqrt()?
-        .to_scalar::<f64>()
+    Ok(dot(t, t)?.sqrt())
 }
 
+/// ⟨a, b⟩ accumulated in f64. On the CPU one pass of [`Dot`] over the f32/f64 data: the solvers
+/// take several inner products of activation-sized tensors per iteration, and converting both
+/// operands to f64 tensors first had made Anderson's bookkeeping cost more than F itself.
 fn dot(a: &Tensor, b: &Tensor) -> Result<f64> {
+    if a.device().is_cpu() && a.dtype() == b.dtype() && matches!(a.dtype(), DType::F32 | DType::F64)
+    {
+        let hi_lo = a
+            .contiguous()?
+            .apply_op2_no_bwd(&b.contiguous()?, &Dot)?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
+        return Ok(hi_lo[0] + hi_lo[1]);
+    }
     (a.to_dtype(DType::F64)? * b.to_dtype(DType::F64)?)?
         .sum_all()?
         .to_scalar::<f64>()
+}
+
+/// Σ aᵢbᵢ in f64 over fixed-size chunks (partial sums added in chunk order: deterministic on any
+/// thread count), returned as [hi, lo] in the input dtype so that hi + lo carries the f64 sum.
+struct Dot;
+
+impl SliceKernel for Dot {
+    fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
+        let partial = |(a, b): (&[T], &[T])| -> f64 {
+            let mut lanes = [0f64; 8];
+            let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+            let tail: f64 = a8
+                .remainder()
+                .iter()
+                .zip(b8.remainder())
+                .map(|(x, y)| x.to_f64() * y.to_f64())
+                .sum();
+            for (ca, cb) in a8.zip(b8) {
+                for k in 0..8 {
+                    lanes[k] += ca[k].to_f64() * cb[k].to_f64();
+                }
+            }
+            lanes.iter().sum::<f64>() + tail
+        };
+        let partials: Vec<f64> = i[0]
+            .par_chunks(PAR_CHUNK)
+            .zip(i[1].par_chunks(PAR_CHUNK))
+            .map(partial)
+            .collect();
+        let sum: f64 = partials.iter().sum();
+        let hi = T::from_f64(sum);
+        vec![hi, T::from_f64(sum - hi.to_f64())]
+    }
+}
+
+impl CustomOp2 for Dot {
+    fn name(&self) -> &'static str {
+        "imixer-dot"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape().elem_count() != l2.shape().elem_count() {
+            candle_core::bail!("{}: {:?} vs {:?}", self.name(), l1.shape(), l2.shape());
+        }
+        Ok((
+            dispatch(self.name(), self, &[(s1, l1), (s2, l2)])?,
+            Shape::from(2),
+        ))
+    }
 }
 
 /// Solves x = g(x) from `x0` with the given solver (`Unrolled` is not a solver here).
@@ -298,6 +362,23 @@ impl CustomOp1 for ImplicitGradient {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The f64-accumulating dot kernel equals the f64 composition, for f32 and f64 inputs.
+    #[test]
+    fn dot_kernel_matches_f64_composition() -> Result<()> {
+        let dev = Device::Cpu;
+        for dtype in [DType::F32, DType::F64] {
+            // Length not a multiple of 8 or of the parallel chunk: exercises both remainders.
+            let a = crate::params::seeded_normal(1, &[3, 40_001], 1.0, dtype, &dev)?;
+            let b = crate::params::seeded_normal(2, &[3, 40_001], 1.0, dtype, &dev)?;
+            let exact = (a.to_dtype(DType::F64)? * b.to_dtype(DType::F64)?)?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+            let d = (dot(&a, &b)? - exact).abs();
+            assert!(d < 1e-9 * exact.abs().max(1.0), "{dtype:?}: {d}");
+        }
+        Ok(())
+    }
 
     /// A slow contraction: W̃2·W̃1 = c²·I with both GELUs in their near-linear region, so Picard's
     /// rate is ≈ c² = 0.98 while Anderson, which extrapolates the nearly linear map, converges in a

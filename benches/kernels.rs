@@ -1,0 +1,81 @@
+//! Fused CPU kernels vs the candle compositions they replace, forward and forward + backward, on
+//! the fmnist-tiny shapes (batch 128, 49 tokens, D 128, channel hidden 512). `cargo bench`.
+
+use candle_core::{DType, Device, Tensor, Var};
+use criterion::{criterion_group, criterion_main, Criterion};
+use imixer::layers::bias::bias_gelu;
+use imixer::layers::gelu::gelu;
+use imixer::layers::layer_norm::{layer_norm, layer_norm_composed};
+use imixer::layers::spectral_norm::{power_iteration, power_iteration_composed};
+use imixer::params::seeded_normal;
+
+const ROWS: usize = 128 * 49;
+const D: usize = 128;
+const HIDDEN: usize = 512;
+
+fn normal(seed: u64, shape: &[usize]) -> Tensor {
+    seeded_normal(seed, shape, 1.0, DType::F32, &Device::Cpu).expect("tensor")
+}
+
+/// Forward, then forward + backward of sum(f(x)·probe) with respect to every input.
+fn both<F>(c: &mut Criterion, group: &str, name: &str, inputs: &[Tensor], f: F)
+where
+    F: Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+{
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).expect("var"))
+        .collect();
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let probe = normal(99, f(&tensors).expect("forward").dims());
+    let mut g = c.benchmark_group(group);
+    g.sample_size(20);
+    g.bench_function(format!("{name}/forward"), |b| {
+        b.iter(|| f(inputs).expect("forward"))
+    });
+    g.bench_function(format!("{name}/forward+backward"), |b| {
+        b.iter(|| {
+            let y = f(&tensors).expect("forward");
+            (y * &probe)
+                .and_then(|t| t.sum_all())
+                .and_then(|t| t.backward())
+                .expect("backward")
+        })
+    });
+    g.finish();
+}
+
+fn kernels(c: &mut Criterion) {
+    let x = normal(1, &[ROWS, D]);
+    let (w, b) = (normal(2, &[D]), normal(3, &[D]));
+    let ln = [x.clone(), w, b];
+    both(c, "layer_norm", "fused", &ln, |t| {
+        layer_norm(&t[0], &t[1], &t[2], 1e-6)
+    });
+    both(c, "layer_norm", "composed", &ln, |t| {
+        layer_norm_composed(&t[0], &t[1], &t[2], 1e-6)
+    });
+
+    let h = [normal(4, &[ROWS, HIDDEN]), normal(5, &[HIDDEN])];
+    both(c, "bias_gelu", "fused", &h, |t| bias_gelu(&t[0], &t[1]));
+    both(c, "bias_gelu", "composed", &h, |t| {
+        t[0].broadcast_add(&t[1])?.gelu_erf()
+    });
+    both(c, "gelu", "fused", &h[..1], |t| gelu(&t[0]));
+    both(c, "gelu", "composed", &h[..1], |t| t[0].gelu_erf());
+
+    // The iMLP's power iteration: 8 steps on a (98, 49) token weight (n_power 8, hidden ratio 2).
+    let w = normal(6, &[98, 49]);
+    let (u, v) = (normal(7, &[98]), normal(8, &[49]));
+    let mut g = c.benchmark_group("power_iteration_8_steps");
+    g.bench_function("kernel", |bch| {
+        bch.iter(|| power_iteration(&w, &u, &v, 8).expect("power"))
+    });
+    g.bench_function("composed", |bch| {
+        bch.iter(|| power_iteration_composed(&w, &u, &v, 8).expect("power"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, kernels);
+criterion_main!(benches);
