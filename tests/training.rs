@@ -1011,3 +1011,66 @@ fn models_command_lists_counts() {
     // The head grows by (1000 − 10) · (512 + 1) parameters.
     assert_eq!(s16["params"].as_u64(), Some(20_123_690 + 990 * 513));
 }
+
+/// Implicit solver modes train end to end and log per-block solver statistics per epoch; a cap
+/// too small to converge is reported (unconverged counts), never silent.
+#[test]
+fn implicit_solver_training_logs_per_block_statistics() {
+    use imixer::config::Solver;
+    common::single_thread();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, solver, converges) in [
+        (
+            "anderson",
+            Solver::Anderson {
+                m: 5,
+                tol: 1e-4,
+                max_iter: 50,
+            },
+            true,
+        ),
+        (
+            "capped",
+            Solver::Picard {
+                tol: 1e-12,
+                max_iter: 2,
+            },
+            false,
+        ),
+    ] {
+        let out = dir.path().join(name);
+        let mut cfg = common::fmnist_config(Family::IMixer, &out);
+        cfg.epochs = 1;
+        cfg.train_subset = Some(128);
+        cfg.val_subset = Some(100);
+        cfg.solver = Some(solver);
+        train(&cfg, &opts()).unwrap();
+        // The documented fields plus the solver's (check_metrics covers the unrolled runs).
+        let m = metrics(&out).pop().unwrap();
+        assert!(m["solver_mean_iters"].as_f64().unwrap() >= 1.0, "{m}");
+        let blocks = m["solver_blocks"].as_array().expect("solver_blocks logged");
+        let names: Vec<&str> = blocks
+            .iter()
+            .map(|b| b["module"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["blocks.0.mlp_tokens", "blocks.1.mlp_tokens"],
+            "{name}: {m}"
+        );
+        for b in blocks {
+            // 128 images in batches of 32: four training solves per block.
+            assert_eq!(b["solves"], 4, "{b}");
+            let unconverged = b["unconverged"].as_u64().unwrap();
+            let residual = b["max_residual"].as_f64().unwrap();
+            if converges {
+                assert_eq!(unconverged, 0, "{b}");
+                assert!(residual <= 1e-4, "{b}");
+                assert!(b["mean_iterations"].as_f64().unwrap() >= 1.0, "{b}");
+            } else {
+                assert_eq!(unconverged, 4, "{b}");
+                assert_eq!(b["mean_iterations"].as_f64().unwrap(), 2.0, "{b}");
+            }
+        }
+    }
+}

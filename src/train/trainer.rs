@@ -41,6 +41,40 @@ pub struct EpochMetrics {
     /// … and the largest final residual.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub solver_max_residual: Option<f64>,
+    /// The same per iMLP block (picard/anderson modes), in block order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub solver_blocks: Vec<BlockSolverStats>,
+}
+
+/// One iMLP block's fixed-point solves over an epoch.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct BlockSolverStats {
+    pub module: String,
+    pub solves: usize,
+    pub mean_iterations: f64,
+    pub max_residual: f64,
+    /// Solves that hit the iteration cap.
+    pub unconverged: usize,
+}
+
+/// Accumulates [`BlockSolverStats`] per module, keeping first-seen (block) order.
+fn record_solve(blocks: &mut Vec<BlockSolverStats>, s: &crate::models::imlp::SolverStats) {
+    let i = match blocks.iter().position(|b| b.module == s.module) {
+        Some(i) => i,
+        None => {
+            blocks.push(BlockSolverStats {
+                module: s.module.clone(),
+                ..Default::default()
+            });
+            blocks.len() - 1
+        }
+    };
+    let b = &mut blocks[i];
+    // Running mean over this block's solves.
+    b.mean_iterations += (s.iterations as f64 - b.mean_iterations) / (b.solves + 1) as f64;
+    b.solves += 1;
+    b.max_residual = b.max_residual.max(s.residual);
+    b.unconverged += usize::from(!s.converged);
 }
 
 /// What `imixer train --json` prints.
@@ -258,6 +292,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
         let mut lr = 0.0;
         let (mut solves, mut solve_iters, mut worst_residual, mut unconverged) =
             (0usize, 0usize, 0f64, 0usize);
+        let mut solver_blocks: Vec<BlockSolverStats> = Vec::new();
         for batch in train_loader.iter_from(epoch as u64, st.next_batch) {
             let batch = batch?;
             let kb = batch.batch_index;
@@ -278,6 +313,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
             let mut ctx = ForwardCtx::train(seed);
             let logits = model.forward(&x, &mut ctx)?;
             for s in &ctx.solver_stats {
+                record_solve(&mut solver_blocks, s);
                 solves += 1;
                 solve_iters += s.iterations;
                 worst_residual = worst_residual.max(s.residual);
@@ -370,6 +406,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
             img_per_s: seen as f64 / train_secs.max(1e-9),
             solver_mean_iters: (solves > 0).then(|| solve_iters as f64 / solves as f64),
             solver_max_residual: (solves > 0).then_some(worst_residual),
+            solver_blocks,
         };
         if unconverged > 0 {
             eprintln!("warning: epoch {epoch}: {unconverged} of {solves} iMLP solves hit the iteration cap (max residual {worst_residual:.2e})");
