@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build_global()?;
-    let (cfg, batch) = bench_config("fmnist-tiny", family)?;
+    let (cfg, batch) = bench_config("fmnist-tiny", family, &Default::default())?;
     let dev = Device::Cpu;
     let model = MixerNet::new(&cfg, 0, &dev)?;
     let x = imixer::params::seeded_normal(0, &[batch, 1, 28, 28], 1.0, DType::F32, &dev)?;

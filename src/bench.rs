@@ -13,13 +13,9 @@ use crate::optim::{AdamW, AdamWConfig};
 use crate::train::{train_step, Targets};
 use crate::MixerNet;
 
-/// (img, in_chans, patch, D, blocks, batch) of each benchmark configuration.
-pub fn bench_config(name: &str, family: Family) -> Result<(ModelConfig, usize)> {
-    bench_config_with(name, family, &IMixerConfig::default())
-}
-
-/// [`bench_config`] with the iMixer's iMLP knobs (solver, n_iter) replaced.
-pub fn bench_config_with(
+/// (img, in_chans, patch, D, blocks, batch) of each benchmark configuration, with the iMixer's
+/// iMLP knobs (solver, n_iter) as given.
+pub fn bench_config(
     name: &str,
     family: Family,
     imixer: &IMixerConfig,
@@ -94,7 +90,7 @@ pub fn run(
     steps: usize,
     budget_s: f64,
 ) -> Result<BenchResult> {
-    let (cfg, batch) = bench_config_with(config, family, imixer)?;
+    let (cfg, batch) = bench_config(config, family, imixer)?;
     let dev = Device::Cpu;
     let model = MixerNet::new(&cfg, 0, &dev)?;
     let x = crate::params::seeded_normal(

@@ -57,6 +57,30 @@ pub struct BlockSolverStats {
     pub unconverged: usize,
 }
 
+/// The epoch's solves over all blocks, derived from the per-block statistics.
+struct SolverTotals {
+    solves: usize,
+    mean_iterations: f64,
+    max_residual: f64,
+    unconverged: usize,
+}
+
+impl SolverTotals {
+    fn of(blocks: &[BlockSolverStats]) -> Self {
+        let solves: usize = blocks.iter().map(|b| b.solves).sum();
+        let iterations: f64 = blocks
+            .iter()
+            .map(|b| b.mean_iterations * b.solves as f64)
+            .sum();
+        Self {
+            solves,
+            mean_iterations: iterations / solves.max(1) as f64,
+            max_residual: blocks.iter().map(|b| b.max_residual).fold(0.0, f64::max),
+            unconverged: blocks.iter().map(|b| b.unconverged).sum(),
+        }
+    }
+}
+
 /// Accumulates [`BlockSolverStats`] per module, keeping first-seen (block) order.
 fn record_solve(blocks: &mut Vec<BlockSolverStats>, s: &crate::models::imlp::SolverStats) {
     let i = match blocks.iter().position(|b| b.module == s.module) {
@@ -290,8 +314,6 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         let mut grads: Option<GradStore> = None;
         let mut lr = 0.0;
-        let (mut solves, mut solve_iters, mut worst_residual, mut unconverged) =
-            (0usize, 0usize, 0f64, 0usize);
         let mut solver_blocks: Vec<BlockSolverStats> = Vec::new();
         for batch in train_loader.iter_from(epoch as u64, st.next_batch) {
             let batch = batch?;
@@ -314,12 +336,9 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
             let logits = model.forward(&x, &mut ctx)?;
             for s in &ctx.solver_stats {
                 record_solve(&mut solver_blocks, s);
-                solves += 1;
-                solve_iters += s.iterations;
-                worst_residual = worst_residual.max(s.residual);
                 if !s.converged {
-                    unconverged += 1;
-                    if unconverged <= 3 {
+                    // Warn for the first few cap hits of the epoch; the rest are counted.
+                    if SolverTotals::of(&solver_blocks).unconverged <= 3 {
                         bar.suspend(|| {
                             eprintln!(
                                 "warning: {} did not converge at epoch {epoch} batch {kb}: residual {:.2e} after {} iterations",
@@ -394,6 +413,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
         bar.finish_and_clear();
         let train_secs = epoch_start.elapsed().as_secs_f64();
         let report = evaluate(&model, &val_loader, k)?;
+        let totals = SolverTotals::of(&solver_blocks);
         let m = EpochMetrics {
             epoch,
             lr,
@@ -404,12 +424,15 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
             val_top5: report.top5,
             seconds: epoch_start.elapsed().as_secs_f64(),
             img_per_s: seen as f64 / train_secs.max(1e-9),
-            solver_mean_iters: (solves > 0).then(|| solve_iters as f64 / solves as f64),
-            solver_max_residual: (solves > 0).then_some(worst_residual),
+            solver_mean_iters: (totals.solves > 0).then_some(totals.mean_iterations),
+            solver_max_residual: (totals.solves > 0).then_some(totals.max_residual),
             solver_blocks,
         };
-        if unconverged > 0 {
-            eprintln!("warning: epoch {epoch}: {unconverged} of {solves} iMLP solves hit the iteration cap (max residual {worst_residual:.2e})");
+        if totals.unconverged > 0 {
+            eprintln!(
+                "warning: epoch {epoch}: {} of {} iMLP solves hit the iteration cap (max residual {:.2e})",
+                totals.unconverged, totals.solves, totals.max_residual
+            );
         }
         if opts.progress {
             eprintln!(
