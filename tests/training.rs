@@ -272,11 +272,18 @@ fn resume_is_bit_identical() {
         summary_a.final_val_loss.to_bits(),
         summary_b.final_val_loss.to_bits()
     );
-    // The per-epoch validation numbers are the same too (train loss/acc of the interrupted
-    // epochs only count the batches seen by the last process).
+    // Every per-epoch number is the same too, including the train loss/accuracy of the
+    // interrupted epochs (their running sums travel in the checkpoint).
     let (ma, mb) = (check_metrics(&a, 2), check_metrics(&b, 2));
     for (x, y) in ma.iter().zip(&mb) {
-        for f in ["val_loss", "val_top1", "val_top5", "lr"] {
+        for f in [
+            "train_loss",
+            "train_acc",
+            "val_loss",
+            "val_top1",
+            "val_top5",
+            "lr",
+        ] {
             assert_eq!(x[f], y[f], "{f} of epoch {}", x["epoch"]);
         }
     }
@@ -487,7 +494,11 @@ fn kill_dash_9_then_resume_is_bit_identical() {
     assert_eq!(ja["final_val_top1"], jb["final_val_top1"]);
     assert_eq!(ja["final_val_loss"], jb["final_val_loss"]);
     assert_eq!(ja["params"], jb["params"]);
-    check_metrics(&b, 2);
+    for (x, y) in check_metrics(&a, 2).iter().zip(&check_metrics(&b, 2)) {
+        for f in ["train_loss", "train_acc", "val_loss", "val_top1"] {
+            assert_eq!(x[f], y[f], "{f} of epoch {} after kill -9", x["epoch"]);
+        }
+    }
     // The TOML merge keeps the Fashion-MNIST recipe: no RandAugment crept in from the serde
     // defaults (it did before `rand_augment` got a field-level default).
     let saved: TrainConfig =

@@ -31,6 +31,23 @@ pub struct RunState {
     #[serde(deserialize_with = "best_top1_or_null")]
     pub best_top1: f64,
     pub best_epoch: Option<usize>,
+    /// Running training statistics of the epoch in progress (saved mid-epoch so that a resumed
+    /// epoch reports the same train loss/accuracy and solver statistics as an uninterrupted one).
+    #[serde(default)]
+    pub partial: EpochProgress,
+}
+
+/// Sums over the batches of the current epoch trained so far.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochProgress {
+    /// Σ (batch mean loss × batch size).
+    pub loss_sum: f64,
+    /// Images whose top-1 prediction matched their (hard) label.
+    pub correct: usize,
+    /// Images trained on.
+    pub seen: usize,
+    /// iMLP solver statistics per block (picard/anderson modes).
+    pub solver_blocks: Vec<crate::train::trainer::BlockSolverStats>,
 }
 
 /// Reads `best_top1`, mapping `null` (how serde_json writes the initial −∞) back to −∞; without

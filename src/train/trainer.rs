@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{SchedUnit, TrainConfig};
 use super::eval::{evaluate, images_tensor, rank, EvalReport};
 use super::schedule::CosineSchedule;
-use super::state::{self, RunState};
+use super::state::{self, EpochProgress, RunState};
 use crate::config::ModelConfig;
 use crate::data::{self, Dataset, Loader, LoaderConfig, Mixup};
 use crate::layers::ForwardCtx;
@@ -285,6 +285,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
         step: 0,
         best_top1: f64::NEG_INFINITY,
         best_epoch: None,
+        partial: EpochProgress::default(),
     };
     if opts.resume {
         st = state::restore(&last_path, &model, &mut opt, &device)?;
@@ -311,10 +312,15 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
         let epoch_start = Instant::now();
         let bar = progress_bar(opts.progress, steps_per_epoch, epoch, total_epochs);
         bar.set_position(st.next_batch as u64);
-        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        // A mid-epoch resume starts from the sums saved with the checkpoint.
+        let EpochProgress {
+            mut loss_sum,
+            mut correct,
+            mut seen,
+            mut solver_blocks,
+        } = std::mem::take(&mut st.partial);
         let mut grads: Option<GradStore> = None;
         let mut lr = 0.0;
-        let mut solver_blocks: Vec<BlockSolverStats> = Vec::new();
         for batch in train_loader.iter_from(epoch as u64, st.next_batch) {
             let batch = batch?;
             let kb = batch.batch_index;
@@ -384,6 +390,12 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
                 st.step += 1;
                 steps_this_process += 1;
                 st.next_batch = kb + 1;
+                st.partial = EpochProgress {
+                    loss_sum,
+                    correct,
+                    seen,
+                    solver_blocks: solver_blocks.clone(),
+                };
                 if cfg
                     .save_every_steps
                     .is_some_and(|n| st.step.is_multiple_of(n as u64))
@@ -444,6 +456,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
         append_history(&metrics_path, &m)?;
         st.epoch += 1;
         st.next_batch = 0;
+        st.partial = EpochProgress::default();
         let improved = report.top1 > st.best_top1;
         if improved {
             st.best_top1 = report.top1;
