@@ -8,7 +8,6 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use crate::config::{Family, IMixerConfig, ModelConfig, Solver};
-use crate::layers::ForwardCtx;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::train::{train_step, Targets};
 use crate::MixerNet;
@@ -118,7 +117,7 @@ pub fn run(
                 train_step(&model, &mut opt, &x, Targets::Hard(&labels), i as u64, None)?;
             }
             "infer" => {
-                let logits = model.forward(&x, &mut ForwardCtx::eval())?;
+                let logits = model.infer(&x)?;
                 logits.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
             }
             other => bail!("unknown bench mode '{other}' (train, infer)"),

@@ -422,3 +422,27 @@ fn implicit_gradients_match_unrolled_and_finite_differences() -> Result<()> {
     assert!((x_p - x_a)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-8);
     Ok(())
 }
+
+/// `MixerNet::infer` (no backward graph) gives exactly the eval forward's logits, records no
+/// graph, and does not leave gradient recording switched off for the training that follows.
+#[test]
+fn infer_equals_eval_forward_without_a_graph() -> Result<()> {
+    let dev = Device::Cpu;
+    for name in ["imixer_n4_28", "paramixer_n4_28", "asymmixer_n4_28"] {
+        let cfg = registry::lookup(name).map_err(anyhow::Error::msg)?;
+        let model = MixerNet::new(&cfg, 0, &dev)?;
+        let x = seeded_normal(7, &[3, 1, 28, 28], 1.0)?.to_dtype(DType::F32)?;
+        let eval = model.forward(&x, &mut ForwardCtx::eval())?;
+        assert!(eval.track_op(), "{name}: the eval forward records a graph");
+        let infer = model.infer(&x)?;
+        assert!(!infer.track_op(), "{name}: infer recorded a graph");
+        let (a, b) = (eval.to_vec2::<f32>()?, infer.to_vec2::<f32>()?);
+        assert_eq!(a, b, "{name}: infer and eval forward differ");
+        // Recording is back on: a training forward after `infer` has a gradient.
+        let loss = model.forward(&x, &mut ForwardCtx::train(1))?.sum_all()?;
+        let grads = loss.backward()?;
+        let head = model.head.weight.as_tensor();
+        assert!(grads.get(head).is_some(), "{name}: no gradient after infer");
+    }
+    Ok(())
+}

@@ -8,7 +8,6 @@ use clap::Args;
 
 use super::eval::{eval_transform, load_for_inference};
 use crate::data::RawImage;
-use crate::layers::ForwardCtx;
 use crate::train::eval::rank;
 
 #[derive(Args)]
@@ -59,7 +58,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
         };
         let x = tf.apply(&raw)?;
         let t = Tensor::from_vec(x.data, (1, x.c, x.h, x.w), net.device())?;
-        let logits = net.forward(&t, &mut ForwardCtx::eval())?;
+        let logits = net.infer(&t)?;
         let probs = candle_nn::ops::softmax(&logits, 1)?
             .squeeze(0)?
             .to_vec1::<f32>()?;

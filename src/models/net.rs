@@ -68,6 +68,14 @@ impl MixerNet {
         self.head.weight.dtype()
     }
 
+    /// Inference: the eval-mode forward with no backward graph recorded
+    /// (`candle_core::backprop::no_grad`, a patch of the vendored candle-core), so each
+    /// intermediate activation is freed as soon as the next op has consumed it — lower peak
+    /// memory and warm, reused buffers instead of a fresh allocation per op.
+    pub fn infer(&self, images: &Tensor) -> Result<Tensor> {
+        candle_core::backprop::no_grad(|| self.forward(images, &mut ForwardCtx::eval()))
+    }
+
     /// (B, C, H, W) images → (B, classes) logits.
     pub fn forward(&self, images: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let mut x = self.stem.forward(images)?;

@@ -5,7 +5,6 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use crate::data::Loader;
-use crate::layers::ForwardCtx;
 use crate::MixerNet;
 
 #[derive(Clone, Debug, Serialize)]
@@ -33,7 +32,7 @@ pub fn evaluate(model: &MixerNet, loader: &Loader, num_classes: usize) -> Result
         let batch = batch?;
         let b = batch.labels.len();
         let x = images_tensor(batch.images, batch.shape, &dev)?;
-        let logits = model.forward(&x, &mut ForwardCtx::eval())?;
+        let logits = model.infer(&x)?;
         let labels = Tensor::from_vec(
             batch.labels.iter().map(|&l| l as u32).collect::<Vec<_>>(),
             b,

@@ -17,6 +17,32 @@ fn broadcast_back(arg: &Tensor, node: &Tensor, reduced_dims: &[usize]) -> Result
 }
 
 thread_local! {
+    /// Cleared inside [`no_grad`]: ops then record no backward graph (imixer patch).
+    static GRAD_ENABLED: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Whether ops on this thread record the graph for `backward` (false inside [`no_grad`]).
+pub fn grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// Runs `f` without recording the backward graph on this thread (PyTorch's `torch.no_grad`):
+/// results of ops on variables are plain tensors, so every intermediate is freed as soon as it
+/// is no longer used instead of living until the output is dropped. For inference only — no
+/// gradient can flow through what `f` computes. Restores the previous state on return and on
+/// unwinding (imixer patch).
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GRAD_ENABLED.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(false)));
+    f()
+}
+
+thread_local! {
     static CANDLE_GRAD_DO_NOT_DETACH: bool = {
         match std::env::var("CANDLE_GRAD_DO_NOT_DETACH") {
             Ok(s) => {
