@@ -11,8 +11,20 @@ FAMILIES=${FAMILIES:-all}
 MODES=${MODES:-all}
 mkdir -p runs/bench
 cargo build --release --quiet
-./target/release/imixer bench --config "$CONFIGS" --family "$FAMILIES" --mode "$MODES" --threads "$THREADS" --json | tee runs/bench/imixer.jsonl
-"$TORCH_PY" ../shared/bench/torch_baseline.py --config "$CONFIGS" --family "$FAMILIES" --mode "$MODES" --threads "$THREADS" 2>/dev/null | tee runs/bench/torch.jsonl
+# One process per (config, family, mode) on both sides, so each peak RSS belongs to that run
+# alone (a process that trained first would report the training peak for inference too).
+[ "$FAMILIES" = all ] && FAMILIES=mixer,vanillamixer,imixer,paramixer,symmixer,asymmixer
+[ "$MODES" = all ] && MODES=train,infer
+: > runs/bench/imixer.jsonl
+: > runs/bench/torch.jsonl
+for c in ${CONFIGS//,/ }; do
+  for f in ${FAMILIES//,/ }; do
+    for m in ${MODES//,/ }; do
+      ./target/release/imixer bench --config "$c" --family "$f" --mode "$m" --threads "$THREADS" --json | tee -a runs/bench/imixer.jsonl
+      "$TORCH_PY" ../shared/bench/torch_baseline.py --config "$c" --family "$f" --mode "$m" --threads "$THREADS" 2>/dev/null | tee -a runs/bench/torch.jsonl
+    done
+  done
+done
 python3 - <<'PY'
 import json
 ours = {(d["family"], d["config"], d["mode"]): d for d in map(json.loads, open("runs/bench/imixer.jsonl"))}
