@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::gelu::{gelu, gelu_grad_scalar, gelu_scalar};
-use super::kernel::{dispatch, Float, SliceKernel, PAR_CHUNK};
+use super::kernel::{dispatch, par_output, Float, SliceKernel, PAR_CHUNK};
 
 /// y + b over the last axis.
 pub fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -64,18 +64,15 @@ impl SliceKernel for BiasOp {
         let (y, b) = (i[0], i[1]);
         let cols = b.len();
         let block = (PAR_CHUNK / cols).max(1) * cols;
-        let mut out = vec![T::zero(); y.len()];
-        out.par_chunks_mut(block)
-            .zip(y.par_chunks(block))
-            .for_each(|(o, y)| {
-                for (o, y) in o.chunks_mut(cols).zip(y.chunks(cols)) {
-                    for i in 0..cols {
-                        let v = y[i] + b[i];
-                        o[i] = if self.gelu { gelu_scalar(v) } else { v };
-                    }
+        par_output(y.len(), block, |start, o| {
+            let y = &y[start..start + o.len()];
+            for (o, y) in o.chunks_mut(cols).zip(y.chunks(cols)) {
+                for i in 0..cols {
+                    let v = y[i] + b[i];
+                    o[i] = if self.gelu { gelu_scalar(v) } else { v };
                 }
-            });
-        out
+            }
+        })
     }
 }
 
@@ -132,17 +129,14 @@ impl SliceKernel for BiasGeluBackward {
         let (y, g, b) = (i[0], i[1], i[2]);
         let cols = b.len();
         let block = (PAR_CHUNK / cols).max(1) * cols;
-        let mut out = vec![T::zero(); y.len()];
-        out.par_chunks_mut(block)
-            .zip(y.par_chunks(block).zip(g.par_chunks(block)))
-            .for_each(|(o, (y, g))| {
-                for ((o, y), g) in o.chunks_mut(cols).zip(y.chunks(cols)).zip(g.chunks(cols)) {
-                    for i in 0..cols {
-                        o[i] = g[i] * gelu_grad_scalar(y[i] + b[i]);
-                    }
+        par_output(y.len(), block, |start, o| {
+            let (y, g) = (&y[start..start + o.len()], &g[start..start + o.len()]);
+            for ((o, y), g) in o.chunks_mut(cols).zip(y.chunks(cols)).zip(g.chunks(cols)) {
+                for i in 0..cols {
+                    o[i] = g[i] * gelu_grad_scalar(y[i] + b[i]);
                 }
-            });
-        out
+            }
+        })
     }
 }
 

@@ -1,7 +1,11 @@
 //! Small helpers shared by the CPU kernels of our custom ops: a float trait covering f32/f64 (the
-//! models run in f32, the property tests in f64) and contiguous-slice access.
+//! models run in f32, the property tests in f64), contiguous-slice access and parallel output
+//! buffers.
+
+use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, Layout, Result};
+use rayon::prelude::*;
 
 /// Elements per parallel work item. Fixed (not derived from the thread count) so that every
 /// reduction is split the same way on any machine: same seed ⇒ same bits.
@@ -14,6 +18,51 @@ pub fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("imixer kernel: expected a contiguous tensor"),
     }
+}
+
+/// A `len`-element output buffer written block by block in parallel: `fill(start, block)` gets
+/// the block's first index and the block (`block_len` elements, the last one shorter).
+///
+/// Why not `vec![0; len]` then `par_chunks_mut`: that zeroes the whole buffer — and takes its
+/// page faults — on the calling thread before any parallel work starts (≈ 2–3 ms for a 12 MiB
+/// activation, while the other cores wait). Here each task zeroes its own block just before
+/// writing it, so the zeroing is parallel and the block is still in cache when it is written.
+pub fn par_output<T: Float>(
+    len: usize,
+    block_len: usize,
+    fill: impl Fn(usize, &mut [T]) + Sync + Send,
+) -> Vec<T> {
+    par_output_with(len, len, block_len, |start, block| fill(start, block)).0
+}
+
+/// [`par_output`] that also collects one value per block, in block order (e.g. partial sums
+/// for a deterministic reduction), and reserves `capacity ≥ len` so that a caller can append a
+/// tail without reallocating.
+pub fn par_output_with<T: Float, R: Send>(
+    len: usize,
+    capacity: usize,
+    block_len: usize,
+    fill: impl Fn(usize, &mut [T]) -> R + Sync + Send,
+) -> (Vec<T>, Vec<R>) {
+    let block_len = block_len.max(1);
+    let mut out: Vec<T> = Vec::with_capacity(capacity.max(len));
+    let per_block: Vec<R> = out.spare_capacity_mut()[..len]
+        .par_chunks_mut(block_len)
+        .enumerate()
+        .map(|(b, block)| {
+            block.fill(MaybeUninit::new(T::zero()));
+            // SAFETY: every element of `block` was initialised by the `fill` on the line above,
+            // and `MaybeUninit<T>` has the same size, alignment and layout as `T`, so viewing
+            // the initialised block as `&mut [T]` is sound. The reference does not outlive it.
+            let block = unsafe { &mut *(block as *mut [MaybeUninit<T>] as *mut [T]) };
+            fill(b * block_len, block)
+        })
+        .collect();
+    // SAFETY: the blocks partition `0..len` exactly (par_chunks_mut over the first `len` spare
+    // slots), every block was fully initialised above, and `collect` returns only after all
+    // tasks finished; `len ≤ capacity` by construction.
+    unsafe { out.set_len(len) };
+    (out, per_block)
 }
 
 /// A CPU kernel written once for f32 and f64 over contiguous inputs of one dtype.
@@ -69,6 +118,11 @@ pub trait Float:
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
     fn erf(self) -> Self;
+    /// (erf(x), e^(−x²)): one exponential for both where the erf formula allows it.
+    #[inline(always)]
+    fn erf_and_gauss(self) -> (Self, Self) {
+        (self.erf(), (-(self * self)).exp())
+    }
     fn exp(self) -> Self;
     fn sqrt(self) -> Self;
 }
@@ -91,6 +145,11 @@ impl Float for f32 {
     /// auto-vectorisable, unlike libm's `erff` (which dominated the GELU kernels).
     #[inline(always)]
     fn erf(self) -> Self {
+        self.erf_and_gauss().0
+    }
+    /// The A–S formula needs e^(−x²) anyway; returning it saves GELU′ its second exponential.
+    #[inline(always)]
+    fn erf_and_gauss(self) -> (Self, Self) {
         const P: f32 = 0.327_591_1;
         const A1: f32 = 0.254_829_6;
         const A2: f32 = -0.284_496_74;
@@ -101,8 +160,9 @@ impl Float for f32 {
         let a = self.abs();
         let t = 1.0 / (P * a + 1.0);
         let r = (((A5 * t + A4) * t + A3) * t + A2) * t + A1;
-        let y = 1.0 - r * t * fast_exp(-a * a);
-        y.copysign(self)
+        let gauss = fast_exp(-a * a);
+        let y = 1.0 - r * t * gauss;
+        (y.copysign(self), gauss)
     }
     fn exp(self) -> Self {
         fast_exp(self)
@@ -148,13 +208,17 @@ pub fn fast_exp(x: f32) -> f32 {
     // 1.5·2²³: adding and subtracting it rounds to the nearest integer (no SSE4.1 `round`).
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    // `shifted` holds n in its low mantissa bits: its bit pattern is 0x4B40_0000 + n.
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2ⁿ from the bits of `shifted` ((n + 127) << 23, n ∈ [−126, 127] after the clamp): integer
+    // lane ops, where `n as i32` (a saturating cast) would be scalarised by the compiler.
+    let scale = f32::from_bits(shifted.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23);
     p * scale
 }
 
@@ -177,11 +241,49 @@ mod tests {
     }
 
     #[test]
+    fn fast_exp_scale_bits_equal_the_integer_cast() {
+        // The exponent trick must give exactly 2ⁿ for every n the clamp allows.
+        const ROUND: f32 = 12_582_912.0;
+        for n in -126i32..=127 {
+            let shifted = n as f32 + ROUND;
+            let trick = f32::from_bits(shifted.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23);
+            assert_eq!(trick, 2f32.powi(n), "n = {n}");
+        }
+    }
+
+    #[test]
     fn fast_erf_is_within_the_reference_formula_error() {
         for i in -600..600 {
             let x = i as f32 * 0.01;
             let d = (Float::erf(x) as f64 - libm::erf(x as f64)).abs();
             assert!(d < 3e-7, "erf({x}) off by {d}");
+            let (erf, gauss) = x.erf_and_gauss();
+            assert_eq!(erf, Float::erf(x));
+            // Against e^(−x²) of the f32-rounded square (the rounding of x² itself is not exp's).
+            let want = (-((x * x) as f64)).exp();
+            assert!((gauss as f64 - want).abs() <= 1e-6 * want, "e^-x² at {x}");
+        }
+    }
+
+    #[test]
+    fn par_output_fills_every_block_in_order() {
+        for (len, block) in [(0, 4), (1, 4), (10, 4), (12, 4), (100_003, PAR_CHUNK)] {
+            let (out, starts) = par_output_with::<f32, usize>(len, len + 3, block, |start, b| {
+                for (i, v) in b.iter_mut().enumerate() {
+                    *v = (start + i) as f32;
+                }
+                start
+            });
+            assert_eq!(out.len(), len);
+            assert!(out.capacity() >= len + 3);
+            assert!(out.iter().enumerate().all(|(i, &v)| v == i as f32));
+            let expected: Vec<usize> = (0..len.div_ceil(block)).map(|b| b * block).collect();
+            assert_eq!(starts, expected);
+            let plain = par_output::<f64>(len, block, |start, b| b.fill(start as f64));
+            assert!(plain
+                .iter()
+                .enumerate()
+                .all(|(i, &v)| v == (i / block * block) as f64));
         }
     }
 }

@@ -7,9 +7,8 @@
 //! with no backward, so gradients silently vanish.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
-use rayon::prelude::*;
 
-use super::kernel::{dispatch, Float, SliceKernel, PAR_CHUNK};
+use super::kernel::{dispatch, par_output, par_output_with, Float, SliceKernel, PAR_CHUNK};
 use crate::params::Scope;
 
 /// LayerNorm eps of every reference model.
@@ -109,20 +108,16 @@ impl SliceKernel for LayerNormOp {
     /// inputs: x, γ, β.
     fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
         let (x, w, b, cols, eps) = (i[0], i[1], i[2], self.cols, self.eps);
-        let mut y = vec![T::zero(); x.len()];
-        let block = rows_per_block(cols) * cols;
-        y.par_chunks_mut(block)
-            .zip(x.par_chunks(block))
-            .for_each(|(y, x)| {
-                for (y, x) in y.chunks_mut(cols).zip(x.chunks(cols)) {
-                    let (mean, rstd) = row_stats(x, eps);
-                    for i in 0..cols {
-                        let xhat = T::from_f64((x[i].to_f64() - mean) * rstd);
-                        y[i] = xhat * w[i] + b[i];
-                    }
+        par_output(x.len(), rows_per_block(cols) * cols, |start, y| {
+            let x = &x[start..start + y.len()];
+            for (y, x) in y.chunks_mut(cols).zip(x.chunks(cols)) {
+                let (mean, rstd) = row_stats(x, eps);
+                for i in 0..cols {
+                    let xhat = T::from_f64((x[i].to_f64() - mean) * rstd);
+                    y[i] = xhat * w[i] + b[i];
                 }
-            });
-        y
+            }
+        })
     }
 }
 
@@ -185,46 +180,40 @@ impl SliceKernel for LayerNormBackward {
     fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
         let (x, w, g, cols, eps) = (i[0], i[1], i[2], self.cols, self.eps);
         let n = x.len();
-        let mut out = vec![T::zero(); n + 2 * cols];
+        // dx in parallel blocks, with per-block partial sums of dγ, dβ (f64) reduced below in
+        // block order; room for the [dγ | dβ] tail is reserved up front.
         let block = rows_per_block(cols) * cols;
-        let (dx, _) = out.split_at_mut(n);
-        // Per-block partial sums of dγ, dβ (f64), reduced below in block order.
-        let partials: Vec<Vec<f64>> = dx
-            .par_chunks_mut(block)
-            .zip(x.par_chunks(block).zip(g.par_chunks(block)))
-            .map(|(dx, (x, g))| {
-                let mut acc = vec![0f64; 2 * cols];
-                let mut xhat = vec![0f64; cols];
-                for ((dx, x), g) in dx.chunks_mut(cols).zip(x.chunks(cols)).zip(g.chunks(cols)) {
-                    let (mean, rstd) = row_stats(x, eps);
-                    let (mut sum_gh, mut sum_ghx) = (0f64, 0f64);
-                    for i in 0..cols {
-                        xhat[i] = (x[i].to_f64() - mean) * rstd;
-                        let gi = g[i].to_f64();
-                        let gh = gi * w[i].to_f64();
-                        sum_gh += gh;
-                        sum_ghx += gh * xhat[i];
-                        acc[i] += gi * xhat[i];
-                        acc[cols + i] += gi;
-                    }
-                    let (m_gh, m_ghx) = (sum_gh / cols as f64, sum_ghx / cols as f64);
-                    for i in 0..cols {
-                        let gh = g[i].to_f64() * w[i].to_f64();
-                        dx[i] = T::from_f64(rstd * (gh - m_gh - xhat[i] * m_ghx));
-                    }
+        let (mut out, partials) = par_output_with(n, n + 2 * cols, block, |start, dx: &mut [T]| {
+            let (x, g) = (&x[start..start + dx.len()], &g[start..start + dx.len()]);
+            let mut acc = vec![0f64; 2 * cols];
+            let mut xhat = vec![0f64; cols];
+            for ((dx, x), g) in dx.chunks_mut(cols).zip(x.chunks(cols)).zip(g.chunks(cols)) {
+                let (mean, rstd) = row_stats(x, eps);
+                let (mut sum_gh, mut sum_ghx) = (0f64, 0f64);
+                for i in 0..cols {
+                    xhat[i] = (x[i].to_f64() - mean) * rstd;
+                    let gi = g[i].to_f64();
+                    let gh = gi * w[i].to_f64();
+                    sum_gh += gh;
+                    sum_ghx += gh * xhat[i];
+                    acc[i] += gi * xhat[i];
+                    acc[cols + i] += gi;
                 }
-                acc
-            })
-            .collect();
+                let (m_gh, m_ghx) = (sum_gh / cols as f64, sum_ghx / cols as f64);
+                for i in 0..cols {
+                    let gh = g[i].to_f64() * w[i].to_f64();
+                    dx[i] = T::from_f64(rstd * (gh - m_gh - xhat[i] * m_ghx));
+                }
+            }
+            acc
+        });
         let mut total = vec![0f64; 2 * cols];
         for p in &partials {
             for (t, v) in total.iter_mut().zip(p) {
                 *t += v;
             }
         }
-        for (o, t) in out[n..].iter_mut().zip(&total) {
-            *o = T::from_f64(*t);
-        }
+        out.extend(total.iter().map(|&t| T::from_f64(t)));
         out
     }
 }
