@@ -1478,7 +1478,11 @@ impl Map2 for MatMul {
         let dst_rs = dst_strides[0];
         let dst_cs = dst_strides[1];
 
-        let mut dst = vec![T::zero(); b * m * n];
+        // imixer patch: the destination is not zero-filled first. gemm is called below with
+        // `read_dst = false`, which makes it ignore the old contents (alpha is forced to 0) and
+        // write every one of the m·n entries of each batch's block (for k = 0 it writes zeros).
+        let dst_len = b * m * n;
+        let mut dst: Vec<T> = Vec::with_capacity(dst_len);
         let num_threads = crate::utils::get_num_threads();
         let parallelism = if num_threads > 1 {
             Parallelism::Rayon(num_threads)
@@ -1502,13 +1506,14 @@ impl Map2 for MatMul {
         for step in 0..b {
             let lhs_p = &lhs[step * a_skip..];
             let rhs_p = &rhs[step * b_skip..];
-            let dst_p = &mut dst[step * c_skip..];
+            // imixer patch: a raw pointer into the reserved, not yet initialised capacity.
+            let dst_p = dst.spare_capacity_mut()[step * c_skip..].as_mut_ptr() as *mut T;
             unsafe {
                 gemm(
                     /* m: usize = */ m,
                     /* n: usize = */ n,
                     /* k: usize = */ k,
-                    /* dst: *mut T = */ dst_p.as_mut_ptr(),
+                    /* dst: *mut T = */ dst_p,
                     /* dst_cs: isize = */ dst_cs as isize,
                     /* dst_rs: isize = */ dst_rs as isize,
                     /* read_dst: bool = */ false,
@@ -1527,6 +1532,10 @@ impl Map2 for MatMul {
                 )
             }
         }
+        // SAFETY (imixer patch): the b blocks of m·n contiguous entries (c_skip = m·n, dst_rs = n,
+        // dst_cs = 1; in the folded case b = 1 and m covers every row) tile 0..dst_len exactly,
+        // and gemm with read_dst = false wrote each entry above without reading it.
+        unsafe { dst.set_len(dst_len) };
         Ok(dst)
     }
 
