@@ -32,7 +32,7 @@ pub fn par_output<T: Float>(
     block_len: usize,
     fill: impl Fn(usize, &mut [T]) + Sync + Send,
 ) -> Vec<T> {
-    par_output_with(len, len, block_len, |start, block| fill(start, block)).0
+    par_output_with(len, len, block_len, fill).0
 }
 
 /// [`par_output`] that also collects one value per block, in block order (e.g. partial sums

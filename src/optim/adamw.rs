@@ -98,28 +98,21 @@ impl AdamW {
             return self.step_composed(grads);
         }
         let k = self.begin_step();
+        let first = MomentUpdate {
+            beta: self.config.beta1,
+            square: false,
+        };
+        let second = MomentUpdate {
+            beta: self.config.beta2,
+            square: true,
+        };
         for s in &self.slots {
             let Some(g) = grads.get(s.var.as_tensor()) else {
                 continue;
             };
             let (m, v) = (s.m.as_tensor(), s.v.as_tensor());
-            let (beta1, beta2) = (self.config.beta1, self.config.beta2);
-            update_moment(
-                m,
-                g,
-                &MomentUpdate {
-                    beta: beta1,
-                    square: false,
-                },
-            )?;
-            update_moment(
-                v,
-                g,
-                &MomentUpdate {
-                    beta: beta2,
-                    square: true,
-                },
-            )?;
+            update_moment(m, g, &first)?;
+            update_moment(v, g, &second)?;
             let op = ParamUpdate {
                 decay_factor: self.decay_factor(s),
                 inv_bc2_sqrt: 1.0 / k.bc2_sqrt,
