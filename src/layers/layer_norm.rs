@@ -8,7 +8,10 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
 
+use rayon::prelude::*;
+
 use super::kernel::{dispatch, par_output, par_output_with, Float, SliceKernel, PAR_CHUNK};
+use super::transpose::{transpose12_no_grad, transposed_block, transposed_block_len};
 use crate::params::Scope;
 
 /// LayerNorm eps of every reference model.
@@ -36,6 +39,11 @@ impl LayerNorm {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         layer_norm(x, self.weight.as_tensor(), self.bias.as_tensor(), self.eps)
+    }
+
+    /// LN(x)ᵀ: (B, N, D) → (B, D, N), for a token-mixing branch ([`layer_norm_transposed`]).
+    pub fn forward_transposed(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm_transposed(x, self.weight.as_tensor(), self.bias.as_tensor(), self.eps)
     }
 }
 
@@ -149,22 +157,129 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // One pass computes dx, dγ and dβ; a custom op has one output, so they come back packed
-        // in one flat buffer [dx | dγ | dβ] and are split by narrowing (no copies).
-        let packed = x.apply_op3_no_bwd(
-            weight,
-            &grad.contiguous()?,
-            &LayerNormBackward {
-                cols: self.cols,
-                eps: self.eps,
-            },
-        )?;
-        let n = x.elem_count();
-        let cols = self.cols;
-        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, n, cols)?.reshape(weight.shape())?;
-        let db = packed.narrow(0, n + cols, cols)?.reshape(weight.shape())?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        layer_norm_grads(x, weight, &grad.contiguous()?, self.cols, self.eps)
+    }
+}
+
+/// (∂L/∂x, ∂L/∂γ, ∂L/∂β) from a contiguous ∂L/∂y laid out like x. One pass computes all three;
+/// a custom op has one output, so they come back packed in one flat buffer [dx | dγ | dβ] and
+/// are split by narrowing (no copies).
+#[allow(clippy::type_complexity)]
+fn layer_norm_grads(
+    x: &Tensor,
+    weight: &Tensor,
+    grad: &Tensor,
+    cols: usize,
+    eps: f64,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let packed = x.apply_op3_no_bwd(weight, grad, &LayerNormBackward { cols, eps })?;
+    let n = x.elem_count();
+    let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+    let dw = packed.narrow(0, n, cols)?.reshape(weight.shape())?;
+    let db = packed.narrow(0, n + cols, cols)?.reshape(weight.shape())?;
+    Ok((Some(dx), Some(dw), Some(db)))
+}
+
+/// LN(x)ᵀ for x (B, N, D): the LayerNorm of a token-mixing branch written straight into the
+/// (B, D, N) layout the token MLP runs on, so neither the (B, N, D) output nor a transposed copy
+/// of it is made or kept for the backward (see `layers::transpose`). Values are bit-identical
+/// to `layer_norm(x)` transposed. Either LayerNorm kind: γ, β of shape (D) or (N, D).
+pub fn layer_norm_transposed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let (b, n, d) = x.dims3()?;
+    let cols = weight.elem_count();
+    if (cols != d && cols != n * d) || bias.elem_count() != cols {
+        candle_core::bail!(
+            "layer_norm_transposed: input {:?} cannot be normalised over weight {:?} / bias {:?}",
+            x.shape(),
+            weight.shape(),
+            bias.shape()
+        );
+    }
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            LayerNormTransposedOp { b, n, d, cols, eps },
+        )
+    } else {
+        layer_norm_composed(x, weight, bias, eps)?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+}
+
+struct LayerNormTransposedOp {
+    b: usize,
+    n: usize,
+    d: usize,
+    cols: usize,
+    eps: f64,
+}
+
+impl SliceKernel for LayerNormTransposedOp {
+    /// inputs: x (B, N, D), γ, β; output (B, D, N).
+    fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
+        let (x, w, b, eps) = (i[0], i[1], i[2], self.eps);
+        let (n, d, cols) = (self.n, self.d, self.cols);
+        // Row statistics first (a few KiB), then one transposing pass that normalises as it
+        // moves each value — exactly the arithmetic of `LayerNormOp`.
+        let stats: Vec<(f64, f64)> = x.par_chunks(cols).map(|r| row_stats(r, eps)).collect();
+        let norm = |v: T, (mean, rstd): (f64, f64), j: usize| {
+            T::from_f64((v.to_f64() - mean) * rstd) * w[j] + b[j]
+        };
+        par_output(x.len(), transposed_block_len(n), |start, out| {
+            if cols == d {
+                // Per-token LN: the statistics row is the token, γ/β indexed by the channel.
+                transposed_block(x, (n, d), start, out, |_, row, col, v| {
+                    norm(v, stats[row], col)
+                })
+            } else {
+                // Joint (N, D) LN: one statistics row per sample, γ/β indexed by (token, channel).
+                transposed_block(x, (n, d), start, out, |_, row, col, v| {
+                    let s = row * d + col;
+                    norm(v, stats[s / cols], s % cols)
+                })
+            }
+        })
+    }
+}
+
+impl CustomOp3 for LayerNormTransposedOp {
+    fn name(&self) -> &'static str {
+        "imixer-layer-norm-transposed"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Ok((
+            dispatch(self.name(), self, &[(s1, l1), (s2, l2), (s3, l3)])?,
+            Shape::from((self.b, self.d, self.n)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // ∂L/∂y arrives as (B, D, N); one parallel transpose puts it in x's layout.
+        let g = transpose12_no_grad(&grad.contiguous()?)?;
+        layer_norm_grads(x, weight, &g, self.cols, self.eps)
     }
 }
 
@@ -271,6 +386,52 @@ mod tests {
                 assert!(d < 1e-10, "gradient diff {d}");
             }
         }
+        Ok(())
+    }
+
+    /// LN(x)ᵀ written directly == LN(x) then transposed: values bit for bit, gradients to
+    /// rounding (the backward reads the transposed ∂L/∂y), for both LN kinds and in f32.
+    #[test]
+    fn transposed_output_matches_layer_norm_then_transpose() -> Result<()> {
+        for (xshape, wshape) in [
+            (vec![3, 5, 7], vec![7]),
+            (vec![2, 5, 7], vec![5, 7]),
+            (vec![2, 49, 37], vec![37]),
+            (vec![3, 17, 20], vec![17, 20]),
+        ] {
+            let x = Var::from_tensor(&seeded(&xshape, 1)?)?;
+            let w = Var::from_tensor(&(seeded(&wshape, 2)? + 1.0)?)?;
+            let b = Var::from_tensor(&seeded(&wshape, 3)?)?;
+            let (bs, n, d) = x.dims3()?;
+            let probe = seeded(&[bs, d, n], 4)?;
+            let t = layer_norm_transposed(&x, &w, &b, LN_EPS)?;
+            let c = layer_norm(&x, &w, &b, LN_EPS)?.transpose(1, 2)?;
+            assert_eq!(t.dims(), &[bs, d, n]);
+            assert_eq!((&t - &c)?.abs()?.max_all()?.to_scalar::<f64>()?, 0.0);
+            let gt = (t * &probe)?.sum_all()?.backward()?;
+            let gc = (c * &probe)?.sum_all()?.backward()?;
+            for v in [&x, &w, &b] {
+                let a = gt.get(v.as_tensor()).unwrap();
+                let e = gc.get(v.as_tensor()).unwrap();
+                let d = (a - e)?.abs()?.max_all()?.to_scalar::<f64>()?;
+                assert!(d < 1e-12, "gradient diff {d}");
+            }
+            let (x32, w32, b32) = (
+                x.to_dtype(DType::F32)?,
+                w.to_dtype(DType::F32)?,
+                b.to_dtype(DType::F32)?,
+            );
+            let t32 = layer_norm_transposed(&x32, &w32, &b32, LN_EPS)?.to_vec3::<f32>()?;
+            let c32 = layer_norm(&x32, &w32, &b32, LN_EPS)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .to_vec3::<f32>()?;
+            assert_eq!(t32, c32);
+        }
+        let x = seeded(&[2, 3, 4], 5)?;
+        let w = seeded(&[3], 6)?;
+        let err = layer_norm_transposed(&x, &w, &w, LN_EPS).unwrap_err();
+        assert!(err.to_string().contains("cannot be normalised"), "{err}");
         Ok(())
     }
 

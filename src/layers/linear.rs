@@ -7,6 +7,7 @@
 use candle_core::{Result, Tensor, Var};
 
 use super::bias::add_bias;
+use super::transpose::transpose12;
 
 use crate::params::Scope;
 
@@ -90,8 +91,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, axis: Axis) -> Result<
             // The reference's transpose → Linear over N → transpose: two copies, but every matmul
             // and its backward stays 2-D (a broadcast left factor would reduce its gradient over
             // the batch with candle's slow strided sum).
-            let y = linear(&x.transpose(1, 2)?.contiguous()?, w, b, Axis::Channels)?;
-            y.transpose(1, 2)?.contiguous()
+            let y = linear(&transpose12(x)?, w, b, Axis::Channels)?;
+            transpose12(&y)
         }
     }
 }

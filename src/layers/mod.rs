@@ -11,6 +11,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod patch_embed;
 pub mod spectral_norm;
+pub mod transpose;
 
 pub use context::ForwardCtx;
 pub use drop_path::drop_path;
@@ -19,3 +20,4 @@ pub use layer_norm::LayerNorm;
 pub use linear::{Axis, Linear};
 pub use patch_embed::PatchEmbed;
 pub use spectral_norm::SoftSpectralNorm;
+pub use transpose::{add_transposed, transpose12};

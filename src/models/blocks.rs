@@ -11,7 +11,7 @@ use candle_core::{Result, Tensor};
 use super::imlp::IMlp;
 use super::mlp::{AnyMlp, AsymMlp, Mlp, SymMlp};
 use crate::config::{Family, ModelConfig};
-use crate::layers::{drop_path, Axis, ForwardCtx, LayerNorm};
+use crate::layers::{add_transposed, drop_path, transpose12, Axis, ForwardCtx, LayerNorm};
 use crate::params::Scope;
 
 #[derive(Clone, Debug)]
@@ -119,10 +119,11 @@ impl SerialBlock {
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let mut x = x.clone();
         for _ in 0..self.n_iter {
+            // The token MLP runs on LN(x)ᵀ (B, D, N); its output is added back transposed.
             let t = self
                 .mlp_tokens
-                .forward(&self.norm1.forward(&x)?, Axis::Tokens, ctx)?;
-            x = (x + drop_path(&t, self.drop_path, ctx)?)?;
+                .forward_last_axis(&self.norm1.forward_transposed(&x)?, ctx)?;
+            x = add_transposed(&x, &drop_path(&t, self.drop_path, ctx)?)?;
             let c = self
                 .mlp_channels
                 .forward(&self.norm2.forward(&x)?, Axis::Channels, ctx)?;
@@ -137,9 +138,11 @@ impl ParallelBlock {
         let mut x = x.clone();
         for _ in 0..self.n_iter {
             let g = self.norm.forward(&x)?;
-            let t = self.mlp_tokens.forward(&g, Axis::Tokens, ctx)?;
+            // g feeds both branches, so the token branch transposes it (one parallel pass).
+            let t = self.mlp_tokens.forward_last_axis(&transpose12(&g)?, ctx)?;
             let c = self.mlp_channels.forward(&g, Axis::Channels, ctx)?;
-            x = ((x + drop_path(&t, self.drop_path, ctx)?)? + drop_path(&c, self.drop_path, ctx)?)?;
+            let t = drop_path(&t, self.drop_path, ctx)?;
+            x = (add_transposed(&x, &t)? + drop_path(&c, self.drop_path, ctx)?)?;
         }
         Ok(x)
     }

@@ -10,7 +10,7 @@ use candle_core::{Result, Tensor, Var};
 use super::imlp::IMlp;
 use crate::layers::bias::bias_gelu;
 use crate::layers::linear::{linear, BiasInit, MLP_BIAS_STD};
-use crate::layers::{gelu, Axis, ForwardCtx, Linear};
+use crate::layers::{gelu, transpose12, Axis, ForwardCtx, Linear};
 use crate::params::Scope;
 
 #[derive(Clone, Debug)]
@@ -102,18 +102,21 @@ pub enum AnyMlp {
 impl AnyMlp {
     /// Applies the MLP along `axis` of a (B, N, D) activation. Along the token axis the input is
     /// transposed once to (B, D, N), the whole MLP runs along the last axis (2-D matmuls, fused
-    /// bias epilogues), and the output is transposed back — the reference's `mlp(xᵀ)ᵀ`.
+    /// bias epilogues), and the output is transposed back — the reference's `mlp(xᵀ)ᵀ`. The
+    /// blocks avoid both transposes (`forward_last_axis` between fused LayerNorm/residual ops).
     pub fn forward(&self, x: &Tensor, axis: Axis, ctx: &mut ForwardCtx) -> Result<Tensor> {
         match axis {
-            Axis::Channels => self.forward_last(x, ctx),
+            Axis::Channels => self.forward_last_axis(x, ctx),
             Axis::Tokens => {
-                let xt = x.transpose(1, 2)?.contiguous()?;
-                self.forward_last(&xt, ctx)?.transpose(1, 2)?.contiguous()
+                let y = self.forward_last_axis(&transpose12(x)?, ctx)?;
+                transpose12(&y)
             }
         }
     }
 
-    fn forward_last(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+    /// The MLP along the last axis: the channel MLP on (B, N, D), or the token MLP on an
+    /// already transposed activation xᵀ (B, D, N).
+    pub fn forward_last_axis(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let axis = Axis::Channels;
         match self {
             AnyMlp::Plain(m) => m.forward(x, axis),
