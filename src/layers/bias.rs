@@ -30,6 +30,27 @@ pub fn bias_gelu(y: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// (y + b) + r over the last axis: a biased matmul output added to a residual in one pass.
+///
+/// Why: the unrolled iMLP step x ← F(x) + y ends in `fc_sn2`'s bias and the residual y. As two
+/// ops the biased output is one more activation kept for the backward at every iteration of
+/// every block; fused, only the matmul output is (the same rounding: (y + b) + r).
+pub fn add_bias_residual(y: &Tensor, b: &Tensor, r: &Tensor) -> Result<Tensor> {
+    if y.shape() != r.shape() {
+        candle_core::bail!(
+            "add_bias_residual: residual {:?} does not match {:?}",
+            r.shape(),
+            y.shape()
+        );
+    }
+    if y.device().is_cpu() {
+        y.contiguous()?
+            .apply_op3(&b.contiguous()?, &r.contiguous()?, BiasResidualOp)
+    } else {
+        y.broadcast_add(b)? + r
+    }
+}
+
 /// Σ over rows of a (rows, C) gradient, with a fixed split (deterministic on any thread count).
 pub fn column_sums<T: Float>(g: &[T], cols: usize) -> Vec<T> {
     let rows_per_block = (PAR_CHUNK / cols.max(1)).max(1);
@@ -121,6 +142,65 @@ impl CustomOp2 for BiasOp {
     }
 }
 
+struct BiasResidualOp;
+
+impl SliceKernel for BiasResidualOp {
+    /// inputs: y (…, C), b (C), r (…, C).
+    fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
+        let (y, b, r) = (i[0], i[1], i[2]);
+        let cols = b.len();
+        let block = (PAR_CHUNK / cols).max(1) * cols;
+        par_output(y.len(), block, |start, o| {
+            let (y, r) = (&y[start..start + o.len()], &r[start..start + o.len()]);
+            for ((o, y), r) in o.chunks_mut(cols).zip(y.chunks(cols)).zip(r.chunks(cols)) {
+                for i in 0..cols {
+                    o[i] = (y[i] + b[i]) + r[i];
+                }
+            }
+        })
+    }
+}
+
+impl CustomOp3 for BiasResidualOp {
+    fn name(&self) -> &'static str {
+        "imixer-bias-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let cols = l2.shape().elem_count();
+        if l1.dims().last() != Some(&cols) {
+            candle_core::bail!("{}: bias of {cols} for input {:?}", self.name(), l1.shape());
+        }
+        Ok((
+            dispatch(self.name(), self, &[(s1, l1), (s2, l2), (s3, l3)])?,
+            l1.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        _y: &Tensor,
+        b: &Tensor,
+        _r: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?;
+        let db = g.apply_op1_no_bwd(&ColumnSums {
+            cols: b.elem_count(),
+        })?;
+        Ok((Some(g.clone()), Some(db), Some(g)))
+    }
+}
+
 /// (y, g, b) ↦ g · GELU′(y + b).
 struct BiasGeluBackward;
 
@@ -190,6 +270,40 @@ mod tests {
     use super::*;
     use crate::params::seeded_normal;
     use candle_core::{DType, Device, Var};
+
+    /// (y + b) + r: bit-identical values, exact gradients for all three inputs, in f64 and f32.
+    #[test]
+    fn bias_residual_matches_composition_with_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let y = Var::from_tensor(&seeded_normal(4, &[6, 5, 9], 1.5, DType::F64, &dev)?)?;
+        let b = Var::from_tensor(&seeded_normal(5, &[9], 1.0, DType::F64, &dev)?)?;
+        let r = Var::from_tensor(&seeded_normal(6, &[6, 5, 9], 1.0, DType::F64, &dev)?)?;
+        let probe = seeded_normal(7, &[6, 5, 9], 1.0, DType::F64, &dev)?;
+        let fused = add_bias_residual(&y, &b, &r)?;
+        let composed = (y.broadcast_add(&b)? + r.as_tensor())?;
+        let d = (&fused - &composed)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert_eq!(d, 0.0, "forward {d}");
+        let gf = (fused * &probe)?.sum_all()?.backward()?;
+        let gc = (composed * &probe)?.sum_all()?.backward()?;
+        for v in [&y, &b, &r] {
+            let d = (gf.get(v).unwrap() - gc.get(v).unwrap())?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f64>()?;
+            assert!(d < 1e-12, "gradient {d}");
+        }
+        let (y32, b32, r32) = (
+            y.to_dtype(DType::F32)?,
+            b.to_dtype(DType::F32)?,
+            r.to_dtype(DType::F32)?,
+        );
+        let f32_fused = add_bias_residual(&y32, &b32, &r32)?.to_vec3::<f32>()?;
+        let f32_composed = (y32.broadcast_add(&b32)? + &r32)?.to_vec3::<f32>()?;
+        assert_eq!(f32_fused, f32_composed);
+        let err = add_bias_residual(&y, &b, &probe.narrow(0, 0, 2)?).unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+        Ok(())
+    }
 
     #[test]
     fn fused_bias_ops_match_composition_with_gradients() -> Result<()> {
