@@ -240,9 +240,9 @@ impl SliceKernel for LayerNormTransposedOp {
                 })
             } else {
                 // Joint (N, D) LN: one statistics row per sample, γ/β indexed by (token, channel).
+                // `row` = b·N + token is fixed along the inner loop, so both divisions hoist.
                 transposed_block(x, (n, d), start, out, |_, row, col, v| {
-                    let s = row * d + col;
-                    norm(v, stats[s / cols], s % cols)
+                    norm(v, stats[row / n], (row % n) * d + col)
                 })
             }
         })
