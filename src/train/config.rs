@@ -81,7 +81,7 @@ impl TrainConfig {
     /// - Fashion-MNIST / MNIST (28×28×1): the small iMixer `imixer_n4_28` (D 64, 4 blocks), RandomCrop(pad 2) (+
     ///   flip for Fashion-MNIST only: flipped digits are other digits), label smoothing 0.1, no
     ///   RandAugment/erasing/Mixup (they cost more epochs than this budget has), AdamW lr 5e-3,
-    ///   batch 64, 7 epochs, per-step cosine with 0.2 epochs of warm-up: ≈ 19 min on 2 cores
+    ///   batch 64, 7 epochs, per-step cosine with 0.2 epochs of warm-up: ≈ 16 min on 2 cores
     ///   (lr and batch chosen by a 1-epoch sweep on 15 k images: 2e-3/128 → 59 %, 5e-3/128 → 69 %,
     ///   1e-2/128 → 70 %, 5e-3/64 → 72 %).
     /// - CIFAR-10/100 (32×32×3): `imixer_s4_32` with the papers' regularisation at native size
