@@ -75,6 +75,15 @@ pub fn column_sums<T: Float>(g: &[T], cols: usize) -> Vec<T> {
     total.into_iter().map(T::from_f64).collect()
 }
 
+/// The bias must match the input's last axis.
+fn check_bias(op: &str, y: &Layout, b: &Layout) -> Result<()> {
+    let cols = b.shape().elem_count();
+    if y.dims().last() != Some(&cols) {
+        candle_core::bail!("{op}: bias of {cols} for input {:?}", y.shape());
+    }
+    Ok(())
+}
+
 struct BiasOp {
     gelu: bool,
 }
@@ -113,10 +122,7 @@ impl CustomOp2 for BiasOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let cols = l2.shape().elem_count();
-        if l1.dims().last() != Some(&cols) {
-            candle_core::bail!("{}: bias of {cols} for input {:?}", self.name(), l1.shape());
-        }
+        check_bias(self.name(), l1, l2)?;
         Ok((
             dispatch(self.name(), self, &[(s1, l1), (s2, l2)])?,
             l1.shape().clone(),
@@ -175,10 +181,7 @@ impl CustomOp3 for BiasResidualOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let cols = l2.shape().elem_count();
-        if l1.dims().last() != Some(&cols) {
-            candle_core::bail!("{}: bias of {cols} for input {:?}", self.name(), l1.shape());
-        }
+        check_bias(self.name(), l1, l2)?;
         Ok((
             dispatch(self.name(), self, &[(s1, l1), (s2, l2), (s3, l3)])?,
             l1.shape().clone(),
