@@ -62,7 +62,11 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
         x.contiguous()?.apply_op3(
             &weight.contiguous()?,
             &bias.contiguous()?,
-            LayerNormOp { cols, eps },
+            LayerNormOp {
+                cols,
+                eps,
+                layout: OutputLayout::AsInput,
+            },
         )
     } else {
         layer_norm_composed(x, weight, bias, eps)
@@ -86,9 +90,19 @@ pub fn layer_norm_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64)
     y.reshape(shape)
 }
 
+/// Where [`LayerNormOp`] writes its output.
+#[derive(Clone, Copy)]
+enum OutputLayout {
+    /// LN(x), laid out like x.
+    AsInput,
+    /// LN(x)ᵀ of an x of shape (B, N, D): (B, D, N).
+    Transposed { b: usize, n: usize, d: usize },
+}
+
 struct LayerNormOp {
     cols: usize,
     eps: f64,
+    layout: OutputLayout,
 }
 
 /// Rows per parallel work item, fixed by the row length only (deterministic reductions).
@@ -112,18 +126,43 @@ fn row_stats<T: Float>(row: &[T], eps: f64) -> (f64, f64) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
+/// One output value: x̂ (rounded to T) · γ + β — the same arithmetic in both layouts.
+#[inline(always)]
+fn normalise<T: Float>(v: T, (mean, rstd): (f64, f64), w: T, b: T) -> T {
+    T::from_f64((v.to_f64() - mean) * rstd) * w + b
+}
+
 impl SliceKernel for LayerNormOp {
     /// inputs: x, γ, β.
     fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
         let (x, w, b, cols, eps) = (i[0], i[1], i[2], self.cols, self.eps);
-        par_output(x.len(), rows_per_block(cols) * cols, |start, y| {
-            let x = &x[start..start + y.len()];
-            for (y, x) in y.chunks_mut(cols).zip(x.chunks(cols)) {
-                let (mean, rstd) = row_stats(x, eps);
-                for i in 0..cols {
-                    let xhat = T::from_f64((x[i].to_f64() - mean) * rstd);
-                    y[i] = xhat * w[i] + b[i];
+        let OutputLayout::Transposed { n, d, .. } = self.layout else {
+            return par_output(x.len(), rows_per_block(cols) * cols, |start, y| {
+                let x = &x[start..start + y.len()];
+                for (y, x) in y.chunks_mut(cols).zip(x.chunks(cols)) {
+                    let stats = row_stats(x, eps);
+                    for i in 0..cols {
+                        y[i] = normalise(x[i], stats, w[i], b[i]);
+                    }
                 }
+            });
+        };
+        // Transposed: row statistics first (a few KiB), then one transposing pass that
+        // normalises each value as it moves it.
+        let stats: Vec<(f64, f64)> = x.par_chunks(cols).map(|r| row_stats(r, eps)).collect();
+        par_output(x.len(), transposed_block_len(n), |start, out| {
+            if cols == d {
+                // Per-token LN: the statistics row is the token, γ/β indexed by the channel.
+                transposed_block(x, (n, d), start, out, |_, row, col, v| {
+                    normalise(v, stats[row], w[col], b[col])
+                })
+            } else {
+                // Joint (N, D) LN: one statistics row per sample, γ/β indexed by (token, channel).
+                // `row` = b·N + token is fixed along the inner loop, so both divisions hoist.
+                transposed_block(x, (n, d), start, out, |_, row, col, v| {
+                    let j = (row % n) * d + col;
+                    normalise(v, stats[row / n], w[j], b[j])
+                })
             }
         })
     }
@@ -131,7 +170,10 @@ impl SliceKernel for LayerNormOp {
 
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
-        "imixer-layer-norm"
+        match self.layout {
+            OutputLayout::AsInput => "imixer-layer-norm",
+            OutputLayout::Transposed { .. } => "imixer-layer-norm-transposed",
+        }
     }
 
     fn cpu_fwd(
@@ -143,9 +185,13 @@ impl CustomOp3 for LayerNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let shape = match self.layout {
+            OutputLayout::AsInput => l1.shape().clone(),
+            OutputLayout::Transposed { b, n, d } => Shape::from((b, d, n)),
+        };
         Ok((
             dispatch(self.name(), self, &[(s1, l1), (s2, l2), (s3, l3)])?,
-            l1.shape().clone(),
+            shape,
         ))
     }
 
@@ -157,27 +203,28 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        layer_norm_grads(x, weight, &grad.contiguous()?, self.cols, self.eps)
+        // ∂L/∂y in x's layout (a transposed output's gradient is transposed back in one
+        // parallel pass). One backward pass computes dx, dγ and dβ; a custom op has one output,
+        // so they come back packed in one flat buffer [dx | dγ | dβ] and are split by narrowing.
+        let grad = match self.layout {
+            OutputLayout::AsInput => grad.contiguous()?,
+            OutputLayout::Transposed { .. } => transpose12_no_grad(grad)?,
+        };
+        let cols = self.cols;
+        let packed = x.apply_op3_no_bwd(
+            weight,
+            &grad,
+            &LayerNormBackward {
+                cols,
+                eps: self.eps,
+            },
+        )?;
+        let n = x.elem_count();
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, n, cols)?.reshape(weight.shape())?;
+        let db = packed.narrow(0, n + cols, cols)?.reshape(weight.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
     }
-}
-
-/// (∂L/∂x, ∂L/∂γ, ∂L/∂β) from a contiguous ∂L/∂y laid out like x. One pass computes all three;
-/// a custom op has one output, so they come back packed in one flat buffer [dx | dγ | dβ] and
-/// are split by narrowing (no copies).
-#[allow(clippy::type_complexity)]
-fn layer_norm_grads(
-    x: &Tensor,
-    weight: &Tensor,
-    grad: &Tensor,
-    cols: usize,
-    eps: f64,
-) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-    let packed = x.apply_op3_no_bwd(weight, grad, &LayerNormBackward { cols, eps })?;
-    let n = x.elem_count();
-    let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-    let dw = packed.narrow(0, n, cols)?.reshape(weight.shape())?;
-    let db = packed.narrow(0, n + cols, cols)?.reshape(weight.shape())?;
-    Ok((Some(dx), Some(dw), Some(db)))
 }
 
 /// LN(x)ᵀ for x (B, N, D): the LayerNorm of a token-mixing branch written straight into the
@@ -204,82 +251,16 @@ pub fn layer_norm_transposed(
         x.contiguous()?.apply_op3(
             &weight.contiguous()?,
             &bias.contiguous()?,
-            LayerNormTransposedOp { b, n, d, cols, eps },
+            LayerNormOp {
+                cols,
+                eps,
+                layout: OutputLayout::Transposed { b, n, d },
+            },
         )
     } else {
         layer_norm_composed(x, weight, bias, eps)?
             .transpose(1, 2)?
             .contiguous()
-    }
-}
-
-struct LayerNormTransposedOp {
-    b: usize,
-    n: usize,
-    d: usize,
-    cols: usize,
-    eps: f64,
-}
-
-impl SliceKernel for LayerNormTransposedOp {
-    /// inputs: x (B, N, D), γ, β; output (B, D, N).
-    fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
-        let (x, w, b, eps) = (i[0], i[1], i[2], self.eps);
-        let (n, d, cols) = (self.n, self.d, self.cols);
-        // Row statistics first (a few KiB), then one transposing pass that normalises as it
-        // moves each value — exactly the arithmetic of `LayerNormOp`.
-        let stats: Vec<(f64, f64)> = x.par_chunks(cols).map(|r| row_stats(r, eps)).collect();
-        let norm = |v: T, (mean, rstd): (f64, f64), j: usize| {
-            T::from_f64((v.to_f64() - mean) * rstd) * w[j] + b[j]
-        };
-        par_output(x.len(), transposed_block_len(n), |start, out| {
-            if cols == d {
-                // Per-token LN: the statistics row is the token, γ/β indexed by the channel.
-                transposed_block(x, (n, d), start, out, |_, row, col, v| {
-                    norm(v, stats[row], col)
-                })
-            } else {
-                // Joint (N, D) LN: one statistics row per sample, γ/β indexed by (token, channel).
-                // `row` = b·N + token is fixed along the inner loop, so both divisions hoist.
-                transposed_block(x, (n, d), start, out, |_, row, col, v| {
-                    norm(v, stats[row / n], (row % n) * d + col)
-                })
-            }
-        })
-    }
-}
-
-impl CustomOp3 for LayerNormTransposedOp {
-    fn name(&self) -> &'static str {
-        "imixer-layer-norm-transposed"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        Ok((
-            dispatch(self.name(), self, &[(s1, l1), (s2, l2), (s3, l3)])?,
-            Shape::from((self.b, self.d, self.n)),
-        ))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        _bias: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // ∂L/∂y arrives as (B, D, N); one parallel transpose puts it in x's layout.
-        let g = transpose12_no_grad(&grad.contiguous()?)?;
-        layer_norm_grads(x, weight, &g, self.cols, self.eps)
     }
 }
 
