@@ -6,6 +6,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use imixer::layers::bias::bias_gelu;
 use imixer::layers::gelu::gelu;
 use imixer::layers::layer_norm::{layer_norm, layer_norm_composed};
+use imixer::layers::linear_epilogue::linear_epilogue;
 use imixer::layers::spectral_norm::{power_iteration, power_iteration_composed};
 use imixer::params::seeded_normal;
 
@@ -63,6 +64,20 @@ fn kernels(c: &mut Criterion) {
     });
     both(c, "gelu", "fused", &h[..1], |t| gelu(&t[0]));
     both(c, "gelu", "composed", &h[..1], |t| t[0].gelu_erf());
+
+    // The channel MLP's fc2 with its bias and the block residual: x + (h W₂ᵀ + b₂).
+    let fc2 = [
+        normal(9, &[ROWS, HIDDEN]),
+        normal(10, &[D, HIDDEN]),
+        normal(11, &[D]),
+        normal(12, &[ROWS, D]),
+    ];
+    both(c, "linear_bias_residual", "fused", &fc2, |t| {
+        linear_epilogue(&t[0], &t[1], Some(&t[2]), Some(&t[3]))
+    });
+    both(c, "linear_bias_residual", "composed", &fc2, |t| {
+        t[0].matmul(&t[1].t()?)?.broadcast_add(&t[2])? + &t[3]
+    });
 
     // The iMLP's power iteration: 8 steps on a (98, 49) token weight (n_power 8, hidden ratio 2).
     let w = normal(6, &[98, 49]);

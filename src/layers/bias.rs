@@ -1,8 +1,11 @@
-//! Bias epilogues of a (rows, C) matmul output as custom ops: `y + b` and `GELU(y + b)`.
+//! GELU(y + b) of a (rows, C) matmul output as one custom op, and the parallel column sums that
+//! reduce a bias gradient (also used by `linear_epilogue`).
 //!
 //! Why: candle's `broadcast_add` backward reduces the bias gradient with a generic strided sum
 //! (one division per element, single-threaded); here the column sums run over fixed row blocks in
-//! parallel, and GELU(y + b) is one pass forward and one backward instead of four.
+//! parallel, and GELU(y + b) is one pass forward and one backward instead of four. (A bias alone,
+//! or a bias plus a residual, goes into the matmul itself: `linear_epilogue`. GELU cannot: its
+//! backward needs the pre-activation y + b, which the matmul would have to write out anyway.)
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -10,44 +13,12 @@ use rayon::prelude::*;
 use super::gelu::{gelu, gelu_grad_scalar, gelu_scalar};
 use super::kernel::{dispatch, par_output, Float, SliceKernel, PAR_CHUNK};
 
-/// y + b over the last axis.
-pub fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if y.device().is_cpu() {
-        y.contiguous()?
-            .apply_op2(&b.contiguous()?, BiasOp { gelu: false })
-    } else {
-        y.broadcast_add(b)
-    }
-}
-
 /// GELU(y + b) over the last axis.
 pub fn bias_gelu(y: &Tensor, b: &Tensor) -> Result<Tensor> {
     if y.device().is_cpu() {
-        y.contiguous()?
-            .apply_op2(&b.contiguous()?, BiasOp { gelu: true })
+        y.contiguous()?.apply_op2(&b.contiguous()?, BiasGelu)
     } else {
         gelu(&y.broadcast_add(b)?)
-    }
-}
-
-/// (y + b) + r over the last axis: a biased matmul output added to a residual in one pass.
-///
-/// Why: the unrolled iMLP step x ← F(x) + y ends in `fc_sn2`'s bias and the residual y. As two
-/// ops the biased output is one more activation kept for the backward at every iteration of
-/// every block; fused, only the matmul output is (the same rounding: (y + b) + r).
-pub fn add_bias_residual(y: &Tensor, b: &Tensor, r: &Tensor) -> Result<Tensor> {
-    if y.shape() != r.shape() {
-        candle_core::bail!(
-            "add_bias_residual: residual {:?} does not match {:?}",
-            r.shape(),
-            y.shape()
-        );
-    }
-    if y.device().is_cpu() {
-        y.contiguous()?
-            .apply_op3(&b.contiguous()?, &r.contiguous()?, BiasResidualOp)
-    } else {
-        y.broadcast_add(b)? + r
     }
 }
 
@@ -84,11 +55,9 @@ fn check_bias(op: &str, y: &Layout, b: &Layout) -> Result<()> {
     Ok(())
 }
 
-struct BiasOp {
-    gelu: bool,
-}
+struct BiasGelu;
 
-impl SliceKernel for BiasOp {
+impl SliceKernel for BiasGelu {
     /// inputs: y (…, C), b (C).
     fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
         let (y, b) = (i[0], i[1]);
@@ -98,21 +67,16 @@ impl SliceKernel for BiasOp {
             let y = &y[start..start + o.len()];
             for (o, y) in o.chunks_mut(cols).zip(y.chunks(cols)) {
                 for i in 0..cols {
-                    let v = y[i] + b[i];
-                    o[i] = if self.gelu { gelu_scalar(v) } else { v };
+                    o[i] = gelu_scalar(y[i] + b[i]);
                 }
             }
         })
     }
 }
 
-impl CustomOp2 for BiasOp {
+impl CustomOp2 for BiasGelu {
     fn name(&self) -> &'static str {
-        if self.gelu {
-            "imixer-bias-gelu"
-        } else {
-            "imixer-bias-add"
-        }
+        "imixer-bias-gelu"
     }
 
     fn cpu_fwd(
@@ -136,71 +100,11 @@ impl CustomOp2 for BiasOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = if self.gelu {
-            y.apply_op3_no_bwd(&grad.contiguous()?, b, &BiasGeluBackward)?
-        } else {
-            grad.contiguous()?
-        };
+        let dy = y.apply_op3_no_bwd(&grad.contiguous()?, b, &BiasGeluBackward)?;
         let db = dy.apply_op1_no_bwd(&ColumnSums {
             cols: b.elem_count(),
         })?;
         Ok((Some(dy), Some(db)))
-    }
-}
-
-struct BiasResidualOp;
-
-impl SliceKernel for BiasResidualOp {
-    /// inputs: y (…, C), b (C), r (…, C).
-    fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
-        let (y, b, r) = (i[0], i[1], i[2]);
-        let cols = b.len();
-        let block = (PAR_CHUNK / cols).max(1) * cols;
-        par_output(y.len(), block, |start, o| {
-            let (y, r) = (&y[start..start + o.len()], &r[start..start + o.len()]);
-            for ((o, y), r) in o.chunks_mut(cols).zip(y.chunks(cols)).zip(r.chunks(cols)) {
-                for i in 0..cols {
-                    o[i] = (y[i] + b[i]) + r[i];
-                }
-            }
-        })
-    }
-}
-
-impl CustomOp3 for BiasResidualOp {
-    fn name(&self) -> &'static str {
-        "imixer-bias-residual"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        check_bias(self.name(), l1, l2)?;
-        Ok((
-            dispatch(self.name(), self, &[(s1, l1), (s2, l2), (s3, l3)])?,
-            l1.shape().clone(),
-        ))
-    }
-
-    fn bwd(
-        &self,
-        _y: &Tensor,
-        b: &Tensor,
-        _r: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = grad.contiguous()?;
-        let db = g.apply_op1_no_bwd(&ColumnSums {
-            cols: b.elem_count(),
-        })?;
-        Ok((Some(g.clone()), Some(db), Some(g)))
     }
 }
 
@@ -245,8 +149,8 @@ impl CustomOp3 for BiasGeluBackward {
 }
 
 /// (…, C) ↦ (C): sums over every leading index.
-struct ColumnSums {
-    cols: usize,
+pub(crate) struct ColumnSums {
+    pub cols: usize,
 }
 
 impl SliceKernel for ColumnSums {
@@ -274,64 +178,25 @@ mod tests {
     use crate::params::seeded_normal;
     use candle_core::{DType, Device, Var};
 
-    /// (y + b) + r: bit-identical values, exact gradients for all three inputs, in f64 and f32.
     #[test]
-    fn bias_residual_matches_composition_with_gradients() -> Result<()> {
+    fn bias_gelu_matches_composition_with_gradients() -> Result<()> {
         let dev = Device::Cpu;
-        let y = Var::from_tensor(&seeded_normal(4, &[6, 5, 9], 1.5, DType::F64, &dev)?)?;
-        let b = Var::from_tensor(&seeded_normal(5, &[9], 1.0, DType::F64, &dev)?)?;
-        let r = Var::from_tensor(&seeded_normal(6, &[6, 5, 9], 1.0, DType::F64, &dev)?)?;
-        let probe = seeded_normal(7, &[6, 5, 9], 1.0, DType::F64, &dev)?;
-        let fused = add_bias_residual(&y, &b, &r)?;
-        let composed = (y.broadcast_add(&b)? + r.as_tensor())?;
+        let y = Var::from_tensor(&seeded_normal(1, &[7, 3, 5], 1.5, DType::F64, &dev)?)?;
+        let b = Var::from_tensor(&seeded_normal(2, &[5], 1.0, DType::F64, &dev)?)?;
+        let probe = seeded_normal(3, &[7, 3, 5], 1.0, DType::F64, &dev)?;
+        let fused = bias_gelu(&y, &b)?;
+        let composed = y.broadcast_add(&b)?.gelu_erf()?;
         let d = (&fused - &composed)?.abs()?.max_all()?.to_scalar::<f64>()?;
-        assert_eq!(d, 0.0, "forward {d}");
+        assert!(d < 1e-12, "forward {d}");
         let gf = (fused * &probe)?.sum_all()?.backward()?;
         let gc = (composed * &probe)?.sum_all()?.backward()?;
-        for v in [&y, &b, &r] {
+        for v in [&y, &b] {
             let d = (gf.get(v).unwrap() - gc.get(v).unwrap())?
                 .abs()?
                 .max_all()?
                 .to_scalar::<f64>()?;
-            assert!(d < 1e-12, "gradient {d}");
-        }
-        let (y32, b32, r32) = (
-            y.to_dtype(DType::F32)?,
-            b.to_dtype(DType::F32)?,
-            r.to_dtype(DType::F32)?,
-        );
-        let f32_fused = add_bias_residual(&y32, &b32, &r32)?.to_vec3::<f32>()?;
-        let f32_composed = (y32.broadcast_add(&b32)? + &r32)?.to_vec3::<f32>()?;
-        assert_eq!(f32_fused, f32_composed);
-        let err = add_bias_residual(&y, &b, &probe.narrow(0, 0, 2)?).unwrap_err();
-        assert!(err.to_string().contains("does not match"), "{err}");
-        Ok(())
-    }
-
-    #[test]
-    fn fused_bias_ops_match_composition_with_gradients() -> Result<()> {
-        let dev = Device::Cpu;
-        for fuse_gelu in [false, true] {
-            let y = Var::from_tensor(&seeded_normal(1, &[7, 3, 5], 1.5, DType::F64, &dev)?)?;
-            let b = Var::from_tensor(&seeded_normal(2, &[5], 1.0, DType::F64, &dev)?)?;
-            let probe = seeded_normal(3, &[7, 3, 5], 1.0, DType::F64, &dev)?;
-            let (fused, composed) = if fuse_gelu {
-                (bias_gelu(&y, &b)?, y.broadcast_add(&b)?.gelu_erf()?)
-            } else {
-                (add_bias(&y, &b)?, y.broadcast_add(&b)?)
-            };
-            let d = (&fused - &composed)?.abs()?.max_all()?.to_scalar::<f64>()?;
-            assert!(d < 1e-12, "forward {d}");
-            let gf = (fused * &probe)?.sum_all()?.backward()?;
-            let gc = (composed * &probe)?.sum_all()?.backward()?;
-            for v in [&y, &b] {
-                let d = (gf.get(v).unwrap() - gc.get(v).unwrap())?
-                    .abs()?
-                    .max_all()?
-                    .to_scalar::<f64>()?;
-                // candle's gelu_erf backward truncates 1/√(2π) to 0.398942: ~1e-6 relative.
-                assert!(d < 1e-5, "gradient {d}");
-            }
+            // candle's gelu_erf backward truncates 1/√(2π) to 0.398942: ~1e-6 relative.
+            assert!(d < 1e-5, "gradient {d}");
         }
         Ok(())
     }

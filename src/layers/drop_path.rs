@@ -6,9 +6,33 @@ use rand::Rng;
 
 use super::context::ForwardCtx;
 
+/// Whether drop-path at rate `p` leaves a branch unchanged in this forward (eval, or p = 0).
+pub fn is_identity(p: f64, ctx: &ForwardCtx) -> bool {
+    !ctx.train || p <= 0.0
+}
+
+/// x + drop_path(branch), where `branch(r)` returns the branch output plus r when given one.
+///
+/// Why: when drop-path is the identity the residual goes into the branch, whose last matmul adds
+/// it in its epilogue (`linear_epilogue`) — one pass fewer, and the branch output is never kept
+/// for the backward. Otherwise the branch runs alone and its masked output is added, drawing the
+/// mask after the branch as before.
+pub fn add_residual_branch(
+    x: &Tensor,
+    p: f64,
+    ctx: &mut ForwardCtx,
+    branch: impl FnOnce(Option<&Tensor>, &mut ForwardCtx) -> Result<Tensor>,
+) -> Result<Tensor> {
+    if is_identity(p, ctx) {
+        return branch(Some(x), ctx);
+    }
+    let c = branch(None, ctx)?;
+    x + drop_path(&c, p, ctx)?
+}
+
 /// Applies drop-path to a (B, …) branch output.
 pub fn drop_path(x: &Tensor, p: f64, ctx: &mut ForwardCtx) -> Result<Tensor> {
-    if !ctx.train || p <= 0.0 {
+    if is_identity(p, ctx) {
         return Ok(x.clone());
     }
     let keep = 1.0 - p;
@@ -32,6 +56,29 @@ pub fn drop_path(x: &Tensor, p: f64, ctx: &mut ForwardCtx) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// With drop-path off the residual goes into the branch; with it on, the branch's masked
+    /// output is added, drawing the same masks as `drop_path`.
+    #[test]
+    fn residual_branch_fuses_only_when_drop_path_is_identity() -> Result<()> {
+        let x = Tensor::arange(0f64, 12.0, &Device::Cpu)?.reshape((4, 3))?;
+        let branch = |r: Option<&Tensor>, _: &mut ForwardCtx| -> Result<Tensor> {
+            let c = (Tensor::ones((4, 3), candle_core::DType::F64, &Device::Cpu)? * 10.0)?;
+            match r {
+                Some(r) => c + r,
+                None => Ok(c),
+            }
+        };
+        let fused = add_residual_branch(&x, 0.0, &mut ForwardCtx::train(3), branch)?;
+        assert_eq!(fused.to_vec2::<f64>()?, (&x + 10.0)?.to_vec2::<f64>()?);
+        let mut ctx = ForwardCtx::train(3);
+        let dropped = add_residual_branch(&x, 0.5, &mut ctx, branch)?;
+        let mut reference_ctx = ForwardCtx::train(3);
+        let c = branch(None, &mut reference_ctx)?;
+        let reference = (&x + drop_path(&c, 0.5, &mut reference_ctx)?)?;
+        assert_eq!(dropped.to_vec2::<f64>()?, reference.to_vec2::<f64>()?);
+        Ok(())
+    }
 
     #[test]
     fn eval_is_identity_and_train_keeps_expectation() -> Result<()> {

@@ -6,7 +6,7 @@
 
 use candle_core::{Result, Tensor, Var};
 
-use super::bias::add_bias;
+use super::linear_epilogue::linear_epilogue;
 use super::transpose::transpose12;
 
 use crate::params::Scope;
@@ -50,6 +50,16 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// x Wᵀ + b along the last axis, plus `residual` when given (fused into the matmul).
+    pub fn forward_residual(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        linear_epilogue(
+            x,
+            self.weight.as_tensor(),
+            self.bias.as_ref().map(|b| b.as_tensor()),
+            residual,
+        )
+    }
+
     pub fn forward(&self, x: &Tensor, axis: Axis) -> Result<Tensor> {
         linear(
             x,
@@ -62,26 +72,11 @@ impl Linear {
 
 /// y = W·x + b along `axis` for W (out, in).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, axis: Axis) -> Result<Tensor> {
-    let (out_f, in_f) = w.dims2()?;
     match axis {
-        Axis::Channels => {
-            let dims = x.dims();
-            let last = *dims.last().unwrap_or(&0);
-            if last != in_f {
-                candle_core::bail!("linear: input {:?} does not end in {in_f}", x.shape());
-            }
-            let rows = x.elem_count() / in_f;
-            let y = x.reshape((rows, in_f))?.matmul(&w.t()?)?;
-            let y = match b {
-                Some(b) => add_bias(&y, b)?,
-                None => y,
-            };
-            let mut out_dims = dims.to_vec();
-            *out_dims.last_mut().unwrap() = out_f;
-            y.reshape(out_dims)
-        }
+        Axis::Channels => linear_epilogue(x, w, b, None),
         Axis::Tokens => {
             let (_, n, _) = x.dims3()?;
+            let in_f = w.dim(1)?;
             if n != in_f {
                 candle_core::bail!(
                     "token linear: input {:?} has {n} tokens, weight expects {in_f}",

@@ -9,12 +9,13 @@ pub mod gelu;
 pub mod kernel;
 pub mod layer_norm;
 pub mod linear;
+pub mod linear_epilogue;
 pub mod patch_embed;
 pub mod spectral_norm;
 pub mod transpose;
 
 pub use context::ForwardCtx;
-pub use drop_path::drop_path;
+pub use drop_path::{add_residual_branch, drop_path};
 pub use gelu::gelu;
 pub use layer_norm::LayerNorm;
 pub use linear::{Axis, Linear};

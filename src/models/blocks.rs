@@ -11,7 +11,9 @@ use candle_core::{Result, Tensor};
 use super::imlp::IMlp;
 use super::mlp::{AnyMlp, AsymMlp, Mlp, SymMlp};
 use crate::config::{Family, ModelConfig};
-use crate::layers::{add_transposed, drop_path, transpose12, Axis, ForwardCtx, LayerNorm};
+use crate::layers::{
+    add_residual_branch, add_transposed, drop_path, transpose12, ForwardCtx, LayerNorm,
+};
 use crate::params::Scope;
 
 #[derive(Clone, Debug)]
@@ -120,14 +122,16 @@ impl SerialBlock {
         let mut x = x.clone();
         for _ in 0..self.n_iter {
             // The token MLP runs on LN(x)ᵀ (B, D, N); its output is added back transposed.
-            let t = self
-                .mlp_tokens
-                .forward_last_axis(&self.norm1.forward_transposed(&x)?, ctx)?;
+            let t = self.mlp_tokens.forward_last_axis(
+                &self.norm1.forward_transposed(&x)?,
+                None,
+                ctx,
+            )?;
             x = add_transposed(&x, &drop_path(&t, self.drop_path, ctx)?)?;
-            let c = self
-                .mlp_channels
-                .forward(&self.norm2.forward(&x)?, Axis::Channels, ctx)?;
-            x = (x + drop_path(&c, self.drop_path, ctx)?)?;
+            let g2 = self.norm2.forward(&x)?;
+            x = add_residual_branch(&x, self.drop_path, ctx, |r, ctx| {
+                self.mlp_channels.forward_last_axis(&g2, r, ctx)
+            })?;
         }
         Ok(x)
     }
@@ -139,10 +143,13 @@ impl ParallelBlock {
         for _ in 0..self.n_iter {
             let g = self.norm.forward(&x)?;
             // g feeds both branches, so the token branch transposes it (one parallel pass).
-            let t = self.mlp_tokens.forward_last_axis(&transpose12(&g)?, ctx)?;
-            let c = self.mlp_channels.forward(&g, Axis::Channels, ctx)?;
-            let t = drop_path(&t, self.drop_path, ctx)?;
-            x = (add_transposed(&x, &t)? + drop_path(&c, self.drop_path, ctx)?)?;
+            let t = self
+                .mlp_tokens
+                .forward_last_axis(&transpose12(&g)?, None, ctx)?;
+            let x_t = add_transposed(&x, &drop_path(&t, self.drop_path, ctx)?)?;
+            x = add_residual_branch(&x_t, self.drop_path, ctx, |r, ctx| {
+                self.mlp_channels.forward_last_axis(&g, r, ctx)
+            })?;
         }
         Ok(x)
     }

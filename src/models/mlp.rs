@@ -9,7 +9,8 @@ use candle_core::{Result, Tensor, Var};
 
 use super::imlp::IMlp;
 use crate::layers::bias::bias_gelu;
-use crate::layers::linear::{linear, BiasInit, MLP_BIAS_STD};
+use crate::layers::linear::{BiasInit, MLP_BIAS_STD};
+use crate::layers::linear_epilogue::linear_epilogue;
 use crate::layers::{gelu, transpose12, Axis, ForwardCtx, Linear};
 use crate::params::Scope;
 
@@ -32,15 +33,21 @@ impl Mlp {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, axis: Axis) -> Result<Tensor> {
+    /// fc2(GELU(fc1(x))) along the last axis, plus `residual` in fc2's epilogue when given.
+    pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         let h = match &self.fc1.bias {
             Some(b) => bias_gelu(
-                &linear(x, self.fc1.weight.as_tensor(), None, axis)?,
+                &linear_epilogue(x, self.fc1.weight.as_tensor(), None, None)?,
                 b.as_tensor(),
             )?,
-            None => gelu(&self.fc1.forward(x, axis)?)?,
+            None => gelu(&linear_epilogue(
+                x,
+                self.fc1.weight.as_tensor(),
+                None,
+                None,
+            )?)?,
         };
-        self.fc2.forward(&h, axis)
+        self.fc2.forward_residual(&h, residual)
     }
 }
 
@@ -57,10 +64,11 @@ impl SymMlp {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, axis: Axis) -> Result<Tensor> {
+    /// GELU(x Wᵀ) W along the last axis, plus `residual` when given.
+    pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         let w = self.weight.as_tensor();
-        let h = gelu(&linear(x, w, None, axis)?)?;
-        linear(&h, &w.t()?, None, axis)
+        let h = gelu(&linear_epilogue(x, w, None, None)?)?;
+        linear_epilogue(&h, &w.t()?, None, residual)
     }
 }
 
@@ -80,12 +88,13 @@ impl AsymMlp {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, axis: Axis) -> Result<Tensor> {
+    /// h W1 + h W2ᵀ with h = GELU(x W1ᵀ) along the last axis, plus `residual` when given.
+    pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         let w1 = self.fc1.weight.as_tensor();
-        let h = gelu(&linear(x, w1, None, axis)?)?;
+        let h = gelu(&linear_epilogue(x, w1, None, None)?)?;
         // h W1 + h W2ᵀ = h (W1 + W2ᵀ)ᵀ-applied: one matmul with the summed (in, hidden) weight.
         let w_out = (w1.t()? + self.fc2.weight.as_tensor())?;
-        linear(&h, &w_out, None, axis)
+        linear_epilogue(&h, &w_out, None, residual)
     }
 }
 
@@ -106,23 +115,28 @@ impl AnyMlp {
     /// blocks avoid both transposes (`forward_last_axis` between fused LayerNorm/residual ops).
     pub fn forward(&self, x: &Tensor, axis: Axis, ctx: &mut ForwardCtx) -> Result<Tensor> {
         match axis {
-            Axis::Channels => self.forward_last_axis(x, ctx),
+            Axis::Channels => self.forward_last_axis(x, None, ctx),
             Axis::Tokens => {
-                let y = self.forward_last_axis(&transpose12(x)?, ctx)?;
+                let y = self.forward_last_axis(&transpose12(x)?, None, ctx)?;
                 transpose12(&y)
             }
         }
     }
 
     /// The MLP along the last axis: the channel MLP on (B, N, D), or the token MLP on an
-    /// already transposed activation xᵀ (B, D, N).
-    pub fn forward_last_axis(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let axis = Axis::Channels;
+    /// already transposed activation xᵀ (B, D, N). A `residual` (same shape as the output) is
+    /// added inside the last matmul's epilogue: `r + mlp(x)` without keeping `mlp(x)` alive.
+    pub fn forward_last_axis(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
         match self {
-            AnyMlp::Plain(m) => m.forward(x, axis),
-            AnyMlp::Sym(m) => m.forward(x, axis),
-            AnyMlp::Asym(m) => m.forward(x, axis),
-            AnyMlp::Implicit(m) => m.forward(x, axis, ctx),
+            AnyMlp::Plain(m) => m.forward(x, residual),
+            AnyMlp::Sym(m) => m.forward(x, residual),
+            AnyMlp::Asym(m) => m.forward(x, residual),
+            AnyMlp::Implicit(m) => m.forward_last_axis(x, residual, ctx),
         }
     }
 

@@ -1,0 +1,342 @@
+//! x Wᵀ (+ b) (+ r) over the last axis, with the bias and the residual in the matmul's epilogue.
+//!
+//! Why: composed from candle ops, `x.matmul(Wᵀ) + b + r` writes the raw product, reads it back
+//! for every add, and — because candle's graph keeps the inputs of every op until the backward —
+//! holds each intermediate alive although no backward reads it. Here the destination starts as
+//! b (+ r) and gemm accumulates the product into it (`read_dst`): one pass, and the graph keeps
+//! only x, W and r. On the iMixer's unrolled fixed-point loop that is one activation fewer per
+//! iteration of every block (the raw `fc_sn2` product), and on a residual branch one fewer per
+//! block.
+//!
+//! With both a bias and a residual the op has four inputs, but candle's widest custom op takes
+//! three: the bias then travels as the last column of the weight, [W | b] (out × (in + 1)), a
+//! copy of the small weight per call (its backward splits the gradient back).
+//!
+//! Rounding: the result is (b + r) + Σₖ xₖWₖ where the composition computes (Σₖ xₖWₖ + b) + r;
+//! with a bias alone, or a residual alone, it is the same single addition (bit-identical when gemm
+//! accumulates k in one block).
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::bias::ColumnSums;
+use super::kernel::{dispatch, par_output, Float, SliceKernel, PAR_CHUNK};
+
+/// x Wᵀ + b + r along the last axis of x (…, in) for W (out, in), b (out), r (…, out); either
+/// addend may be absent. CPU runs one fused op; other devices the candle composition.
+pub fn linear_epilogue(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    r: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (out_f, in_f) = w.dims2()?;
+    let dims = x.dims();
+    if dims.last() != Some(&in_f) {
+        candle_core::bail!(
+            "linear: input {:?} does not end in the weight's {in_f} input features",
+            x.shape()
+        );
+    }
+    let rows = x.elem_count() / in_f.max(1);
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().unwrap_or(&mut 0) = out_f;
+    if let Some(r) = r {
+        if r.dims() != out_dims.as_slice() {
+            candle_core::bail!(
+                "linear: residual {:?} does not match the output {out_dims:?}",
+                r.shape()
+            );
+        }
+    }
+    if let Some(b) = b {
+        if b.dims() != [out_f] {
+            candle_core::bail!("linear: bias {:?} for {out_f} outputs", b.shape());
+        }
+    }
+    let x2 = x.reshape((rows, in_f))?;
+    if !x.device().is_cpu() {
+        let mut y = x2.matmul(&w.t()?)?;
+        if let Some(b) = b {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(r) = r {
+            y = (y + r.reshape((rows, out_f))?)?;
+        }
+        return y.reshape(out_dims);
+    }
+    let (addend, w, c) = match (b, r) {
+        (None, None) => return x2.matmul(&w.t()?)?.reshape(out_dims),
+        (Some(b), None) => (Addend::Bias, w.contiguous()?, b.clone()),
+        (None, Some(r)) => (Addend::Residual, w.contiguous()?, r.reshape((rows, out_f))?),
+        (Some(b), Some(r)) => (
+            Addend::BiasResidual,
+            Tensor::cat(&[w, &b.reshape((out_f, 1))?], 1)?.contiguous()?,
+            r.reshape((rows, out_f))?,
+        ),
+    };
+    let op = LinearEpilogue {
+        addend,
+        rows,
+        in_f,
+        out_f,
+    };
+    x2.contiguous()?
+        .apply_op3(&w, &c.contiguous()?, op)?
+        .reshape(out_dims)
+}
+
+/// What the destination starts as before gemm accumulates x Wᵀ into it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Addend {
+    /// Inputs (x, W, b): every row starts as b.
+    Bias,
+    /// Inputs (x, W, r): the destination starts as r.
+    Residual,
+    /// Inputs (x, [W | b], r): the destination starts as r + b.
+    BiasResidual,
+}
+
+struct LinearEpilogue {
+    addend: Addend,
+    rows: usize,
+    in_f: usize,
+    out_f: usize,
+}
+
+impl LinearEpilogue {
+    /// Columns of the weight input: in, plus the bias column.
+    fn w_cols(&self) -> usize {
+        self.in_f + usize::from(self.addend == Addend::BiasResidual)
+    }
+}
+
+impl SliceKernel for LinearEpilogue {
+    /// inputs: x (rows, in), W (out, w_cols), c (out) or (rows, out); all contiguous.
+    fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
+        let (x, w, c) = (i[0], i[1], i[2]);
+        let (rows, in_f, out_f, w_cols) = (self.rows, self.in_f, self.out_f, self.w_cols());
+        let block = (PAR_CHUNK / out_f.max(1)).max(1) * out_f;
+        let mut dst = par_output(rows * out_f, block, |start, o| match self.addend {
+            Addend::Bias => o.chunks_mut(out_f).for_each(|row| row.copy_from_slice(c)),
+            Addend::Residual => o.copy_from_slice(&c[start..start + o.len()]),
+            Addend::BiasResidual => {
+                let r = &c[start..start + o.len()];
+                for (o, r) in o.chunks_mut(out_f).zip(r.chunks(out_f)) {
+                    for (j, (o, r)) in o.iter_mut().zip(r).enumerate() {
+                        *o = *r + w[j * w_cols + in_f];
+                    }
+                }
+            }
+        });
+        if rows == 0 || out_f == 0 || in_f == 0 {
+            return dst;
+        }
+        let threads = candle_core::utils::get_num_threads();
+        let parallelism = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: `dispatch` hands us the contiguous inputs the wrapper validated: x holds
+        // rows·in elements, W out·w_cols (w_cols ≥ in), and dst was just allocated with rows·out
+        // initialised elements. With these strides gemm reads x[r·in + k] (r < rows, k < in),
+        // W[j·w_cols + k] (j < out, k < in) and reads/writes dst[r·out + j] — all in bounds. dst
+        // is a fresh buffer, so it aliases neither input, and gemm returns only when every
+        // (Rayon) worker is done with the pointers.
+        unsafe {
+            gemm::gemm(
+                rows,
+                out_f,
+                in_f,
+                dst.as_mut_ptr(),
+                1,
+                out_f as isize,
+                true,
+                x.as_ptr(),
+                1,
+                in_f as isize,
+                w.as_ptr(),
+                w_cols as isize,
+                1,
+                T::one(),
+                T::one(),
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        };
+        dst
+    }
+}
+
+impl CustomOp3 for LinearEpilogue {
+    fn name(&self) -> &'static str {
+        "imixer-linear-epilogue"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let c_len = match self.addend {
+            Addend::Bias => self.out_f,
+            _ => self.rows * self.out_f,
+        };
+        // The kernel indexes with these sizes: a mismatch must be an error, not a wild read.
+        if l1.shape().elem_count() != self.rows * self.in_f
+            || l2.dims() != [self.out_f, self.w_cols()]
+            || l3.shape().elem_count() != c_len
+        {
+            candle_core::bail!(
+                "{}: inputs {:?}, {:?}, {:?} do not match {self:?}",
+                self.name(),
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            );
+        }
+        Ok((
+            dispatch(self.name(), self, &[(s1, l1), (s2, l2), (s3, l3)])?,
+            Shape::from((self.rows, self.out_f)),
+        ))
+    }
+
+    /// ∂x = g W, ∂W = gᵀ x, ∂b = Σ_rows g, ∂r = g.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _c: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?;
+        let bias_grad = || g.apply_op1_no_bwd(&ColumnSums { cols: self.out_f });
+        let weight = if self.addend == Addend::BiasResidual {
+            w.narrow(1, 0, self.in_f)?
+        } else {
+            w.clone()
+        };
+        let dx = g.matmul(&weight)?;
+        let dw = g.t()?.matmul(x)?;
+        Ok(match self.addend {
+            Addend::Bias => (Some(dx), Some(dw), Some(bias_grad()?)),
+            Addend::Residual => (Some(dx), Some(dw), Some(g)),
+            Addend::BiasResidual => {
+                let db = bias_grad()?.reshape((self.out_f, 1))?;
+                (Some(dx), Some(Tensor::cat(&[&dw, &db], 1)?), Some(g))
+            }
+        })
+    }
+}
+
+impl std::fmt::Debug for LinearEpilogue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} with rows {}, in {}, out {}",
+            self.addend, self.rows, self.in_f, self.out_f
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::seeded_normal;
+    use candle_core::{DType, Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+        (a - b)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar()
+    }
+
+    /// Every addend combination equals the candle composition, values and all four gradients,
+    /// in f64; shapes include a 3-D input and a transposed (strided) weight.
+    #[test]
+    fn matches_composition_with_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        for (bias, residual) in [(false, false), (true, false), (false, true), (true, true)] {
+            for transposed_w in [false, true] {
+                let x = Var::from_tensor(&seeded_normal(1, &[3, 4, 6], 1.0, DType::F64, &dev)?)?;
+                let w_store = Var::from_tensor(&seeded_normal(
+                    2,
+                    if transposed_w { &[6, 5] } else { &[5, 6] },
+                    1.0,
+                    DType::F64,
+                    &dev,
+                )?)?;
+                let w = if transposed_w {
+                    w_store.t()?
+                } else {
+                    w_store.as_tensor().clone()
+                };
+                let b = Var::from_tensor(&seeded_normal(3, &[5], 1.0, DType::F64, &dev)?)?;
+                let r = Var::from_tensor(&seeded_normal(4, &[3, 4, 5], 1.0, DType::F64, &dev)?)?;
+                let probe = seeded_normal(5, &[3, 4, 5], 1.0, DType::F64, &dev)?;
+                let (bo, ro) = (
+                    bias.then_some(b.as_tensor()),
+                    residual.then_some(r.as_tensor()),
+                );
+                let fused = linear_epilogue(&x, &w, bo, ro)?;
+                let mut composed = x.broadcast_matmul(&w.t()?)?;
+                if bias {
+                    composed = composed.broadcast_add(&b)?;
+                }
+                if residual {
+                    composed = (composed + r.as_tensor())?;
+                }
+                let d = max_diff(&fused, &composed)?;
+                assert!(d < 1e-13, "{bias} {residual} {transposed_w}: forward {d}");
+                let gf = (fused * &probe)?.sum_all()?.backward()?;
+                let gc = (composed * &probe)?.sum_all()?.backward()?;
+                let mut vars = vec![&x, &w_store];
+                if bias {
+                    vars.push(&b);
+                }
+                if residual {
+                    vars.push(&r);
+                }
+                for v in vars {
+                    let d = max_diff(gf.get(v).unwrap(), gc.get(v).unwrap())?;
+                    assert!(d < 1e-12, "{bias} {residual} {transposed_w}: gradient {d}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A bias alone is the same single addition as `matmul + b`: bit-identical in f32.
+    #[test]
+    fn bias_epilogue_rounds_like_matmul_then_add() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = seeded_normal(6, &[37, 24], 1.0, DType::F32, &dev)?;
+        let w = seeded_normal(7, &[19, 24], 1.0, DType::F32, &dev)?;
+        let b = seeded_normal(8, &[19], 1.0, DType::F32, &dev)?;
+        let fused = linear_epilogue(&x, &w, Some(&b), None)?.to_vec2::<f32>()?;
+        let composed = x.matmul(&w.t()?)?.broadcast_add(&b)?.to_vec2::<f32>()?;
+        assert_eq!(fused, composed);
+        Ok(())
+    }
+
+    #[test]
+    fn shape_mismatches_are_errors() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = seeded_normal(1, &[4, 6], 1.0, DType::F32, &dev)?;
+        let w = seeded_normal(2, &[5, 6], 1.0, DType::F32, &dev)?;
+        let err = linear_epilogue(&x, &w.t()?, None, None).unwrap_err();
+        assert!(err.to_string().contains("does not end"), "{err}");
+        let bad_r = seeded_normal(3, &[4, 6], 1.0, DType::F32, &dev)?;
+        let err = linear_epilogue(&x, &w, None, Some(&bad_r)).unwrap_err();
+        assert!(err.to_string().contains("residual"), "{err}");
+        let bad_b = seeded_normal(4, &[6], 1.0, DType::F32, &dev)?;
+        let err = linear_epilogue(&x, &w, Some(&bad_b), None).unwrap_err();
+        assert!(err.to_string().contains("bias"), "{err}");
+        Ok(())
+    }
+}
