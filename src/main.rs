@@ -4,8 +4,8 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_purge_delay` in mimalloc v2's `enum mi_option_e` (mimalloc.h, 0-based position 15),
-/// the version the `mimalloc` crate builds by default.
+/// `mi_option_purge_delay` in `enum mi_option_e` (mimalloc.h, 0-based position 15). The same
+/// position in mimalloc v3, which `libmimalloc-sys` builds by default, and in v2 (its `v2` feature).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Never return freed memory to the OS. A train step frees and re-allocates the same large
