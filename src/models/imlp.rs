@@ -75,8 +75,8 @@ impl IMlp {
 
     /// One reference step x ← F(x) + y = (GELU(GELU(x) W̃₁ᵀ + b₁) W̃₂ᵀ + b₂) + y. Along the last
     /// axis GELU(· + b₁) is one op (`bias_gelu`) and fc_sn2's bias and the residual y sit in its
-    /// matmul's epilogue (`linear_epilogue`), so the backward keeps neither the raw products nor
-    /// F(x): two activations fewer per iteration than `residual_map(x) + y`.
+    /// matmul's epilogue (`linear_epilogue`), so the backward keeps neither fc_sn2's raw product
+    /// nor F(x): two activations fewer per iteration than `residual_map(x) + y`.
     fn unrolled_step(
         &self,
         x: &Tensor,
