@@ -517,38 +517,7 @@ fn nan_loss_is_an_error_and_keeps_the_checkpoint() {
     single_thread();
     let dir = tempfile::tempdir().unwrap();
     let (first, second) = (dir.path().join("first"), dir.path().join("second"));
-    let cfg = TrainConfig {
-        epochs: 1,
-        train_subset: Some(320),
-        val_subset: Some(100),
-        ..fmnist_config(Family::Mixer, &first)
-    };
-    train(&cfg, &opts()).unwrap();
-    let good = fs::read(first.join("last.safetensors")).unwrap();
-    assert_eq!(run_state(&first.join("last.safetensors")).step, 10);
-
-    // Continue the run in a copy with an absurd learning rate: the first step blows the weights
-    // up, a following forward pass gives a non-finite loss.
-    let cfg2 = TrainConfig {
-        out: second.clone(),
-        epochs: 3,
-        lr: 1e30,
-        warmup_epochs: 0.0,
-        ..cfg.clone()
-    };
-    fs::create_dir_all(&second).unwrap();
-    fs::copy(
-        first.join("last.safetensors"),
-        second.join("last.safetensors"),
-    )
-    .unwrap();
-    fs::copy(first.join("metrics.jsonl"), second.join("metrics.jsonl")).unwrap();
-    fs::write(
-        second.join("config.toml"),
-        toml::to_string_pretty(&cfg2).unwrap(),
-    )
-    .unwrap();
-
+    let (cfg2, good) = continue_with_absurd_lr(&first, &second, 320);
     let err = format!("{:#}", train(&cfg2, &resume()).unwrap_err());
     eprintln!("NaN run: {err}");
     assert!(err.contains("loss became"), "{err}");
@@ -592,6 +561,71 @@ fn nan_loss_is_an_error_and_keeps_the_checkpoint() {
     let err = train(&cfg3, &stop_after(1, true)).unwrap_err().to_string();
     assert!(err.contains("stopped after 1 steps"), "{err}");
     assert_eq!(run_state(&second.join("last.safetensors")).step, 11);
+}
+
+/// Trains one good epoch in `first` (`subset` images, batch 32), then sets up `second` to continue
+/// it with an absurd learning rate. Returns the continuation's config and the good checkpoint.
+fn continue_with_absurd_lr(first: &Path, second: &Path, subset: usize) -> (TrainConfig, Vec<u8>) {
+    let cfg = TrainConfig {
+        epochs: 1,
+        train_subset: Some(subset),
+        val_subset: Some(100),
+        ..fmnist_config(Family::Mixer, first)
+    };
+    train(&cfg, &opts()).unwrap();
+    let good = fs::read(first.join("last.safetensors")).unwrap();
+    assert_eq!(
+        run_state(&first.join("last.safetensors")).step,
+        (subset / 32) as u64
+    );
+    // The first step of the continuation blows the weights up; a following forward pass gives a
+    // non-finite loss.
+    let cfg2 = TrainConfig {
+        out: second.to_path_buf(),
+        epochs: 3,
+        lr: 1e30,
+        warmup_epochs: 0.0,
+        ..cfg
+    };
+    fs::create_dir_all(second).unwrap();
+    for f in ["last.safetensors", "metrics.jsonl"] {
+        fs::copy(first.join(f), second.join(f)).unwrap();
+    }
+    fs::write(
+        second.join("config.toml"),
+        toml::to_string_pretty(&cfg2).unwrap(),
+    )
+    .unwrap();
+    (cfg2, good)
+}
+
+/// With one step per epoch the broken update is the epoch's last: no later batch sees a NaN loss,
+/// so the end-of-epoch checks (weights, validation loss) must stop the run before it saves.
+#[test]
+fn weights_broken_by_an_epochs_last_step_are_not_saved() {
+    single_thread();
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    let (cfg2, good) = continue_with_absurd_lr(&first, &second, 32);
+    let err = format!("{:#}", train(&cfg2, &resume()).unwrap_err());
+    eprintln!("broken-weights run: {err}");
+    assert!(
+        err.contains("non-finite") || err.contains("validation loss became"),
+        "{err}"
+    );
+    assert!(
+        err.contains("after epoch 1") || err.contains("at epoch 1"),
+        "{err}"
+    );
+    assert!(err.contains("--lr"), "the message says what to do: {err}");
+    let after = fs::read(second.join("last.safetensors")).unwrap();
+    assert!(after == good, "last.safetensors was overwritten");
+    assert!(!second.join("best.safetensors").exists());
+    assert_eq!(
+        metrics(&second).len(),
+        1,
+        "no metrics line for the broken epoch"
+    );
 }
 
 /// `(batch, step)` from "… at epoch E, batch K (step S) …".

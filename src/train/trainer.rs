@@ -401,6 +401,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
                     .is_some_and(|n| st.step.is_multiple_of(n as u64))
                     && st.next_batch < steps_per_epoch
                 {
+                    ensure_finite_weights(&model, epoch, st.step, &last_path)?;
                     state::save(&last_path, &model, Some(&opt), &st, &config_toml, &classes)?;
                 }
                 if opts
@@ -408,6 +409,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
                     .is_some_and(|n| steps_this_process >= n)
                 {
                     bar.abandon();
+                    ensure_finite_weights(&model, epoch, st.step, &last_path)?;
                     state::save(&last_path, &model, Some(&opt), &st, &config_toml, &classes)?;
                     bail!("stopped after {steps_this_process} steps as requested (--stop-after-steps); resume with --resume");
                 }
@@ -425,6 +427,18 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
         bar.finish_and_clear();
         let train_secs = epoch_start.elapsed().as_secs_f64();
         let report = evaluate(&model, &val_loader, k)?;
+        // The loss check above sees each batch *before* its update, so the epoch's last step can
+        // still have broken the weights: check them (and the validation loss they give) before
+        // anything of this epoch is written.
+        ensure_finite_weights(&model, epoch, st.step, &last_path)?;
+        if !report.loss.is_finite() {
+            bail!(
+                "validation loss became {} after epoch {epoch} (step {}); the last good checkpoint {} is untouched — lower --lr or enable --clip-grad",
+                report.loss,
+                st.step,
+                last_path.display()
+            );
+        }
         let totals = SolverTotals::of(&solver_blocks);
         let m = EpochMetrics {
             epoch,
@@ -499,6 +513,37 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
         best_epoch: st.best_epoch,
         train_seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Fails, naming the tensor, when any weight or buffer of `model` holds a NaN or ±∞.
+///
+/// Called before every checkpoint write of a run: a step whose own loss was finite can still
+/// produce non-finite weights (an overflowing update), and saving them would replace the last
+/// good checkpoint with garbage.
+fn ensure_finite_weights(model: &MixerNet, epoch: usize, step: u64, last: &Path) -> Result<()> {
+    if let Some(name) = first_non_finite(model)? {
+        bail!(
+            "the weights became non-finite ({name}) at epoch {epoch} (step {step}); the last good checkpoint {} is untouched — lower --lr or enable --clip-grad",
+            last.display()
+        );
+    }
+    Ok(())
+}
+
+/// The name of the first tensor of `model` holding a NaN or ±∞, if any.
+pub fn first_non_finite(model: &MixerNet) -> Result<Option<String>> {
+    for e in model.params.entries() {
+        let values = e
+            .var
+            .as_tensor()
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_vec1::<f64>()?;
+        if values.iter().any(|v| !v.is_finite()) {
+            return Ok(Some(e.name.clone()));
+        }
+    }
+    Ok(None)
 }
 
 fn progress_bar(enabled: bool, len: usize, epoch: usize, total: usize) -> ProgressBar {
@@ -590,4 +635,37 @@ fn plot_curves(path: &Path, h: &[EpochMetrics]) -> Result<()> {
             ),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_non_finite_names_the_broken_tensor() {
+        let cfg = registry::lookup("mixer_n4_28").unwrap();
+        let model = MixerNet::new(&cfg, 0, &Device::Cpu).unwrap();
+        assert_eq!(first_non_finite(&model).unwrap(), None);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let e = &model.params.entries()[3];
+            let mut values = e.var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let good = values.clone();
+            let mid = values.len() / 2;
+            values[mid] = bad;
+            let broken = Tensor::from_vec(values, e.var.shape(), &Device::Cpu).unwrap();
+            e.var.set(&broken).unwrap();
+            assert_eq!(first_non_finite(&model).unwrap(), Some(e.name.clone()));
+            let err = ensure_finite_weights(&model, 4, 17, Path::new("run/last.safetensors"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&e.name) && err.contains("epoch 4 (step 17)"),
+                "{err}"
+            );
+            e.var
+                .set(&Tensor::from_vec(good, e.var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+            assert_eq!(first_non_finite(&model).unwrap(), None);
+        }
+    }
 }
