@@ -2,11 +2,13 @@
 
 pub mod config;
 pub mod eval;
+pub mod metrics;
 pub mod schedule;
 pub mod state;
 pub mod step;
 pub mod trainer;
 
 pub use config::TrainConfig;
+pub use metrics::EpochMetrics;
 pub use step::{train_step, StepOutput, Targets};
 pub use trainer::{train, RunOptions, TrainSummary};

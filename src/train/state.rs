@@ -47,7 +47,21 @@ pub struct EpochProgress {
     /// Images trained on.
     pub seen: usize,
     /// iMLP solver statistics per block (picard/anderson modes).
-    pub solver_blocks: Vec<crate::train::trainer::BlockSolverStats>,
+    pub solver_blocks: Vec<crate::train::metrics::BlockSolverStats>,
+}
+
+impl RunState {
+    /// The state of a run that has not taken a step yet.
+    pub fn start() -> Self {
+        Self {
+            epoch: 0,
+            next_batch: 0,
+            step: 0,
+            best_top1: f64::NEG_INFINITY,
+            best_epoch: None,
+            partial: EpochProgress::default(),
+        }
+    }
 }
 
 /// Reads `best_top1`, mapping `null` (how serde_json writes the initial −∞) back to −∞; without

@@ -1,0 +1,169 @@
+//! Per-epoch metrics: the lines of `metrics.jsonl`, the iMLP solver statistics they carry, and the
+//! `curves.png` plot drawn from them.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::plot::{line_panels, Series};
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub val_loss: f64,
+    pub val_top1: f64,
+    pub val_top5: f64,
+    pub seconds: f64,
+    pub img_per_s: f64,
+    /// iMLP fixed-point solves of this epoch (picard/anderson modes): mean iterations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solver_mean_iters: Option<f64>,
+    /// … and the largest final residual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solver_max_residual: Option<f64>,
+    /// The same per iMLP block (picard/anderson modes), in block order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub solver_blocks: Vec<BlockSolverStats>,
+}
+
+/// One iMLP block's fixed-point solves over an epoch.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct BlockSolverStats {
+    pub module: String,
+    pub solves: usize,
+    pub mean_iterations: f64,
+    pub max_residual: f64,
+    /// Solves that hit the iteration cap.
+    pub unconverged: usize,
+}
+
+/// The epoch's solves over all blocks, derived from the per-block statistics.
+pub(crate) struct SolverTotals {
+    pub solves: usize,
+    pub mean_iterations: f64,
+    pub max_residual: f64,
+    pub unconverged: usize,
+}
+
+impl SolverTotals {
+    pub fn of(blocks: &[BlockSolverStats]) -> Self {
+        let solves: usize = blocks.iter().map(|b| b.solves).sum();
+        let iterations: f64 = blocks
+            .iter()
+            .map(|b| b.mean_iterations * b.solves as f64)
+            .sum();
+        Self {
+            solves,
+            mean_iterations: iterations / solves.max(1) as f64,
+            max_residual: blocks.iter().map(|b| b.max_residual).fold(0.0, f64::max),
+            unconverged: blocks.iter().map(|b| b.unconverged).sum(),
+        }
+    }
+}
+
+/// Accumulates [`BlockSolverStats`] per module, keeping first-seen (block) order.
+pub(crate) fn record_solve(
+    blocks: &mut Vec<BlockSolverStats>,
+    s: &crate::models::imlp::SolverStats,
+) {
+    let i = match blocks.iter().position(|b| b.module == s.module) {
+        Some(i) => i,
+        None => {
+            blocks.push(BlockSolverStats {
+                module: s.module.clone(),
+                ..Default::default()
+            });
+            blocks.len() - 1
+        }
+    };
+    let b = &mut blocks[i];
+    // Running mean over this block's solves.
+    b.mean_iterations += (s.iterations as f64 - b.mean_iterations) / (b.solves + 1) as f64;
+    b.solves += 1;
+    b.max_residual = b.max_residual.max(s.residual);
+    b.unconverged += usize::from(!s.converged);
+}
+
+pub fn read_history(path: &Path) -> Result<Vec<EpochMetrics>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).with_context(|| format!("{}: bad line {l}", path.display()))
+        })
+        .collect()
+}
+
+pub(crate) fn rewrite_history(path: &Path, history: &[EpochMetrics]) -> Result<()> {
+    let mut text = String::new();
+    for m in history {
+        text.push_str(&serde_json::to_string(m)?);
+        text.push('\n');
+    }
+    crate::checkpoint::write_atomically(path, text.as_bytes())
+}
+
+pub(crate) fn append_history(path: &Path, m: &EpochMetrics) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    writeln!(f, "{}", serde_json::to_string(m)?)?;
+    Ok(())
+}
+
+pub(crate) fn plot_curves(path: &Path, h: &[EpochMetrics]) -> Result<()> {
+    let pts =
+        |f: fn(&EpochMetrics) -> f64| h.iter().map(|m| (m.epoch as f64, f(m))).collect::<Vec<_>>();
+    line_panels(
+        path,
+        &[
+            (
+                "loss",
+                "epoch",
+                "cross-entropy",
+                vec![
+                    Series {
+                        name: "train",
+                        points: pts(|m| m.train_loss),
+                    },
+                    Series {
+                        name: "val",
+                        points: pts(|m| m.val_loss),
+                    },
+                ],
+            ),
+            (
+                "accuracy",
+                "epoch",
+                "accuracy",
+                vec![
+                    Series {
+                        name: "train",
+                        points: pts(|m| m.train_acc),
+                    },
+                    Series {
+                        name: "val top-1",
+                        points: pts(|m| m.val_top1),
+                    },
+                    Series {
+                        name: "val top-5",
+                        points: pts(|m| m.val_top5),
+                    },
+                ],
+            ),
+        ],
+    )
+}
