@@ -125,8 +125,10 @@ pub(crate) fn append_history(path: &Path, m: &EpochMetrics) -> Result<()> {
 }
 
 pub(crate) fn plot_curves(path: &Path, h: &[EpochMetrics]) -> Result<()> {
-    let pts =
-        |f: fn(&EpochMetrics) -> f64| h.iter().map(|m| (m.epoch as f64, f(m))).collect::<Vec<_>>();
+    let series = |name, f: fn(&EpochMetrics) -> f64| Series {
+        name,
+        points: h.iter().map(|m| (m.epoch as f64, f(m))).collect(),
+    };
     line_panels(
         path,
         &[
@@ -135,14 +137,8 @@ pub(crate) fn plot_curves(path: &Path, h: &[EpochMetrics]) -> Result<()> {
                 "epoch",
                 "cross-entropy",
                 vec![
-                    Series {
-                        name: "train",
-                        points: pts(|m| m.train_loss),
-                    },
-                    Series {
-                        name: "val",
-                        points: pts(|m| m.val_loss),
-                    },
+                    series("train", |m| m.train_loss),
+                    series("val", |m| m.val_loss),
                 ],
             ),
             (
@@ -150,18 +146,9 @@ pub(crate) fn plot_curves(path: &Path, h: &[EpochMetrics]) -> Result<()> {
                 "epoch",
                 "accuracy",
                 vec![
-                    Series {
-                        name: "train",
-                        points: pts(|m| m.train_acc),
-                    },
-                    Series {
-                        name: "val top-1",
-                        points: pts(|m| m.val_top1),
-                    },
-                    Series {
-                        name: "val top-5",
-                        points: pts(|m| m.val_top5),
-                    },
+                    series("train", |m| m.train_acc),
+                    series("val top-1", |m| m.val_top1),
+                    series("val top-5", |m| m.val_top5),
                 ],
             ),
         ],
