@@ -35,17 +35,11 @@ impl Mlp {
 
     /// fc2(GELU(fc1(x))) along the last axis, plus `residual` in fc2's epilogue when given.
     pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        // fc1's bias goes into the GELU op (whose backward needs the pre-activation anyway).
+        let z = linear_epilogue(x, self.fc1.weight.as_tensor(), None, None)?;
         let h = match &self.fc1.bias {
-            Some(b) => bias_gelu(
-                &linear_epilogue(x, self.fc1.weight.as_tensor(), None, None)?,
-                b.as_tensor(),
-            )?,
-            None => gelu(&linear_epilogue(
-                x,
-                self.fc1.weight.as_tensor(),
-                None,
-                None,
-            )?)?,
+            Some(b) => bias_gelu(&z, b.as_tensor())?,
+            None => gelu(&z)?,
         };
         self.fc2.forward_residual(&h, residual)
     }

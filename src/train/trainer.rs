@@ -527,14 +527,20 @@ impl Run<'_> {
                 &self.classes,
             )?;
         }
-        self.save_last()?;
+        self.write_last()?;
         plot_curves(&self.dir.out.join("curves.png"), &self.history)?;
         Ok(report)
     }
 
-    /// Writes `last.safetensors` (model, optimizer, run state), refusing non-finite weights.
+    /// Writes `last.safetensors` mid-epoch, refusing non-finite weights (at the end of an epoch
+    /// `finish_epoch` has checked them before writing anything).
     fn save_last(&self) -> Result<()> {
         ensure_finite_weights(&self.model, self.st.epoch, self.st.step, &self.dir.last)?;
+        self.write_last()
+    }
+
+    /// Writes `last.safetensors`: model, optimizer and run state.
+    fn write_last(&self) -> Result<()> {
         state::save(
             &self.dir.last,
             &self.model,
