@@ -5,13 +5,14 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use crate::data::transforms::SpatialAug;
 use crate::data::DatasetKind;
 use crate::train::config::SchedUnit;
 use crate::train::{train, RunOptions, TrainConfig};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Registered model name (see `imixer models`); default per data set (imixer_n4_28 for
+    /// Registered model name (see `imixer models`); default per data set (paramixer_n4_28 for
     /// Fashion-MNIST/MNIST, imixer_s4_32 for CIFAR, imixer_s16_224 for folders).
     #[arg(long)]
     pub model: Option<String>,
@@ -81,6 +82,10 @@ pub struct TrainArgs {
     /// Anderson memory m.
     #[arg(long, default_value_t = 5)]
     pub anderson_m: usize,
+    /// Geometric augmentation: RandomCrop with this many pixels of zero padding (0 = none;
+    /// replaces the data set's default, e.g. RandomResizedCrop for image folders).
+    #[arg(long)]
+    pub crop_padding: Option<usize>,
     /// Horizontal-flip probability.
     #[arg(long)]
     pub hflip: Option<f64>,
@@ -214,6 +219,9 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
                 .map_err(|e| anyhow::anyhow!("--solver: {e}"))?,
         );
     }
+    if let Some(p) = a.crop_padding {
+        c.train_transform.spatial = SpatialAug::random_crop(p);
+    }
     if let Some(v) = a.hflip {
         c.train_transform.hflip = v;
     }
@@ -295,4 +303,50 @@ pub fn run(a: TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    fn resolved(args: &[&str]) -> TrainConfig {
+        let cli = Cli::try_parse_from(std::iter::once("imixer-train").chain(args.iter().copied()))
+            .expect("valid flags");
+        resolve(&cli.train).expect("resolvable flags")
+    }
+
+    #[test]
+    fn crop_padding_sets_the_geometric_augmentation() {
+        let none = resolved(&["--crop-padding", "0"]).train_transform.spatial;
+        assert_eq!(none, SpatialAug::None);
+        let crop = resolved(&["--crop-padding", "3"]).train_transform.spatial;
+        assert_eq!(crop, SpatialAug::RandomCrop { padding: 3 });
+        // It replaces the image-folder default (RandomResizedCrop) too.
+        let folder = ["--dataset", "folder", "--crop-padding", "4"];
+        let spatial = resolved(&folder).train_transform.spatial;
+        assert_eq!(spatial, SpatialAug::RandomCrop { padding: 4 });
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("run.toml");
+        std::fs::write(&file, "epochs = 3\n[train_transform]\nhflip = 0.25\n").unwrap();
+        let file = file.to_str().unwrap();
+        let c = resolved(&["--config", file]);
+        assert_eq!((c.epochs, c.train_transform.hflip), (3, 0.25));
+        // Fields the file leaves out keep the data set's defaults.
+        let defaults = TrainConfig::defaults_for(DatasetKind::FashionMnist);
+        assert_eq!(c.train_transform.spatial, defaults.train_transform.spatial);
+        let c = resolved(&["--config", file, "--epochs", "5", "--hflip", "0"]);
+        assert_eq!((c.epochs, c.train_transform.hflip), (5, 0.0));
+    }
 }

@@ -57,6 +57,15 @@ impl SpatialAug {
             ratio: (3.0 / 4.0, 4.0 / 3.0),
         }
     }
+
+    /// `RandomCrop(padding)`, or no geometric augmentation for padding 0 (an unpadded crop of an
+    /// image already at the target size is the identity).
+    pub fn random_crop(padding: usize) -> Self {
+        match padding {
+            0 => SpatialAug::None,
+            padding => SpatialAug::RandomCrop { padding },
+        }
+    }
 }
 
 /// torchvision `Normalize(mean, std)` after `ToTensor` (`v / 255`). A single mean/std value is
@@ -194,11 +203,11 @@ impl TrainTransform {
         }
     }
 
-    /// Cheap recipe for small native-resolution data (28×28, 32×32): RandomCrop with `padding`,
-    /// flip 0.5, no RandAugment, no erasing, mean = std = 0.5.
+    /// Cheap recipe for small native-resolution data (28×28, 32×32): RandomCrop with `padding`
+    /// (none for 0), flip 0.5, no RandAugment, no erasing, mean = std = 0.5.
     pub fn small(image_size: usize, in_chans: usize, padding: usize) -> Self {
         TrainTransform {
-            spatial: SpatialAug::RandomCrop { padding },
+            spatial: SpatialAug::random_crop(padding),
             rand_augment: None,
             random_erase: 0.0,
             ..TrainTransform::spec(image_size, in_chans)

@@ -18,7 +18,7 @@ use super::metrics::{
 };
 use super::schedule::CosineSchedule;
 use super::state::{self, EpochProgress, RunState};
-use crate::config::ModelConfig;
+use crate::config::{Family, ModelConfig};
 use crate::data::{self, Dataset, Loader, LoaderConfig, Mixup};
 use crate::layers::ForwardCtx;
 use crate::optim::{AdamW, AdamWConfig};
@@ -57,6 +57,14 @@ pub fn resolve_model(cfg: &TrainConfig, num_classes: usize) -> Result<ModelConfi
     m.num_classes = num_classes;
     m.drop_path = cfg.drop_path;
     if let Some(solver) = &cfg.solver {
+        // Only the iMixer has a fixed point to solve; ignoring the flag would hide a mistake.
+        anyhow::ensure!(
+            m.family == Family::IMixer,
+            "--solver applies to iMixer models only, but {} is a {} model: add --model imixer_n4_28 \
+             (or another imixer_*) or drop --solver",
+            cfg.model_config.as_ref().map_or(cfg.model.as_str(), |_| "the custom model"),
+            m.family
+        );
         m.imixer.solver = solver.clone();
     }
     m.validate().map_err(anyhow::Error::msg)?;
@@ -600,6 +608,24 @@ fn progress_bar(enabled: bool, len: usize, epoch: usize, total: usize) -> Progre
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_solver_on_a_model_without_a_fixed_point_is_an_error() {
+        let solver = crate::config::Solver::from_name("anderson", 1e-4, 30, 5).unwrap();
+        let mut cfg = TrainConfig {
+            model: "paramixer_n4_28".into(),
+            solver: Some(solver),
+            ..TrainConfig::default()
+        };
+        let err = resolve_model(&cfg, 10).unwrap_err().to_string();
+        assert!(
+            err.contains("--solver") && err.contains("paramixer_n4_28"),
+            "{err}"
+        );
+        cfg.model = "imixer_n4_28".into();
+        let m = resolve_model(&cfg, 10).unwrap();
+        assert_eq!(Some(&m.imixer.solver), cfg.solver.as_ref());
+    }
 
     #[test]
     fn first_non_finite_names_the_broken_tensor() {
