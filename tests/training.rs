@@ -923,6 +923,32 @@ fn cli_eval_predict_and_errors() {
         "{}",
         o.stderr
     );
+    assert!(
+        !out_x.exists(),
+        "a failed start must not create the run directory"
+    );
+
+    // The default model (ParaMixer) has no fixed point: --solver is refused, not ignored.
+    let o = run_bin(
+        &[
+            "train",
+            "--solver",
+            "anderson",
+            "--out",
+            out_x.to_str().unwrap(),
+        ],
+        limit,
+    )
+    .failed("train --solver on the default ParaMixer");
+    assert!(
+        o.stderr.contains("--solver") && o.stderr.contains("imixer_n4_28"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        !out_x.exists(),
+        "a failed start must not create the run directory"
+    );
 
     let o = run_bin(
         &[
@@ -939,6 +965,10 @@ fn cli_eval_predict_and_errors() {
         o.stderr.contains("/nonexistent/fmnist") && o.stderr.contains("not found"),
         "{}",
         o.stderr
+    );
+    assert!(
+        !out_x.exists(),
+        "a failed start must not create the run directory"
     );
 
     let o = run_bin(

@@ -121,9 +121,11 @@ fn accumulate(acc: &mut Option<GradStore>, new: GradStore, model: &MixerNet) -> 
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("training config: {e}"))?;
-    let dir = RunDir::prepare(cfg, opts.resume)?;
+    // Data and model first: a bad path, model name or flag must fail before the run directory
+    // is touched.
     let ds = load_data(cfg)?;
     let mcfg = resolve_model(cfg, ds.classes.len())?;
+    let dir = RunDir::prepare(cfg, opts.resume)?;
     let (train_loader, val_loader) = build_loaders(cfg, &ds, &mcfg)?;
 
     let device = Device::Cpu;
