@@ -905,70 +905,36 @@ fn cli_eval_predict_and_errors() {
     let empty = dir.path().join("empty");
     fs::create_dir_all(&empty).unwrap();
     let out_x = dir.path().join("x");
-    let o = run_bin(
+    let out = out_x.to_str().unwrap();
+    // A failed start names the problem and leaves no run directory behind.
+    let refused = |args: &[&str], needles: &[&str]| {
+        let what = format!("imixer {}", args.join(" "));
+        let o = run_bin(args, limit).failed(&what);
+        for n in needles {
+            assert!(o.stderr.contains(n), "{what}: no {n:?} in {}", o.stderr);
+        }
+        assert!(!out_x.exists(), "{what} created {}", out_x.display());
+    };
+    refused(
         &[
             "train",
             "--model",
             "nosuchmodel",
             "--out",
-            out_x.to_str().unwrap(),
+            out,
             "--epochs",
             "1",
         ],
-        limit,
-    )
-    .failed("train --model nosuchmodel");
-    assert!(
-        o.stderr.contains("nosuchmodel") && o.stderr.contains("imixer models"),
-        "{}",
-        o.stderr
+        &["nosuchmodel", "imixer models"],
     );
-    assert!(
-        !out_x.exists(),
-        "a failed start must not create the run directory"
-    );
-
     // The default model (ParaMixer) has no fixed point: --solver is refused, not ignored.
-    let o = run_bin(
-        &[
-            "train",
-            "--solver",
-            "anderson",
-            "--out",
-            out_x.to_str().unwrap(),
-        ],
-        limit,
-    )
-    .failed("train --solver on the default ParaMixer");
-    assert!(
-        o.stderr.contains("--solver") && o.stderr.contains("imixer_n4_28"),
-        "{}",
-        o.stderr
+    refused(
+        &["train", "--solver", "anderson", "--out", out],
+        &["--solver", "imixer_n4_28"],
     );
-    assert!(
-        !out_x.exists(),
-        "a failed start must not create the run directory"
-    );
-
-    let o = run_bin(
-        &[
-            "train",
-            "--data-dir",
-            "/nonexistent/fmnist",
-            "--out",
-            out_x.to_str().unwrap(),
-        ],
-        limit,
-    )
-    .failed("train --data-dir /nonexistent");
-    assert!(
-        o.stderr.contains("/nonexistent/fmnist") && o.stderr.contains("not found"),
-        "{}",
-        o.stderr
-    );
-    assert!(
-        !out_x.exists(),
-        "a failed start must not create the run directory"
+    refused(
+        &["train", "--data-dir", "/nonexistent/fmnist", "--out", out],
+        &["/nonexistent/fmnist", "not found"],
     );
 
     let o = run_bin(
