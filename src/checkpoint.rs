@@ -65,7 +65,38 @@ pub fn write(
     };
     let data = safetensors::serialize(contiguous.iter().map(|(n, t)| (*n, t)), meta)
         .with_context(|| format!("cannot serialise checkpoint {}", path.display()))?;
-    write_atomically(path, &data)
+    write_atomically(path, &with_sorted_header(data))
+}
+
+/// Rewrites the JSON header with its keys sorted, so that the same tensors and metadata always
+/// give the same bytes (same seed ⇒ byte-identical checkpoints, checkable with `sha256sum`).
+///
+/// Why: safetensors serialises the metadata from a `HashMap`, whose iteration order is random
+/// per process. serde_json's `Value` map (no `preserve_order`) is a `BTreeMap`, and the compact
+/// re-serialisation of the same content has the same length, so the header is padded with
+/// spaces back to its original size and the tensor offsets stay valid. Readers (ours,
+/// PyTorch's `safetensors`) locate tensors by their offsets, not by header order.
+fn with_sorted_header(mut data: Vec<u8>) -> Vec<u8> {
+    let Some(len) = data
+        .first_chunk::<8>()
+        .map(|b| u64::from_le_bytes(*b) as usize)
+    else {
+        return data;
+    };
+    let Some(header) = data.get(8..8 + len) else {
+        return data;
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return data;
+    };
+    let Ok(mut sorted) = serde_json::to_vec(&value) else {
+        return data;
+    };
+    if sorted.len() <= len {
+        sorted.resize(len, b' ');
+        data[8..8 + len].copy_from_slice(&sorted);
+    }
+    data
 }
 
 /// Temp file in the destination directory, fsync, rename.
@@ -179,5 +210,44 @@ impl MixerNet {
             .load_state(&weights, false)
             .with_context(|| format!("while loading {}", path.display()))?;
         Ok(model)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Eight metadata keys: an unsorted header would match by chance once in 8! writes.
+    fn metadata() -> HashMap<String, String> {
+        (0..8)
+            .map(|i| (format!("imixer.key{i}"), format!("{{\"value\":{i}}}")))
+            .collect()
+    }
+
+    #[test]
+    fn the_same_content_writes_the_same_bytes_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tensor::arange(0f32, 6., &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
+        let tensors = vec![
+            ("b.weight".to_string(), t.clone()),
+            ("a.bias".to_string(), t.sum(1).unwrap()),
+        ];
+        let (p1, p2) = (
+            dir.path().join("1.safetensors"),
+            dir.path().join("2.safetensors"),
+        );
+        // Two maps built separately get different hashers, hence different iteration orders.
+        write(&p1, &tensors, &metadata()).unwrap();
+        write(&p2, &tensors, &metadata()).unwrap();
+        assert_eq!(std::fs::read(&p1).unwrap(), std::fs::read(&p2).unwrap());
+
+        let back = read(&p1, &Device::Cpu).unwrap();
+        assert_eq!(back.metadata, metadata());
+        let w = back.tensors["b.weight"].to_vec2::<f32>().unwrap();
+        assert_eq!(w, t.to_vec2::<f32>().unwrap());
+        assert_eq!(back.tensors["a.bias"].to_vec1::<f32>().unwrap(), [3., 12.]);
     }
 }
