@@ -13,18 +13,26 @@ use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
     let shards: usize = std::env::args().nth(1).unwrap().parse()?;
-    let family: Family = std::env::args()
-        .nth(2)
-        .unwrap()
-        .parse()
-        .map_err(anyhow::Error::msg)?;
-    let inner = if shards > 1 { 1 } else { 2 };
+    // A family (fmnist-tiny benchmark config, batch 128) or a registered model name (batch
+    // from the third argument, default 64).
+    let name = std::env::args().nth(2).unwrap();
+    let inner = if shards > 1 || std::env::var_os("PROBE_ONE_THREAD").is_some() {
+        1
+    } else {
+        2
+    };
     std::env::set_var("RAYON_NUM_THREADS", inner.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", inner.to_string());
     rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build_global()?;
-    let (cfg, batch) = bench_config("fmnist-tiny", family, &Default::default())?;
+    let (cfg, batch) = match name.parse::<Family>() {
+        Ok(family) => bench_config("fmnist-tiny", family, &Default::default())?,
+        Err(_) => (
+            imixer::registry::lookup(&name).map_err(anyhow::Error::msg)?,
+            std::env::args().nth(3).map_or(Ok(64), |b| b.parse())?,
+        ),
+    };
     let dev = Device::Cpu;
     let model = MixerNet::new(&cfg, 0, &dev)?;
     let x = imixer::params::seeded_normal(0, &[batch, 1, 28, 28], 1.0, DType::F32, &dev)?;
@@ -38,20 +46,27 @@ fn main() -> anyhow::Result<()> {
         },
     )?;
     let per = batch / shards;
+    // One single-thread rayon pool per shard, so that our kernels' parallel loops stay on the
+    // shard's own thread.
+    let pools: Vec<rayon::ThreadPool> = (0..shards)
+        .map(|_| rayon::ThreadPoolBuilder::new().num_threads(inner).build())
+        .collect::<Result<_, _>>()?;
     let mut times = vec![];
-    for step in 0..8 {
+    for step in 0..23 {
         let t = Instant::now();
         let grads: Vec<candle_core::backprop::GradStore> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..shards)
                 .map(|i| {
-                    let (model, x, labels) = (&model, &x, &labels);
-                    s.spawn(move || -> candle_core::Result<_> {
-                        let xs = x.narrow(0, i * per, per)?;
-                        let ls = labels.narrow(0, i * per, per)?;
-                        let mut ctx = ForwardCtx::train(i as u64);
-                        let logits = model.forward(&xs, &mut ctx)?;
-                        let (loss, _, _) = model.loss(&logits, &ls)?;
-                        (loss / shards as f64)?.backward()
+                    let (model, x, labels, pool) = (&model, &x, &labels, &pools[i]);
+                    s.spawn(move || {
+                        pool.install(|| -> candle_core::Result<_> {
+                            let xs = x.narrow(0, i * per, per)?;
+                            let ls = labels.narrow(0, i * per, per)?;
+                            let mut ctx = ForwardCtx::train(i as u64);
+                            let logits = model.forward(&xs, &mut ctx)?;
+                            let (loss, _, _) = model.loss(&logits, &ls)?;
+                            (loss / shards as f64)?.backward()
+                        })
                     })
                 })
                 .collect();
@@ -76,7 +91,7 @@ fn main() -> anyhow::Result<()> {
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
-        "shards {shards} {family:?}: median {:.0} ms min {:.0}",
+        "shards {shards} {name}: median {:.0} ms min {:.0}",
         times[times.len() / 2],
         times[0]
     );

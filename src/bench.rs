@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::config::{Family, IMixerConfig, ModelConfig, Solver};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::train::{train_step, Targets};
+use crate::train::{train_step, Shards, Targets};
 use crate::MixerNet;
 
 /// (img, in_chans, patch, D, blocks, batch) of each benchmark configuration, with the iMixer's
@@ -51,6 +51,8 @@ pub struct BenchResult {
     pub config: String,
     pub mode: String,
     pub threads: usize,
+    /// Data-parallel shards per batch (`train::Shards`).
+    pub shards: usize,
     pub batch: usize,
     pub median_ms: f64,
     pub min_ms: f64,
@@ -85,6 +87,7 @@ pub fn run(
     imixer: &IMixerConfig,
     mode: &str,
     threads: usize,
+    shards: usize,
     warmup: usize,
     steps: usize,
     budget_s: f64,
@@ -108,16 +111,25 @@ pub fn run(
             ..AdamWConfig::default()
         },
     )?;
+    let shards = Shards::new(shards, threads)?;
     let mut times = Vec::new();
     let start = Instant::now();
     for i in 0..warmup + steps {
         let t0 = Instant::now();
         match mode {
             "train" => {
-                train_step(&model, &mut opt, &x, Targets::Hard(&labels), i as u64, None)?;
+                train_step(
+                    &model,
+                    &mut opt,
+                    &shards,
+                    &x,
+                    Targets::Hard(&labels),
+                    i as u64,
+                    None,
+                )?;
             }
             "infer" => {
-                let logits = model.infer(&x)?;
+                let logits = shards.infer(&model, &x)?;
                 logits.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
             }
             other => bail!("unknown bench mode '{other}' (train, infer)"),
@@ -137,6 +149,7 @@ pub fn run(
         config: config.to_string(),
         mode: mode.to_string(),
         threads,
+        shards: shards.count(),
         batch,
         median_ms: median,
         min_ms: times[0],

@@ -20,6 +20,10 @@ pub struct BenchArgs {
     /// Worker threads (matmul and kernels).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Data-parallel shards per batch, as `imixer train --shards` (1: every op split over the
+    /// threads instead).
+    #[arg(long, default_value_t = 2)]
+    pub shards: usize,
     /// Untimed warm-up steps.
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
@@ -69,14 +73,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let family: Family = family.parse().map_err(anyhow::Error::msg)?;
             for mode in list(&a.mode, &["train", "infer"]) {
                 let r = crate::bench::run(
-                    &config, family, &imixer, &mode, a.threads, a.warmup, a.steps, a.budget,
+                    &config, family, &imixer, &mode, a.threads, a.shards, a.warmup, a.steps,
+                    a.budget,
                 )?;
                 if a.json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
                     println!(
-                        "{:<12} {:<13} {:<6} threads {}  median {:8.1} ms  {:8.1} img/s  peak RSS {:7.1} MiB",
-                        r.config, r.family, r.mode, r.threads, r.median_ms, r.img_per_s, r.peak_rss_mb
+                        "{:<12} {:<13} {:<6} threads {} shards {}  median {:8.1} ms  {:8.1} img/s  peak RSS {:7.1} MiB",
+                        r.config, r.family, r.mode, r.threads, r.shards, r.median_ms, r.img_per_s, r.peak_rss_mb
                     );
                 }
             }

@@ -35,8 +35,13 @@ pub struct EvalArgs {
     /// Where to write the confusion-matrix PNG (default: next to the checkpoint).
     #[arg(long)]
     pub confusion_png: Option<PathBuf>,
+    /// Compute threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Data-parallel shards per batch, each on its own share of the threads (as `imixer train
+    /// --shards`).
+    #[arg(long, default_value_t = 2)]
+    pub shards: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -101,7 +106,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let split = if a.train_split { ds.train } else { ds.val };
     let tf = eval_transform(&net, saved_tf, a.crop_pct);
     let loader = Loader::new(Arc::new(split), tf, LoaderConfig::eval(a.batch_size))?;
-    let report = evaluate(&net, &loader, classes.len())?;
+    let shards = crate::train::Shards::new(a.shards, a.threads)?;
+    let report = evaluate(&net, &shards, &loader, classes.len())?;
     let png = a.confusion_png.clone().unwrap_or_else(|| {
         a.checkpoint.with_file_name(format!(
             "{}.confusion.png",

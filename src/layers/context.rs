@@ -7,7 +7,9 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::spectral_norm::SnCall;
+use std::collections::BTreeMap;
+
+use super::spectral_norm::{SnBuffers, SnCall};
 
 pub struct ForwardCtx {
     /// Training mode: power iterations run, drop-path is active.
@@ -20,6 +22,11 @@ pub struct ForwardCtx {
     pub activations: Option<Vec<(String, candle_core::Tensor)>>,
     /// Fixed-point solver statistics per iMLP call (block name, iterations, final residual).
     pub solver_stats: Vec<crate::models::imlp::SolverStats>,
+    /// When set, the spectral-norm buffers (u, v, σ) advance here, keyed by module name, instead
+    /// of in the model's variables; [`crate::MixerNet::commit_sn`] writes them back. Lets
+    /// several forwards run concurrently from the same starting buffers (data-parallel shards):
+    /// each replays the same power iterations, so every shard ends with the same buffers.
+    pub deferred_sn: Option<BTreeMap<String, SnBuffers>>,
 }
 
 impl ForwardCtx {
@@ -38,7 +45,13 @@ impl ForwardCtx {
             sn_trace: None,
             activations: None,
             solver_stats: Vec::new(),
+            deferred_sn: None,
         }
+    }
+
+    pub fn with_deferred_sn(mut self) -> Self {
+        self.deferred_sn = Some(BTreeMap::new());
+        self
     }
 
     pub fn with_sn_trace(mut self) -> Self {

@@ -27,6 +27,16 @@ pub struct SnCall {
     pub factor: f64,
 }
 
+/// A module's spectral-norm buffers after a call: the power-iteration vectors and σ = uᵀ W v.
+#[derive(Clone, Debug)]
+pub struct SnBuffers {
+    pub u: Tensor,
+    pub v: Tensor,
+    pub sigma: Tensor,
+    /// Whether the call ran the power iteration (train mode), i.e. whether u and v moved.
+    pub iterated: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct SoftSpectralNorm {
     pub name: String,
@@ -72,18 +82,34 @@ impl SoftSpectralNorm {
         let w = self.weight_orig.as_tensor();
         // Copies, never views of the buffers: a later call updates the buffers in place, and this
         // call's graph (∂σ̂/∂W = u vᵀ) must keep this call's u, v — the reference clones them too.
-        let (mut u, mut v) = (self.u.as_tensor().copy()?, self.v.as_tensor().copy()?);
-        if ctx.train && self.n_power > 0 {
+        // Deferred buffers (data-parallel shards) are never updated in place, so sharing them is
+        // as safe as the copies.
+        let deferred = ctx.deferred_sn.as_ref().and_then(|m| m.get(&self.name));
+        let (mut u, mut v) = match deferred {
+            Some(b) => (b.u.clone(), b.v.clone()),
+            None => (self.u.as_tensor().copy()?, self.v.as_tensor().copy()?),
+        };
+        let iterated = ctx.train && self.n_power > 0;
+        if iterated {
             (u, v) = power_iteration(&w.detach(), &u, &v, self.n_power)?;
-            self.u.set(&u)?;
-            self.v.set(&v)?;
         }
         let sigma = u
             .unsqueeze(0)?
             .matmul(&w.matmul(&v.unsqueeze(1)?)?)?
             .reshape(1)?;
         let sigma_value = sigma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?[0];
-        self.sigma.set(&sigma.detach())?;
+        let buffers = SnBuffers {
+            u: u.clone(),
+            v: v.clone(),
+            sigma: sigma.detach(),
+            iterated,
+        };
+        match ctx.deferred_sn.as_mut() {
+            Some(m) => {
+                m.insert(self.name.clone(), buffers);
+            }
+            None => commit_buffers(&self.u, &self.v, &self.sigma, &buffers)?,
+        }
         let factor = (sigma_value / self.coeff).max(1.0);
         if let Some(trace) = ctx.sn_trace.as_mut() {
             trace.push(SnCall {
@@ -106,6 +132,16 @@ impl SoftSpectralNorm {
         let w = self.weight(ctx)?;
         linear(x, &w, Some(self.bias.as_tensor()), axis)
     }
+}
+
+/// Writes a call's buffers into a module's variables (u and v only after a power iteration: the
+/// reference's eval mode leaves them alone).
+pub fn commit_buffers(u: &Var, v: &Var, sigma: &Var, b: &SnBuffers) -> Result<()> {
+    if b.iterated {
+        u.set(&b.u)?;
+        v.set(&b.v)?;
+    }
+    sigma.set(&b.sigma)
 }
 
 /// `steps` power-iteration steps v ← normalize(Wᵀu), u ← normalize(W v) from (u, v).

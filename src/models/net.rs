@@ -1,9 +1,12 @@
 //! The network of every family: stem → blocks → LayerNorm(D) → mean over tokens → head.
 
+use std::collections::BTreeMap;
+
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::blocks::Block;
 use crate::config::ModelConfig;
+use crate::layers::spectral_norm::{commit_buffers, SnBuffers};
 use crate::layers::{Axis, ForwardCtx, LayerNorm, Linear, PatchEmbed};
 use crate::params::{Builder, ParamStore};
 
@@ -87,6 +90,21 @@ impl MixerNet {
         let x = self.norm.forward(&x)?;
         ctx.record("norm", &x);
         self.head.forward(&x.mean(1)?, Axis::Channels)
+    }
+
+    /// Writes the spectral-norm buffers a deferred forward advanced
+    /// ([`ForwardCtx::deferred_sn`], keyed by module name) into the model's variables.
+    pub fn commit_sn(&self, buffers: &BTreeMap<String, SnBuffers>) -> Result<()> {
+        for (module, b) in buffers {
+            let var = |leaf: &str| {
+                let name = format!("{module}.{leaf}");
+                self.params.get(&name).map(|e| &e.var).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("no spectral-norm buffer {name} in the model"))
+                })
+            };
+            commit_buffers(var("weight_u")?, var("weight_v")?, var("weight_sigma")?, b)?;
+        }
+        Ok(())
     }
 
     /// AsymMixer's symmetry-breaking penalty λ·Σ_blocks(‖tok.fc2.W‖² + ‖ch.fc2.W‖²) (no ½);

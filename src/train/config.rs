@@ -56,6 +56,12 @@ pub struct TrainConfig {
     pub workers: usize,
     /// Compute threads (0: all cores).
     pub threads: usize,
+    /// Data-parallel shards per batch: the batch splits into this many row slices that run side
+    /// by side, each on its own share of the threads, gradients summed in shard order
+    /// (`train::shards`). Results depend on the shard count, never on `threads`. A config
+    /// written before this knob existed meant one shard.
+    #[serde(default = "one_shard")]
+    pub shards: usize,
     pub train_transform: TrainTransform,
     pub eval_transform: EvalTransform,
     /// Mixup/CutMix and label smoothing (`prob = 0` or both alphas 0: smoothing only).
@@ -67,6 +73,10 @@ pub struct TrainConfig {
     /// Also checkpoint `last` every this many optimizer steps inside an epoch.
     pub save_every_steps: Option<usize>,
     pub eval_batch_size: usize,
+}
+
+fn one_shard() -> usize {
+    1
 }
 
 impl Default for TrainConfig {
@@ -120,6 +130,7 @@ impl TrainConfig {
             seed: 0,
             workers: 1,
             threads: 0,
+            shards: 2,
             train_transform: TrainTransform {
                 random_erase: 0.25,
                 ..TrainTransform::small(28, 1, 0)
@@ -197,6 +208,9 @@ impl TrainConfig {
         }
         if self.grad_accum == 0 {
             return Err("grad_accum must be ≥ 1".into());
+        }
+        if self.shards == 0 {
+            return Err("shards must be ≥ 1".into());
         }
         for (name, v) in [
             ("lr", self.lr),

@@ -4,6 +4,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
+use super::shards::Shards;
 use crate::data::Loader;
 use crate::MixerNet;
 
@@ -23,8 +24,14 @@ pub fn images_tensor(images: Vec<f32>, shape: [usize; 4], device: &Device) -> Re
     Ok(Tensor::from_vec(images, shape.to_vec(), device)?)
 }
 
-/// Evaluates `model` (eval mode) over every batch of `loader` (epoch 0, stored order).
-pub fn evaluate(model: &MixerNet, loader: &Loader, num_classes: usize) -> Result<EvalReport> {
+/// Evaluates `model` (eval mode) over every batch of `loader` (epoch 0, stored order), each
+/// batch split into `shards` that run side by side.
+pub fn evaluate(
+    model: &MixerNet,
+    shards: &Shards,
+    loader: &Loader,
+    num_classes: usize,
+) -> Result<EvalReport> {
     let dev = model.device().clone();
     let mut confusion = vec![vec![0usize; num_classes]; num_classes];
     let (mut loss_sum, mut top5_hits, mut n) = (0f64, 0usize, 0usize);
@@ -32,7 +39,7 @@ pub fn evaluate(model: &MixerNet, loader: &Loader, num_classes: usize) -> Result
         let batch = batch?;
         let b = batch.labels.len();
         let x = images_tensor(batch.images, batch.shape, &dev)?;
-        let logits = model.infer(&x)?;
+        let logits = shards.infer(model, &x)?;
         let labels = Tensor::from_vec(
             batch.labels.iter().map(|&l| l as u32).collect::<Vec<_>>(),
             b,

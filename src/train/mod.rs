@@ -4,11 +4,13 @@ pub mod config;
 pub mod eval;
 pub mod metrics;
 pub mod schedule;
+pub mod shards;
 pub mod state;
 pub mod step;
 pub mod trainer;
 
 pub use config::TrainConfig;
 pub use metrics::EpochMetrics;
-pub use step::{train_step, StepOutput, Targets};
+pub use shards::Shards;
+pub use step::{forward_backward, train_step, BatchGrads, StepOutput, Targets};
 pub use trainer::{train, RunOptions, TrainSummary};

@@ -1,15 +1,139 @@
-//! One optimisation step: train-mode forward → loss (+ λ term) → backward → AdamW.
+//! One optimisation step: train-mode forward → loss (+ λ term) → backward → AdamW, the batch
+//! optionally split into data-parallel shards ([`Shards`]).
 
-use candle_core::{Result, Tensor};
+use anyhow::{bail, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor};
 
+use super::shards::Shards;
 use crate::layers::ForwardCtx;
+use crate::models::imlp::SolverStats;
 use crate::models::MixerNet;
 use crate::optim::AdamW;
 
 /// Hard labels (u32, (B,)) or soft targets ((B, classes), Mixup/CutMix/label smoothing).
+#[derive(Clone, Copy)]
 pub enum Targets<'a> {
     Hard(&'a Tensor),
     Soft(&'a Tensor),
+}
+
+/// What a forward + backward pass over one batch leaves.
+pub struct BatchGrads {
+    /// The parameters' gradients of the batch's mean loss, divided by the `accum` given.
+    pub grads: GradStore,
+    /// Mean loss over the batch (λ term included) and mean cross-entropy.
+    pub loss: f64,
+    pub ce: f64,
+    /// (B, classes) logits, detached, rows in batch order.
+    pub logits: Tensor,
+    /// Every iMLP solve of the pass, shard by shard.
+    pub solver_stats: Vec<SolverStats>,
+}
+
+/// The drop-path seed of shard `i`: shard 0 keeps the batch's seed, so a one-shard pass draws
+/// exactly what the unsharded step drew.
+fn shard_seed(seed: u64, i: usize) -> u64 {
+    seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Forward and backward over `images` in `shards`. Shard i's loss is its mean over its rows;
+/// it is backpropagated divided by (B · accum / rows), so the summed gradients are those of the
+/// batch mean divided by `accum` (gradient accumulation). Spectral-norm buffers: with several
+/// shards each forward advances its own copy from the same start (the power iteration depends
+/// only on W and u, so all copies agree) and shard 0's is committed at the end.
+pub fn forward_backward(
+    model: &MixerNet,
+    shards: &Shards,
+    images: &Tensor,
+    targets: Targets,
+    seed: u64,
+    accum: usize,
+) -> Result<BatchGrads> {
+    let b = images.dim(0)?;
+    let sharded = shards.count() > 1;
+    let parts = shards.run(b, |i, rows| {
+        let n = rows.len();
+        let slice = |t: &Tensor| t.narrow(0, rows.start, n);
+        let (x, t) = if sharded {
+            let t = match targets {
+                Targets::Hard(t) | Targets::Soft(t) => slice(t)?,
+            };
+            (slice(images)?, Some(t))
+        } else {
+            (images.clone(), None)
+        };
+        let mut ctx = ForwardCtx::train(shard_seed(seed, i));
+        if sharded {
+            ctx = ctx.with_deferred_sn();
+        }
+        let logits = model.forward(&x, &mut ctx)?;
+        let (loss, ce, _) = match (targets, t.as_ref()) {
+            (Targets::Hard(l), t) => model.loss(&logits, t.unwrap_or(l))?,
+            (Targets::Soft(s), t) => model.soft_loss(&logits, t.unwrap_or(s))?,
+        };
+        let scalar = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar()?) };
+        let (loss_value, ce_value) = (scalar(&loss)?, scalar(&ce)?);
+        let divisor = (b * accum) as f64 / n as f64;
+        let grads = if divisor == 1.0 {
+            loss.backward()?
+        } else {
+            (loss / divisor)?.backward()?
+        };
+        let weight = n as f64 / b as f64;
+        Ok((
+            grads,
+            loss_value * weight,
+            ce_value * weight,
+            logits.detach(),
+            ctx,
+        ))
+    })?;
+    let mut acc: Option<GradStore> = None;
+    let (mut loss, mut ce) = (0.0, 0.0);
+    let mut logits = Vec::with_capacity(parts.len());
+    let mut solver_stats = Vec::new();
+    for (i, (grads, l, c, z, ctx)) in parts.into_iter().enumerate() {
+        if let (0, Some(sn)) = (i, &ctx.deferred_sn) {
+            model.commit_sn(sn)?;
+        }
+        add_grads(&mut acc, grads, model)?;
+        loss += l;
+        ce += c;
+        logits.push(z);
+        solver_stats.extend(ctx.solver_stats);
+    }
+    let grads = acc.ok_or_else(|| anyhow::anyhow!("empty batch: nothing to train on"))?;
+    let logits = match logits.len() {
+        1 => logits.pop().expect("one shard"),
+        _ => Tensor::cat(&logits, 0)?,
+    };
+    Ok(BatchGrads {
+        grads,
+        loss,
+        ce,
+        logits,
+        solver_stats,
+    })
+}
+
+/// Adds `new` into `acc` for every parameter (shards, gradient accumulation).
+pub fn add_grads(acc: &mut Option<GradStore>, new: GradStore, model: &MixerNet) -> Result<()> {
+    match acc {
+        None => *acc = Some(new),
+        Some(acc) => {
+            for e in model.params.params() {
+                if let Some(g) = new.get(e.var.as_tensor()) {
+                    let sum = match acc.get(e.var.as_tensor()) {
+                        Some(a) => (a + g)?,
+                        None => g.clone(),
+                    };
+                    acc.insert(e.var.as_tensor(), sum);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 pub struct StepOutput {
@@ -23,31 +147,24 @@ pub struct StepOutput {
 pub fn train_step(
     model: &MixerNet,
     opt: &mut AdamW,
+    shards: &Shards,
     images: &Tensor,
     targets: Targets,
     seed: u64,
     clip_grad: Option<f64>,
 ) -> Result<StepOutput> {
-    let mut ctx = ForwardCtx::train(seed);
-    let logits = model.forward(images, &mut ctx)?;
-    let (loss, ce, _) = match targets {
-        Targets::Hard(labels) => model.loss(&logits, labels)?,
-        Targets::Soft(t) => model.soft_loss(&logits, t)?,
-    };
-    let loss_value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-    if !loss_value.is_finite() {
-        candle_core::bail!("non-finite loss {loss_value}");
+    let pass = forward_backward(model, shards, images, targets, seed, 1)?;
+    if !pass.loss.is_finite() {
+        bail!("non-finite loss {}", pass.loss);
     }
-    let ce_value = ce.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-    let grads = loss.backward()?;
     let grads = match clip_grad {
-        Some(max_norm) => crate::optim::clip::clip_grad_norm(&model.params, grads, max_norm)?,
-        None => grads,
+        Some(max_norm) => crate::optim::clip::clip_grad_norm(&model.params, pass.grads, max_norm)?,
+        None => pass.grads,
     };
     opt.step(&grads)?;
     Ok(StepOutput {
-        loss: loss_value,
-        ce: ce_value,
-        logits: logits.detach(),
+        loss: pass.loss,
+        ce: pass.ce,
+        logits: pass.logits,
     })
 }

@@ -17,10 +17,11 @@ use super::metrics::{
     SolverTotals,
 };
 use super::schedule::CosineSchedule;
+use super::shards::Shards;
 use super::state::{self, EpochProgress, RunState};
+use super::step::{add_grads, forward_backward, Targets};
 use crate::config::{Family, ModelConfig};
 use crate::data::{self, Dataset, Loader, LoaderConfig, Mixup};
-use crate::layers::ForwardCtx;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::{registry, MixerNet};
 
@@ -94,25 +95,6 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Adds `new` into `acc` for every parameter (gradient accumulation).
-fn accumulate(acc: &mut Option<GradStore>, new: GradStore, model: &MixerNet) -> Result<()> {
-    match acc {
-        None => *acc = Some(new),
-        Some(acc) => {
-            for e in model.params.params() {
-                if let Some(g) = new.get(e.var.as_tensor()) {
-                    let sum = match acc.get(e.var.as_tensor()) {
-                        Some(a) => (a + g)?,
-                        None => g.clone(),
-                    };
-                    acc.insert(e.var.as_tensor(), sum);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Trains `cfg` to completion (or until `opts.stop_after_steps`), writing the run directory.
 ///
 /// Every random choice is a function of `cfg.seed` and the position in the run (epoch, batch,
@@ -171,6 +153,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
         model,
         opt,
         st,
+        shards: Shards::new(cfg.shards, cfg.threads)?,
         train_loader,
         val_loader,
         dir,
@@ -186,7 +169,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
     }
     let report = match last_report {
         Some(r) => r,
-        None => evaluate(&run.model, &run.val_loader, run.classes.len())?,
+        None => evaluate(&run.model, &run.shards, &run.val_loader, run.classes.len())?,
     };
     Ok(TrainSummary {
         out: run.dir.out,
@@ -310,6 +293,7 @@ struct Run<'a> {
     model: MixerNet,
     opt: AdamW,
     st: RunState,
+    shards: Shards,
     train_loader: Loader,
     val_loader: Loader,
     dir: RunDir,
@@ -365,9 +349,15 @@ impl Run<'_> {
             let seed = splitmix(
                 cfg.seed ^ splitmix(self.st.step.wrapping_mul(31).wrapping_add(kb as u64)),
             );
-            let mut ctx = ForwardCtx::train(seed);
-            let logits = self.model.forward(&x, &mut ctx)?;
-            for s in &ctx.solver_stats {
+            let pass = forward_backward(
+                &self.model,
+                &self.shards,
+                &x,
+                Targets::Soft(&targets),
+                seed,
+                accum,
+            )?;
+            for s in &pass.solver_stats {
                 record_solve(&mut progress.solver_blocks, s);
                 // Warn for the first few cap hits of the epoch; the rest are counted.
                 if !s.converged && SolverTotals::of(&progress.solver_blocks).unconverged <= 3 {
@@ -379,8 +369,7 @@ impl Run<'_> {
                     });
                 }
             }
-            let (loss, _, _) = self.model.soft_loss(&logits, &targets)?;
-            let loss_value = loss.to_scalar::<f32>()? as f64;
+            let loss_value = pass.loss;
             if !loss_value.is_finite() {
                 bar.abandon();
                 bail!(
@@ -389,12 +378,8 @@ impl Run<'_> {
                     self.dir.last.display()
                 );
             }
-            let g = if accum > 1 {
-                (loss / accum as f64)?.backward()?
-            } else {
-                loss.backward()?
-            };
-            accumulate(&mut grads, g, &self.model)?;
+            add_grads(&mut grads, pass.grads, &self.model)?;
+            let logits = pass.logits;
             let rows = logits.to_vec2::<f32>()?;
             progress.correct += rows
                 .iter()
@@ -470,7 +455,12 @@ impl Run<'_> {
     /// Evaluates the epoch just trained, records its metrics and writes the checkpoints.
     fn finish_epoch(&mut self, trained: EpochTrained, epoch_start: Instant) -> Result<EvalReport> {
         let epoch = self.st.epoch;
-        let report = evaluate(&self.model, &self.val_loader, self.classes.len())?;
+        let report = evaluate(
+            &self.model,
+            &self.shards,
+            &self.val_loader,
+            self.classes.len(),
+        )?;
         // The loss check in `train_epoch` sees each batch *before* its update, so the epoch's last
         // step can still have broken the weights: check them (and the validation loss they give)
         // before anything of this epoch is written.

@@ -56,6 +56,31 @@ unsafe impl Send for BarrierPool {}
 
 thread_local! {
     static IN_BARRIER_POOL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// imixer patch 4: this thread's cap on the thread count of candle's CPU ops (0: none).
+    static THREADS_OVERRIDE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// imixer patch 4: runs `f` with the CPU ops this thread issues limited to `n` threads: matmuls
+/// get `n` as their gemm parallelism, and for `n = 1` the elementwise ops run inline instead of
+/// on the shared barrier pool (whose call lock would otherwise serialise concurrent callers).
+/// Lets a caller run several independent computations side by side, each on its own core
+/// (data-parallel shards of a batch), without them fighting over the global pools. The previous
+/// cap is restored on return or unwinding.
+pub fn with_num_threads<R>(n: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            THREADS_OVERRIDE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(THREADS_OVERRIDE.with(|c| c.replace(n)));
+    f()
+}
+
+/// Whether a barrier-pool call from this thread must run inline: nested inside the pool, or
+/// capped to one thread by [`with_num_threads`].
+fn barrier_inline() -> bool {
+    IN_BARRIER_POOL.with(|f| f.get()) || THREADS_OVERRIDE.with(|c| c.get()) == 1
 }
 
 unsafe fn call_trampoline<F: Fn(usize)>(data: *const (), tid: usize) {
@@ -301,7 +326,7 @@ impl BarrierPool {
         if n_items == 0 {
             return;
         }
-        if IN_BARRIER_POOL.with(|f| f.get()) {
+        if barrier_inline() {
             f(0..n_items);
             return;
         }
@@ -321,7 +346,7 @@ impl BarrierPool {
             return;
         }
         // nested use from a worker would deadlock on the call lock; run inline instead
-        if IN_BARRIER_POOL.with(|f| f.get()) {
+        if barrier_inline() {
             f(0..n_items);
             return;
         }
@@ -417,6 +442,11 @@ fn candle_num_threads() -> usize {
 }
 
 pub fn get_num_threads() -> usize {
+    // imixer patch 4: a per-thread cap set by `with_num_threads` wins.
+    let cap = THREADS_OVERRIDE.with(|c| c.get());
+    if cap > 0 {
+        return cap;
+    }
     // Respond to the same environment variable as rayon.
     rayon_num_threads()
 }
