@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_PY=${TORCH_PY:-.venv-torch/bin/python}
 THREADS=${THREADS:-2}
+# imixer's data-parallel shards per batch (imixer bench --shards; 1 = every op split over the
+# threads, as PyTorch does).
+SHARDS=${SHARDS:-2}
 CONFIGS=${CONFIGS:-fmnist-tiny}
 FAMILIES=${FAMILIES:-all}
 MODES=${MODES:-all}
@@ -20,7 +23,7 @@ cargo build --release --quiet
 for c in ${CONFIGS//,/ }; do
   for f in ${FAMILIES//,/ }; do
     for m in ${MODES//,/ }; do
-      ./target/release/imixer bench --config "$c" --family "$f" --mode "$m" --threads "$THREADS" --json | tee -a runs/bench/imixer.jsonl
+      ./target/release/imixer bench --config "$c" --family "$f" --mode "$m" --threads "$THREADS" --shards "$SHARDS" --json | tee -a runs/bench/imixer.jsonl
       "$TORCH_PY" ../shared/bench/torch_baseline.py --config "$c" --family "$f" --mode "$m" --threads "$THREADS" 2>/dev/null | tee -a runs/bench/torch.jsonl
     done
   done

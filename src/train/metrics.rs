@@ -33,7 +33,8 @@ pub struct EpochMetrics {
     pub solver_blocks: Vec<BlockSolverStats>,
 }
 
-/// One iMLP block's fixed-point solves over an epoch.
+/// One iMLP block's fixed-point solves over an epoch. Each data-parallel shard of a batch solves
+/// its own rows, so a batch counts `shards` solves per block.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct BlockSolverStats {
     pub module: String,

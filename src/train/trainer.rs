@@ -233,12 +233,31 @@ impl RunDir {
             let saved: TrainConfig = toml::from_str(&saved)
                 .with_context(|| format!("cannot parse {}", saved_path.display()))?;
             if &saved != cfg {
-                bail!("--resume: the configuration differs from the one saved in {}; resume with the same settings", saved_path.display());
+                bail!(
+                    "--resume: the configuration differs from the one saved in {} ({}); resume with the same settings",
+                    saved_path.display(),
+                    config_differences(&saved, cfg).join("; ")
+                );
             }
         }
         crate::checkpoint::write_atomically(&saved_path, dir.config_toml.as_bytes())?;
         Ok(dir)
     }
+}
+
+/// The top-level settings in which `now` differs from `saved`, as "key: saved A, now B" (runs
+/// started before a knob existed saved its old meaning, e.g. `shards` 1).
+fn config_differences(saved: &TrainConfig, now: &TrainConfig) -> Vec<String> {
+    let table = |c: &TrainConfig| toml::Table::try_from(c).unwrap_or_default();
+    let (a, b) = (table(saved), table(now));
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let show = |v: Option<&toml::Value>| v.map_or("unset".to_string(), |v| v.to_string());
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("{k}: saved {}, now {}", show(a.get(k)), show(b.get(k))))
+        .collect()
 }
 
 /// The training and validation loaders of a config: the recipe's transforms at the model's image
@@ -645,5 +664,19 @@ mod tests {
                 .unwrap();
             assert_eq!(first_non_finite(&model).unwrap(), None);
         }
+    }
+
+    #[test]
+    fn a_config_saved_without_shards_means_one_and_differences_are_named() {
+        let now = TrainConfig::default();
+        let mut table = toml::Table::try_from(&now).unwrap();
+        table.remove("shards");
+        let saved: TrainConfig = toml::from_str(&table.to_string()).unwrap();
+        assert_eq!((saved.shards, now.shards), (1, 2));
+        assert_eq!(
+            config_differences(&saved, &now),
+            vec!["shards: saved 1, now 2".to_string()]
+        );
+        assert!(config_differences(&now, &now).is_empty());
     }
 }
