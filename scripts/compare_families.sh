@@ -7,13 +7,15 @@ cd "$(dirname "$0")/.."
 EPOCHS=${EPOCHS:-2}
 CROP_PADDING=${CROP_PADDING:-0}
 REPROB=${REPROB:-0.25}
+# Data-parallel shards per batch (SHARDS=1 reproduces the README table, measured before shards).
+SHARDS=${SHARDS:-2}
 BIN=./target/release/imixer
 cargo build --release --quiet
 mkdir -p runs/compare
 for f in mixer imixer paramixer symmixer; do
   out=runs/compare/$f
   rm -rf "$out"
-  "$BIN" train --model "${f}_n4_28" --epochs "$EPOCHS" --crop-padding "$CROP_PADDING" --reprob "$REPROB" \
+  "$BIN" train --model "${f}_n4_28" --epochs "$EPOCHS" --crop-padding "$CROP_PADDING" --reprob "$REPROB" --shards "$SHARDS" \
     --out "$out" --json > "$out.json" 2> "$out.log"
 done
 python3 - <<'PY'

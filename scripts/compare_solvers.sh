@@ -15,7 +15,7 @@ mkdir -p runs/solvers
 for s in $SOLVERS; do
   out=runs/solvers/$s
   rm -rf "$out"
-  "$BIN" train --model imixer_n4_28 --crop-padding 2 --reprob 0 --epochs "$EPOCHS" --solver "$s" --solver-tol "$TOL" \
+  "$BIN" train --model imixer_n4_28 --crop-padding 2 --reprob 0 --shards 1 --epochs "$EPOCHS" --solver "$s" --solver-tol "$TOL" \
     --out "$out" --json > "$out.json" 2> "$out.log"
 done
 python3 - <<'PY'
