@@ -25,14 +25,24 @@ fn main() -> Result<()> {
     let model = MixerNet::new(&cfg, 0, &dev)?;
     let shape = [batch, cfg.in_chans, cfg.img_size, cfg.img_size];
     let x = imixer::params::seeded_normal(0, &shape, 1.0, DType::F32, &dev)?;
-    let labels: Vec<u32> = (0..batch as u32).map(|i| i % cfg.num_classes as u32).collect();
+    let labels: Vec<u32> = (0..batch as u32)
+        .map(|i| i % cfg.num_classes as u32)
+        .collect();
     let labels = Tensor::new(labels.as_slice(), &dev)?;
     let mut opt = AdamW::new(&model.params, AdamWConfig::default())?;
     let shards = Shards::new(shards, 2)?;
     let mut times = vec![];
     for step in 0..23 {
         let t = Instant::now();
-        train_step(&model, &mut opt, &shards, &x, Targets::Hard(&labels), step, None)?;
+        train_step(
+            &model,
+            &mut opt,
+            &shards,
+            &x,
+            Targets::Hard(&labels),
+            step,
+            None,
+        )?;
         if step >= 3 {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
