@@ -66,23 +66,19 @@ fn sharded_gradients_match_the_whole_batch_and_sn_buffers_match_exactly() -> Res
     for family in Family::ALL {
         let whole = model(family, 0.0)?;
         let split = model(family, 0.0)?;
-        let one = forward_backward(
-            &whole,
-            &Shards::new(1, 2)?,
-            &x,
-            Targets::Hard(&labels),
-            9,
-            1,
-        )?;
+        let pass = |m: &MixerNet, shards: usize| {
+            forward_backward(
+                m,
+                &Shards::new(shards, 2)?,
+                &x,
+                Targets::Hard(&labels),
+                9,
+                1,
+            )
+        };
+        let one = pass(&whole, 1)?;
         // 7 rows in 3 shards: 3 + 2 + 2, so the shard weights are unequal.
-        let three = forward_backward(
-            &split,
-            &Shards::new(3, 2)?,
-            &x,
-            Targets::Hard(&labels),
-            9,
-            1,
-        )?;
+        let three = pass(&split, 3)?;
         assert!(
             (one.loss - three.loss).abs() < 1e-5 * one.loss.abs(),
             "{family}: loss {} vs {}",
