@@ -1,58 +1,36 @@
 //! Probe: data-parallel shards vs intra-op threading on any registered model (`imixer bench`
 //! covers only the PyTorch-baseline configs). Times the train step (forward, loss, backward,
-//! AdamW) of MODEL at batch BATCH on 2 threads, the batch split into SHARDS slices:
+//! AdamW) of MODEL at batch BATCH on THREADS threads, the batch split into SHARDS slices:
 //!
-//! `cargo run --release --example shard_probe -- SHARDS MODEL [BATCH=64]`
+//! `cargo run --release --example shard_probe -- SHARDS MODEL [BATCH=64] [THREADS=2]`
 //!
-//! Measured (BENCHMARKS.md, tenth session): `paramixer_n4_28`, batch 64: one pass 84–101 ms,
-//! two shards 74–81 ms.
+//! Measured (BENCHMARKS.md, tenth session): `paramixer_n4_28`, batch 64: one pass on one thread
+//! ≈ 143 ms, on two threads 84–101 ms, two shards on two threads 74–81 ms. The machine's speed
+//! drifts, so compare only alternated runs (a later recheck: 101–109 vs 80–88 ms).
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
-use imixer::optim::{AdamW, AdamWConfig};
-use imixer::train::{train_step, Shards, Targets};
-use imixer::{registry, MixerNet};
-use std::time::Instant;
+use imixer::bench::{run_model, Timing};
+use imixer::registry;
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: shard_probe SHARDS MODEL [BATCH]";
+    let usage = "usage: shard_probe SHARDS MODEL [BATCH] [THREADS]";
     let shards: usize = args.next().context(usage)?.parse()?;
     let name = args.next().context(usage)?;
     let batch: usize = args.next().map_or(Ok(64), |b| b.parse())?;
-    imixer::cli::set_threads(2);
+    let threads: usize = args.next().map_or(Ok(2), |t| t.parse())?;
+    imixer::cli::set_threads(threads);
     let cfg = registry::lookup(&name).map_err(anyhow::Error::msg)?;
-    let dev = Device::Cpu;
-    let model = MixerNet::new(&cfg, 0, &dev)?;
-    let shape = [batch, cfg.in_chans, cfg.img_size, cfg.img_size];
-    let x = imixer::params::seeded_normal(0, &shape, 1.0, DType::F32, &dev)?;
-    let labels: Vec<u32> = (0..batch as u32)
-        .map(|i| i % cfg.num_classes as u32)
-        .collect();
-    let labels = Tensor::new(labels.as_slice(), &dev)?;
-    let mut opt = AdamW::new(&model.params, AdamWConfig::default())?;
-    let shards = Shards::new(shards, 2)?;
-    let mut times = vec![];
-    for step in 0..23 {
-        let t = Instant::now();
-        train_step(
-            &model,
-            &mut opt,
-            &shards,
-            &x,
-            Targets::Hard(&labels),
-            step,
-            None,
-        )?;
-        if step >= 3 {
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    times.sort_by(|a, b| a.total_cmp(b));
+    let timing = Timing {
+        threads,
+        shards,
+        warmup: 3,
+        steps: 20,
+        budget_s: 60.0,
+    };
+    let r = run_model(&name, &cfg, batch, "train", &timing)?;
     println!(
-        "{name} batch {batch}, {} shard(s): median {:.0} ms, min {:.0} ms",
-        shards.count(),
-        times[times.len() / 2],
-        times[0]
+        "{name} batch {batch}, {threads} thread(s), {shards} shard(s): median {:.0} ms, min {:.0} ms",
+        r.median_ms, r.min_ms
     );
     Ok(())
 }

@@ -80,21 +80,44 @@ pub fn peak_rss_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How a benchmark run is timed and threaded.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub threads: usize,
+    /// Data-parallel shards per batch (`train::Shards`).
+    pub shards: usize,
+    /// Untimed warm-up steps.
+    pub warmup: usize,
+    /// Timed steps (at least one is always timed).
+    pub steps: usize,
+    /// Stop timing after this many seconds.
+    pub budget_s: f64,
+}
+
+/// Times `mode` on one of the PyTorch-baseline configurations (`bench_config`).
 pub fn run(
     config: &str,
     family: Family,
     imixer: &IMixerConfig,
     mode: &str,
-    threads: usize,
-    shards: usize,
-    warmup: usize,
-    steps: usize,
-    budget_s: f64,
+    timing: &Timing,
 ) -> Result<BenchResult> {
     let (cfg, batch) = bench_config(config, family, imixer)?;
+    run_model(config, &cfg, batch, mode, timing)
+}
+
+/// Times `mode` (train: forward + loss + backward + AdamW; infer: the eval forward) on any model
+/// configuration at batch `batch`, with random inputs; `label` names the configuration in the
+/// result.
+pub fn run_model(
+    label: &str,
+    cfg: &ModelConfig,
+    batch: usize,
+    mode: &str,
+    timing: &Timing,
+) -> Result<BenchResult> {
     let dev = Device::Cpu;
-    let model = MixerNet::new(&cfg, 0, &dev)?;
+    let model = MixerNet::new(cfg, 0, &dev)?;
     let x = crate::params::seeded_normal(
         0,
         &[batch, cfg.in_chans, cfg.img_size, cfg.img_size],
@@ -102,7 +125,8 @@ pub fn run(
         DType::F32,
         &dev,
     )?;
-    let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
+    let classes = cfg.num_classes as u32;
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % classes).collect();
     let labels = Tensor::new(labels.as_slice(), &dev)?;
     let mut opt = AdamW::new(
         &model.params,
@@ -111,22 +135,15 @@ pub fn run(
             ..AdamWConfig::default()
         },
     )?;
-    let shards = Shards::new(shards, threads)?;
+    let shards = Shards::new(timing.shards, timing.threads)?;
     let mut times = Vec::new();
     let start = Instant::now();
-    for i in 0..warmup + steps {
+    for i in 0..timing.warmup + timing.steps.max(1) {
         let t0 = Instant::now();
         match mode {
             "train" => {
-                train_step(
-                    &model,
-                    &mut opt,
-                    &shards,
-                    &x,
-                    Targets::Hard(&labels),
-                    i as u64,
-                    None,
-                )?;
+                let targets = Targets::Hard(&labels);
+                train_step(&model, &mut opt, &shards, &x, targets, i as u64, None)?;
             }
             "infer" => {
                 let logits = shards.infer(&model, &x)?;
@@ -134,32 +151,33 @@ pub fn run(
             }
             other => bail!("unknown bench mode '{other}' (train, infer)"),
         }
-        if i >= warmup {
+        if i >= timing.warmup {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
-            if start.elapsed().as_secs_f64() > budget_s && !times.is_empty() {
+            if start.elapsed().as_secs_f64() > timing.budget_s {
                 break;
             }
         }
     }
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
+    let imixer = (cfg.family == Family::IMixer).then_some(&cfg.imixer);
     Ok(BenchResult {
         r#impl: "imixer",
-        family: family.to_string(),
-        config: config.to_string(),
+        family: cfg.family.to_string(),
+        config: label.to_string(),
         mode: mode.to_string(),
-        threads,
+        threads: timing.threads,
         shards: shards.count(),
         batch,
         median_ms: median,
         min_ms: times[0],
         img_per_s: batch as f64 / (median / 1e3),
         peak_rss_mb: peak_rss_mb(),
-        solver: (family == Family::IMixer).then(|| match &imixer.solver {
+        solver: imixer.map(|m| match &m.solver {
             Solver::Unrolled => "unrolled".to_string(),
             Solver::Picard { .. } => "picard".to_string(),
             Solver::Anderson { m, .. } => format!("anderson(m={m})"),
         }),
-        n_iter: (family == Family::IMixer).then_some(imixer.n_iter),
+        n_iter: imixer.map(|m| m.n_iter),
     })
 }

@@ -67,15 +67,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
         solver,
         ..IMixerConfig::default()
     };
+    let timing = crate::bench::Timing {
+        threads: a.threads,
+        shards: a.shards,
+        warmup: a.warmup,
+        steps: a.steps,
+        budget_s: a.budget,
+    };
     let families: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
     for config in list(&a.config, &["fmnist-tiny", "cifar-s", "s16-224"]) {
         for family in list(&a.family, &families) {
             let family: Family = family.parse().map_err(anyhow::Error::msg)?;
             for mode in list(&a.mode, &["train", "infer"]) {
-                let r = crate::bench::run(
-                    &config, family, &imixer, &mode, a.threads, a.shards, a.warmup, a.steps,
-                    a.budget,
-                )?;
+                let r = crate::bench::run(&config, family, &imixer, &mode, &timing)?;
                 if a.json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {

@@ -2,9 +2,10 @@
 //! each on its own thread, their gradients summed in shard order.
 //!
 //! Why: the matrices of the small models are too small for intra-op threading to scale. The
-//! default Fashion-MNIST step (`paramixer_n4_28`, batch 64) takes ≈ 143 ms on one thread and
-//! ≈ 84–101 ms with every op split over two; two single-threaded half-batches side by side take
-//! ≈ 74–81 ms (`cargo run --release --example shard_probe {1,2} paramixer_n4_28`). The 16-epoch
+//! default Fashion-MNIST step (`paramixer_n4_28`, batch 64) took ≈ 143 ms on one thread and
+//! ≈ 84–101 ms with every op split over two; two single-threaded half-batches side by side took
+//! ≈ 74–81 ms (`cargo run --release --example shard_probe -- {1,2} paramixer_n4_28 64 2`; a
+//! recheck in one of the machine's slower phases: 101–109 vs 80–88 ms). The 16-epoch
 //! default run went from 23 min 34 s to 20 min 58 s with the same test accuracy (README).
 //!
 //! Determinism: results depend on the shard count (it decides in which order the weight

@@ -54,32 +54,22 @@ pub fn forward_backward(
     let sharded = shards.count() > 1;
     let parts = shards.run(b, |i, rows| {
         let n = rows.len();
-        let slice = |t: &Tensor| t.narrow(0, rows.start, n);
-        let (x, t) = if sharded {
-            let t = match targets {
-                Targets::Hard(t) | Targets::Soft(t) => slice(t)?,
-            };
-            (slice(images)?, Some(t))
-        } else {
-            (images.clone(), None)
-        };
+        // A full-range narrow is the tensor itself (candle), so one shard sees exactly the
+        // unsharded inputs.
+        let rows_of = |t: &Tensor| t.narrow(0, rows.start, n);
         let mut ctx = ForwardCtx::train(shard_seed(seed, i));
         if sharded {
             ctx = ctx.with_deferred_sn();
         }
-        let logits = model.forward(&x, &mut ctx)?;
-        let (loss, ce, _) = match (targets, t.as_ref()) {
-            (Targets::Hard(l), t) => model.loss(&logits, t.unwrap_or(l))?,
-            (Targets::Soft(s), t) => model.soft_loss(&logits, t.unwrap_or(s))?,
+        let logits = model.forward(&rows_of(images)?, &mut ctx)?;
+        let (loss, ce, _) = match targets {
+            Targets::Hard(labels) => model.loss(&logits, &rows_of(labels)?)?,
+            Targets::Soft(soft) => model.soft_loss(&logits, &rows_of(soft)?)?,
         };
         let scalar = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar()?) };
         let (loss_value, ce_value) = (scalar(&loss)?, scalar(&ce)?);
-        let divisor = (b * accum) as f64 / n as f64;
-        let grads = if divisor == 1.0 {
-            loss.backward()?
-        } else {
-            (loss / divisor)?.backward()?
-        };
+        // x / 1 is exact, so one shard without accumulation backpropagates the plain loss.
+        let grads = (&loss / ((b * accum) as f64 / n as f64))?.backward()?;
         let weight = n as f64 / b as f64;
         Ok((
             grads,
