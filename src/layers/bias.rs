@@ -66,8 +66,8 @@ impl SliceKernel for BiasGelu {
         par_output(y.len(), block, |start, o| {
             let y = &y[start..start + o.len()];
             for (o, y) in o.chunks_mut(cols).zip(y.chunks(cols)) {
-                for i in 0..cols {
-                    o[i] = gelu_scalar(y[i] + b[i]);
+                for ((o, &y), &b) in o.iter_mut().zip(y).zip(b) {
+                    *o = gelu_scalar(y + b);
                 }
             }
         })
@@ -119,8 +119,8 @@ impl SliceKernel for BiasGeluBackward {
         par_output(y.len(), block, |start, o| {
             let (y, g) = (&y[start..start + o.len()], &g[start..start + o.len()]);
             for ((o, y), g) in o.chunks_mut(cols).zip(y.chunks(cols)).zip(g.chunks(cols)) {
-                for i in 0..cols {
-                    o[i] = g[i] * gelu_grad_scalar(y[i] + b[i]);
+                for (((o, &y), &g), &b) in o.iter_mut().zip(y).zip(g).zip(b) {
+                    *o = g * gelu_grad_scalar(y + b);
                 }
             }
         })
