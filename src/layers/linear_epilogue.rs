@@ -18,7 +18,10 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::bias::ColumnSums;
+use rayon::prelude::*;
+
+use super::bias::{bias_gelu, ColumnSums};
+use super::gelu::{gelu, gelu_scalar};
 use super::kernel::{dispatch, par_output, Float, SliceKernel, PAR_CHUNK};
 
 /// x Wᵀ + b + r along the last axis of x (…, in) for W (out, in), b (out), r (…, out); either
@@ -28,6 +31,18 @@ pub fn linear_epilogue(
     w: &Tensor,
     b: Option<&Tensor>,
     r: Option<&Tensor>,
+) -> Result<Tensor> {
+    linear_with(x, w, b, r, false)
+}
+
+/// [`linear_epilogue`], then GELU in place when `gelu` (only without a recorded graph: the
+/// fused op has no backward through the activation).
+fn linear_with(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    r: Option<&Tensor>,
+    gelu: bool,
 ) -> Result<Tensor> {
     let (out_f, in_f) = w.dims2()?;
     let dims = x.dims();
@@ -79,10 +94,35 @@ pub fn linear_epilogue(
         rows,
         in_f,
         out_f,
+        gelu,
     };
     x2.contiguous()?
         .apply_op3(&w, &c.contiguous()?, op)?
         .reshape(out_dims)
+}
+
+/// GELU(x Wᵀ + b) along the last axis (an MLP's first layer and activation).
+///
+/// Under [`candle_core::backprop::no_grad`] on CPU this is one op: gemm accumulates into the
+/// bias rows and the GELU runs in place on the result, so inference allocates, zero-fills and
+/// walks one hidden activation instead of two (the pre-activation and its GELU). With the graph
+/// recorded the pre-activation must survive for the backward, so it stays two ops (the matmul,
+/// then [`bias_gelu`]/[`gelu`] with their exact backward).
+pub fn linear_gelu(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    if !x.device().is_cpu() || candle_core::backprop::grad_enabled() {
+        let z = linear_epilogue(x, w, None, None)?;
+        return match b {
+            Some(b) => bias_gelu(&z, b),
+            None => gelu(&z),
+        };
+    }
+    let out_f = w.dim(0)?;
+    // No bias: GELU(0 + Σ) — gemm's 0 + s is s exactly, so the result is GELU of the plain product.
+    let b = match b {
+        Some(b) => b.clone(),
+        None => Tensor::zeros(out_f, x.dtype(), x.device())?,
+    };
+    linear_with(x, w, Some(&b), None, true)
 }
 
 /// What the destination starts as before gemm accumulates x Wᵀ into it.
@@ -101,6 +141,8 @@ struct LinearEpilogue {
     rows: usize,
     in_f: usize,
     out_f: usize,
+    /// GELU in place after the matmul (inference only, see [`linear_gelu`]).
+    gelu: bool,
 }
 
 impl LinearEpilogue {
@@ -166,6 +208,13 @@ impl SliceKernel for LinearEpilogue {
                 parallelism,
             )
         };
+        if self.gelu {
+            dst.par_chunks_mut(PAR_CHUNK).for_each(|block| {
+                for v in block {
+                    *v = gelu_scalar(*v);
+                }
+            });
+        }
         dst
     }
 }
@@ -216,6 +265,9 @@ impl CustomOp3 for LinearEpilogue {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if self.gelu {
+            candle_core::bail!("{}: the in-place GELU has no backward", self.name());
+        }
         let g = grad.contiguous()?;
         let bias_grad = || g.apply_op1_no_bwd(&ColumnSums { cols: self.out_f });
         let weight = if self.addend == Addend::BiasResidual {
@@ -240,8 +292,8 @@ impl std::fmt::Debug for LinearEpilogue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:?} with rows {}, in {}, out {}",
-            self.addend, self.rows, self.in_f, self.out_f
+            "{:?} with rows {}, in {}, out {}, gelu {}",
+            self.addend, self.rows, self.in_f, self.out_f, self.gelu
         )
     }
 }
@@ -321,6 +373,28 @@ mod tests {
         let fused = linear_epilogue(&x, &w, Some(&b), None)?.to_vec2::<f32>()?;
         let composed = x.matmul(&w.t()?)?.broadcast_add(&b)?.to_vec2::<f32>()?;
         assert_eq!(fused, composed);
+        Ok(())
+    }
+
+    /// The fused inference op is bit-identical to the recorded two-op path (same gemm, same
+    /// GELU kernel), with and without a bias, and records no graph.
+    #[test]
+    fn linear_gelu_without_graph_equals_the_two_op_path() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&seeded_normal(9, &[5, 7, 24], 1.0, DType::F32, &dev)?)?;
+        let w = Var::from_tensor(&seeded_normal(10, &[33, 24], 0.3, DType::F32, &dev)?)?;
+        let b = Var::from_tensor(&seeded_normal(11, &[33], 1.0, DType::F32, &dev)?)?;
+        for bias in [Some(b.as_tensor()), None] {
+            let recorded = linear_gelu(&x, &w, bias)?;
+            assert!(recorded.track_op());
+            let fused = candle_core::backprop::no_grad(|| linear_gelu(&x, &w, bias))?;
+            assert!(!fused.track_op());
+            assert_eq!(fused.dims(), [5, 7, 33]);
+            assert_eq!(
+                fused.flatten_all()?.to_vec1::<f32>()?,
+                recorded.flatten_all()?.to_vec1::<f32>()?
+            );
+        }
         Ok(())
     }
 

@@ -8,10 +8,9 @@
 use candle_core::{Result, Tensor, Var};
 
 use super::imlp::IMlp;
-use crate::layers::bias::bias_gelu;
 use crate::layers::linear::{BiasInit, MLP_BIAS_STD};
-use crate::layers::linear_epilogue::linear_epilogue;
-use crate::layers::{gelu, transpose12, Axis, ForwardCtx, Linear};
+use crate::layers::linear_epilogue::{linear_epilogue, linear_gelu};
+use crate::layers::{transpose12, Axis, ForwardCtx, Linear};
 use crate::params::Scope;
 
 #[derive(Clone, Debug)]
@@ -35,12 +34,11 @@ impl Mlp {
 
     /// fc2(GELU(fc1(x))) along the last axis, plus `residual` in fc2's epilogue when given.
     pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        // fc1's bias goes into the GELU op (whose backward needs the pre-activation anyway).
-        let z = linear_epilogue(x, self.fc1.weight.as_tensor(), None, None)?;
-        let h = match &self.fc1.bias {
-            Some(b) => bias_gelu(&z, b.as_tensor())?,
-            None => gelu(&z)?,
-        };
+        let h = linear_gelu(
+            x,
+            self.fc1.weight.as_tensor(),
+            self.fc1.bias.as_ref().map(|b| b.as_tensor()),
+        )?;
         self.fc2.forward_residual(&h, residual)
     }
 }
@@ -61,7 +59,7 @@ impl SymMlp {
     /// GELU(x Wᵀ) W along the last axis, plus `residual` when given.
     pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         let w = self.weight.as_tensor();
-        let h = gelu(&linear_epilogue(x, w, None, None)?)?;
+        let h = linear_gelu(x, w, None)?;
         linear_epilogue(&h, &w.t()?, None, residual)
     }
 }
@@ -85,7 +83,7 @@ impl AsymMlp {
     /// h W1 + h W2ᵀ with h = GELU(x W1ᵀ) along the last axis, plus `residual` when given.
     pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         let w1 = self.fc1.weight.as_tensor();
-        let h = gelu(&linear_epilogue(x, w1, None, None)?)?;
+        let h = linear_gelu(x, w1, None)?;
         // h W1 + h W2ᵀ = h (W1 + W2ᵀ)ᵀ-applied: one matmul with the summed (in, hidden) weight.
         let w_out = (w1.t()? + self.fc2.weight.as_tensor())?;
         linear_epilogue(&h, &w_out, None, residual)
