@@ -12,6 +12,10 @@ SHARDS=${SHARDS:-2}
 CONFIGS=${CONFIGS:-fmnist-tiny}
 FAMILIES=${FAMILIES:-all}
 MODES=${MODES:-all}
+# Rounds per row: each round runs imixer then PyTorch, one fresh process each. This machine's
+# speed drifts by tens of percent within minutes, so one pair of numbers can mislead; the table
+# reports each side's median over the rounds and the median of the per-round (paired) speed-ups.
+ROUNDS=${ROUNDS:-3}
 mkdir -p runs/bench
 cargo build --release --quiet
 # One process per (config, family, mode) on both sides, so each peak RSS belongs to that run
@@ -23,19 +27,31 @@ cargo build --release --quiet
 for c in ${CONFIGS//,/ }; do
   for f in ${FAMILIES//,/ }; do
     for m in ${MODES//,/ }; do
-      ./target/release/imixer bench --config "$c" --family "$f" --mode "$m" --threads "$THREADS" --shards "$SHARDS" --json | tee -a runs/bench/imixer.jsonl
-      "$TORCH_PY" ../shared/bench/torch_baseline.py --config "$c" --family "$f" --mode "$m" --threads "$THREADS" 2>/dev/null | tee -a runs/bench/torch.jsonl
+      for _ in $(seq "$ROUNDS"); do
+        ./target/release/imixer bench --config "$c" --family "$f" --mode "$m" --threads "$THREADS" --shards "$SHARDS" --json | tee -a runs/bench/imixer.jsonl
+        "$TORCH_PY" ../shared/bench/torch_baseline.py --config "$c" --family "$f" --mode "$m" --threads "$THREADS" 2>/dev/null | tee -a runs/bench/torch.jsonl
+      done
     done
   done
 done
 python3 - <<'PY'
-import json
-ours = {(d["family"], d["config"], d["mode"]): d for d in map(json.loads, open("runs/bench/imixer.jsonl"))}
-torch = {(d["family"], d["config"], d["mode"]): d for d in map(json.loads, open("runs/bench/torch.jsonl"))}
-print("| config | family | mode | imixer ms | PyTorch ms | speed-up (PyTorch/imixer) | imixer RSS MiB | PyTorch RSS MiB |")
-print("|---|---|---|---|---|---|---|---|")
+import json, statistics
+def rows(path):
+    out = {}
+    for d in map(json.loads, open(path)):
+        out.setdefault((d["config"], d["family"], d["mode"]), []).append(d)
+    return out
+ours, torch = rows("runs/bench/imixer.jsonl"), rows("runs/bench/torch.jsonl")
+med = statistics.median
+print("| config | family | mode | imixer ms | PyTorch ms | speed-up (PyTorch/imixer) | per-round speed-ups | imixer RSS MiB | PyTorch RSS MiB |")
+print("|---|---|---|---|---|---|---|---|---|")
 for k in sorted(ours):
-    if k in torch:
-        a, b = ours[k], torch[k]
-        print(f"| {k[1]} | {k[0]} | {k[2]} | {a['median_ms']:.0f} | {b['median_ms']:.0f} | {b['median_ms']/a['median_ms']:.2f}× | {a['peak_rss_mb']:.0f} | {b['peak_rss_mb']:.0f} |")
+    if k not in torch:
+        continue
+    a, b = ours[k], torch[k]
+    ratios = [t["median_ms"] / o["median_ms"] for o, t in zip(a, b)]
+    each = " ".join(f"{r:.2f}" for r in ratios)
+    print(f"| {k[0]} | {k[1]} | {k[2]} | {med(o['median_ms'] for o in a):.0f} | "
+          f"{med(t['median_ms'] for t in b):.0f} | {med(ratios):.2f}× | {each} | "
+          f"{max(o['peak_rss_mb'] for o in a):.0f} | {max(t['peak_rss_mb'] for t in b):.0f} |")
 PY
