@@ -6,7 +6,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use imixer::layers::bias::bias_gelu;
 use imixer::layers::gelu::gelu;
 use imixer::layers::layer_norm::{layer_norm, layer_norm_composed};
-use imixer::layers::linear_epilogue::linear_epilogue;
+use imixer::layers::linear_epilogue::{linear_epilogue, linear_gelu};
 use imixer::layers::spectral_norm::{power_iteration, power_iteration_composed};
 use imixer::params::seeded_normal;
 
@@ -78,6 +78,28 @@ fn kernels(c: &mut Criterion) {
     both(c, "linear_bias_residual", "composed", &fc2, |t| {
         t[0].matmul(&t[1].t()?)?.broadcast_add(&t[2])? + &t[3]
     });
+
+    // Inference (no graph): the channel MLP's fc1 + bias + GELU as one op (GELU in place on
+    // the gemm output) vs the two ops training needs (matmul into the bias, then GELU).
+    let fc1 = [
+        normal(13, &[ROWS, D]),
+        normal(14, &[HIDDEN, D]),
+        normal(15, &[HIDDEN]),
+    ];
+    let mut g = c.benchmark_group("linear_bias_gelu_inference");
+    g.bench_function("fused", |bch| {
+        bch.iter(|| {
+            candle_core::backprop::no_grad(|| linear_gelu(&fc1[0], &fc1[1], Some(&fc1[2])))
+                .expect("fused")
+        })
+    });
+    g.bench_function("two_ops", |bch| {
+        bch.iter(|| {
+            let z = linear_epilogue(&fc1[0], &fc1[1], None, None).expect("matmul");
+            bias_gelu(&z, &fc1[2]).expect("bias + GELU")
+        })
+    });
+    g.finish();
 
     // The iMLP's power iteration: 8 steps on a (98, 49) token weight (n_power 8, hidden ratio 2).
     let w = normal(6, &[98, 49]);
