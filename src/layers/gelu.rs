@@ -6,6 +6,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
+use rayon::prelude::*;
+
 use super::kernel::{dispatch, par_output, Float, SliceKernel, PAR_CHUNK};
 
 /// GELU(x) = x·Φ(x) with the exact error function (PyTorch `nn.GELU()`, SPEC.md).
@@ -47,6 +49,16 @@ pub fn gelu_grad_scalar<T: Float>(x: T) -> T {
 pub fn gelu_scalar<T: Float>(x: T) -> T {
     let half = T::from_f64(0.5);
     half * x * (T::one() + (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf())
+}
+
+/// GELU of every element of `v`, in place, in parallel `PAR_CHUNK` blocks (e.g. on a matmul
+/// output that no backward will read).
+pub(crate) fn gelu_in_place<T: Float>(v: &mut [T]) {
+    v.par_chunks_mut(PAR_CHUNK).for_each(|block| {
+        for v in block {
+            *v = gelu_scalar(*v);
+        }
+    });
 }
 
 struct GeluOp;

@@ -195,10 +195,10 @@ impl Float for f64 {
     }
 }
 
-/// a·b + c: one fused multiply-add instruction where the build targets FMA (this project's
-/// x86-64-v3 default, and aarch64), so the polynomial kernels take half the instructions;
-/// elsewhere plain mul then add, because `f32::mul_add` without the target feature is a libm
-/// call per element. The two round differently (by ≤ 1 ulp per step), but one build always
+/// a·b + c: one fused multiply-add instruction where the build enables x86's `fma` target
+/// feature (this project's x86-64-v3 default, `.cargo/config.toml`), so the polynomial kernels
+/// take half the instructions; on other builds plain mul then add, because `f32::mul_add`
+/// without the target feature can be a libm call per element. The two round differently (by ≤ 1 ulp per step), but one build always
 /// rounds the same way: same seed, same machine, same binary ⇒ same bits.
 #[inline(always)]
 pub fn mul_add(a: f32, b: f32, c: f32) -> f32 {

@@ -18,10 +18,8 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use rayon::prelude::*;
-
 use super::bias::{bias_gelu, ColumnSums};
-use super::gelu::{gelu, gelu_scalar};
+use super::gelu::{gelu, gelu_in_place};
 use super::kernel::{dispatch, par_output, Float, SliceKernel, PAR_CHUNK};
 
 /// x Wᵀ + b + r along the last axis of x (…, in) for W (out, in), b (out), r (…, out); either
@@ -209,11 +207,7 @@ impl SliceKernel for LinearEpilogue {
             )
         };
         if self.gelu {
-            dst.par_chunks_mut(PAR_CHUNK).for_each(|block| {
-                for v in block {
-                    *v = gelu_scalar(*v);
-                }
-            });
+            gelu_in_place(&mut dst);
         }
         dst
     }

@@ -91,8 +91,9 @@ impl TrainConfig {
     /// - Fashion-MNIST / MNIST (28×28×1): the small ParaMixer `paramixer_n4_28` (D 64, 4 blocks),
     ///   flip (Fashion-MNIST only: flipped digits are other digits), no crop, random erasing 0.25,
     ///   label smoothing 0.1, no RandAugment/Mixup, AdamW lr 5e-3, batch 64, 16 epochs, per-step
-    ///   cosine with 0.2 epochs of warm-up, 2 data-parallel shards: 21 min on 2 cores (23.5 with
-    ///   one shard, the same 92.12 %). Measured on the full test set (README):
+    ///   cosine with 0.2 epochs of warm-up, 2 data-parallel shards: 21 min on the 2-core Zen 1
+    ///   machine (23.5 with one shard, the same 92.12 %), 8 min 18 s on the 2-core Zen 3 one.
+    ///   Measured on the full test set (README):
     ///   - ParaMixer learns more per epoch than iMixer and costs ≈ 88 s per epoch against ≈ 145 s,
     ///     so the budget holds twice its epochs (iMixer, 7 epochs: 90.31 %; ParaMixer, 14: 91.96 %).
     ///   - Erasing is what lets the extra epochs pay: 16 epochs without it overfit (train 96.3 %,
