@@ -79,6 +79,20 @@ fn kernels(c: &mut Criterion) {
         t[0].matmul(&t[1].t()?)?.broadcast_add(&t[2])? + &t[3]
     });
 
+    // Training: fc1 + bias + GELU as one op keeping GELU′ (backward = one multiply) vs the
+    // matmul and `bias_gelu` (whose backward re-evaluates erf and the exponential).
+    let fc1_train = [
+        normal(16, &[ROWS, D]),
+        normal(17, &[HIDDEN, D]),
+        normal(18, &[HIDDEN]),
+    ];
+    both(c, "linear_bias_gelu", "fused", &fc1_train, |t| {
+        linear_gelu(&t[0], &t[1], Some(&t[2]))
+    });
+    both(c, "linear_bias_gelu", "two_ops", &fc1_train, |t| {
+        bias_gelu(&linear_epilogue(&t[0], &t[1], None, None)?, &t[2])
+    });
+
     // Inference (no graph): the channel MLP's fc1 + bias + GELU as one op (GELU in place on
     // the gemm output) vs the two ops training needs (matmul into the bias, then GELU).
     let fc1 = [

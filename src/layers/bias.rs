@@ -3,9 +3,9 @@
 //!
 //! Why: candle's `broadcast_add` backward reduces the bias gradient with a generic strided sum
 //! (one division per element, single-threaded); here the column sums run over fixed row blocks in
-//! parallel, and GELU(y + b) is one pass forward and one backward instead of four. (A bias alone,
-//! or a bias plus a residual, goes into the matmul itself: `linear_epilogue`. GELU cannot: its
-//! backward needs the pre-activation y + b, which the matmul would have to write out anyway.)
+//! parallel, and GELU(y + b) is one pass forward and one backward instead of four. (After a
+//! matmul, the models use `linear_epilogue::linear_gelu` instead: the bias, and the GELU with its
+//! derivative, go into the matmul's output pass. This op is for a GELU(y + b) of any tensor.)
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;

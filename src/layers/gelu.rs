@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 
 use rayon::prelude::*;
 
-use super::kernel::{dispatch, par_output, Float, SliceKernel, PAR_CHUNK};
+use super::kernel::{dispatch, par_output, par_output_beside, Float, SliceKernel, PAR_CHUNK};
 
 /// GELU(x) = x·Φ(x) with the exact error function (PyTorch `nn.GELU()`, SPEC.md).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
@@ -45,6 +45,18 @@ pub fn gelu_grad_scalar<T: Float>(x: T) -> T {
     T::from_f64(0.5) * (T::one() + erf) + x * T::from_f64(0.398_942_280_401_432_7) * gauss
 }
 
+/// (GELU(x), GELU′(x)) from one erf and one exponential: each bit-identical to
+/// [`gelu_scalar`] / [`gelu_grad_scalar`] (the same expressions on the same erf value).
+#[inline]
+pub fn gelu_and_grad_scalar<T: Float>(x: T) -> (T, T) {
+    let (erf, gauss) = (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf_and_gauss();
+    let half = T::from_f64(0.5);
+    (
+        half * x * (T::one() + erf),
+        half * (T::one() + erf) + x * T::from_f64(0.398_942_280_401_432_7) * gauss,
+    )
+}
+
 #[inline]
 pub fn gelu_scalar<T: Float>(x: T) -> T {
     let half = T::from_f64(0.5);
@@ -59,6 +71,17 @@ pub(crate) fn gelu_in_place<T: Float>(v: &mut [T]) {
             *v = gelu_scalar(*v);
         }
     });
+}
+
+/// GELU of every element of `v` in place, returning GELU′ at the same points: the whole
+/// backward factor of the activation, computed while erf(x/√2) and e^(−x²/2) are at hand, so
+/// that the backward is one multiply per element instead of a second erf and exponential.
+pub(crate) fn gelu_in_place_with_derivative<T: Float>(v: &mut [T]) -> Vec<T> {
+    par_output_beside(v, PAR_CHUNK, |v, d| {
+        for (v, d) in v.iter_mut().zip(d) {
+            (*v, *d) = gelu_and_grad_scalar(*v);
+        }
+    })
 }
 
 struct GeluOp;

@@ -65,6 +65,33 @@ pub fn par_output_with<T: Float, R: Send>(
     (out, per_block)
 }
 
+/// A `src.len()`-element output buffer written in parallel blocks alongside `src`:
+/// `fill(src_block, out_block)` gets the same `block_len` range of both (e.g. an activation
+/// rewritten in place while a second result of the same shape is produced). Zeroed per block
+/// just before the call, as in [`par_output`].
+pub fn par_output_beside<T: Float>(
+    src: &mut [T],
+    block_len: usize,
+    fill: impl Fn(&mut [T], &mut [T]) + Sync + Send,
+) -> Vec<T> {
+    let (len, block_len) = (src.len(), block_len.max(1));
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(block_len)
+        .zip(src.par_chunks_mut(block_len))
+        .for_each(|(block, src)| {
+            block.fill(MaybeUninit::new(T::zero()));
+            // SAFETY: as in `par_output_with`: the block was initialised on the line above and
+            // `MaybeUninit<T>` has `T`'s layout; the reference does not outlive the call.
+            let block = unsafe { &mut *(block as *mut [MaybeUninit<T>] as *mut [T]) };
+            fill(src, block)
+        });
+    // SAFETY: the blocks partition `0..len` (par_chunks_mut over the first `len` spare slots),
+    // each was initialised above, and `for_each` returns after every task finished.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// A CPU kernel written once for f32 and f64 over contiguous inputs of one dtype.
 pub trait SliceKernel {
     fn run<T: Float>(&self, inputs: &[&[T]]) -> Vec<T>;
@@ -125,6 +152,10 @@ pub trait Float:
     }
     fn exp(self) -> Self;
     fn sqrt(self) -> Self;
+    /// `v` as candle CPU storage of this dtype (a kernel's side result kept for a backward).
+    fn into_storage(v: Vec<Self>) -> CpuStorage;
+    /// The elements of `s` when it holds this dtype.
+    fn slice_of(s: &CpuStorage) -> Option<&[Self]>;
 }
 
 impl Float for f32 {
@@ -169,6 +200,15 @@ impl Float for f32 {
     fn sqrt(self) -> Self {
         f32::sqrt(self)
     }
+    fn into_storage(v: Vec<Self>) -> CpuStorage {
+        CpuStorage::F32(v)
+    }
+    fn slice_of(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F32(v) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 impl Float for f64 {
@@ -192,6 +232,15 @@ impl Float for f64 {
     }
     fn sqrt(self) -> Self {
         f64::sqrt(self)
+    }
+    fn into_storage(v: Vec<Self>) -> CpuStorage {
+        CpuStorage::F64(v)
+    }
+    fn slice_of(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F64(v) => Some(v),
+            _ => None,
+        }
     }
 }
 

@@ -16,11 +16,14 @@
 //! with a bias alone, or a residual alone, it is the same single addition (bit-identical when gemm
 //! accumulates k in one block).
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use std::sync::{Mutex, OnceLock};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::bias::{bias_gelu, ColumnSums};
-use super::gelu::{gelu, gelu_in_place};
-use super::kernel::{dispatch, par_output, Float, SliceKernel, PAR_CHUNK};
+use super::gelu::{gelu, gelu_in_place, gelu_in_place_with_derivative};
+use super::kernel::{dispatch, par_output, par_output_with, Float, SliceKernel, PAR_CHUNK};
 
 /// x Wᵀ + b + r along the last axis of x (…, in) for W (out, in), b (out), r (…, out); either
 /// addend may be absent. CPU runs one fused op; other devices the candle composition.
@@ -30,17 +33,16 @@ pub fn linear_epilogue(
     b: Option<&Tensor>,
     r: Option<&Tensor>,
 ) -> Result<Tensor> {
-    linear_with(x, w, b, r, false)
+    linear_with(x, w, b, r, Activation::Identity)
 }
 
-/// [`linear_epilogue`], then GELU in place when `gelu` (only without a recorded graph: the
-/// fused op has no backward through the activation).
+/// [`linear_epilogue`], then `activation` in place on the product.
 fn linear_with(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
     r: Option<&Tensor>,
-    gelu: bool,
+    activation: Activation,
 ) -> Result<Tensor> {
     let (out_f, in_f) = w.dims2()?;
     let dims = x.dims();
@@ -92,35 +94,53 @@ fn linear_with(
         rows,
         in_f,
         out_f,
-        gelu,
+        activation,
+        derivative: OnceLock::new(),
     };
     x2.contiguous()?
         .apply_op3(&w, &c.contiguous()?, op)?
         .reshape(out_dims)
 }
 
-/// GELU(x Wᵀ + b) along the last axis (an MLP's first layer and activation).
+/// GELU(x Wᵀ + b) along the last axis (an MLP's first layer and activation), one op on CPU.
 ///
-/// Under [`candle_core::backprop::no_grad`] on CPU this is one op: gemm accumulates into the
-/// bias rows and the GELU runs in place on the result, so inference allocates, zero-fills and
-/// walks one hidden activation instead of two (the pre-activation and its GELU). With the graph
-/// recorded the pre-activation must survive for the backward, so it stays two ops (the matmul,
-/// then [`bias_gelu`]/[`gelu`] with their exact backward).
+/// gemm accumulates into the bias rows and the GELU runs in place on the result, so the
+/// pre-activation is never a tensor of its own. Under [`candle_core::backprop::no_grad`] that
+/// is all. With the graph recorded, the same pass also writes GELU′ at every point (erf and the
+/// exponential are at hand) and the op keeps it for its backward in place of the
+/// pre-activation — the same memory — so the backward is ∂z = ∂h ⊙ GELU′, a multiply, with the
+/// bias gradient's column sums in the same pass, instead of a second erf and exponential per
+/// element and a separate reduction. Without `b` the bias is zero and gets no gradient.
 pub fn linear_gelu(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    if !x.device().is_cpu() || candle_core::backprop::grad_enabled() {
+    if !x.device().is_cpu() {
         let z = linear_epilogue(x, w, None, None)?;
         return match b {
             Some(b) => bias_gelu(&z, b),
             None => gelu(&z),
         };
     }
-    let out_f = w.dim(0)?;
+    let activation = match (candle_core::backprop::grad_enabled(), b.is_some()) {
+        (false, _) => Activation::Gelu,
+        (true, has_bias) => Activation::GeluKeepingDerivative { has_bias },
+    };
     // No bias: GELU(0 + Σ) — gemm's 0 + s is s exactly, so the result is GELU of the plain product.
     let b = match b {
         Some(b) => b.clone(),
-        None => Tensor::zeros(out_f, x.dtype(), x.device())?,
+        None => Tensor::zeros(w.dim(0)?, x.dtype(), x.device())?,
     };
-    linear_with(x, w, Some(&b), None, true)
+    linear_with(x, w, Some(&b), None, activation)
+}
+
+/// What runs on the finished product, in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Activation {
+    Identity,
+    /// GELU, nothing kept: no backward (inference, see [`linear_gelu`]).
+    Gelu,
+    /// GELU, with GELU′ kept for the backward (whose bias gradient is dropped without a bias).
+    GeluKeepingDerivative {
+        has_bias: bool,
+    },
 }
 
 /// What the destination starts as before gemm accumulates x Wᵀ into it.
@@ -139,8 +159,10 @@ struct LinearEpilogue {
     rows: usize,
     in_f: usize,
     out_f: usize,
-    /// GELU in place after the matmul (inference only, see [`linear_gelu`]).
-    gelu: bool,
+    activation: Activation,
+    /// GELU′ at every output, written by the forward for the backward
+    /// ([`Activation::GeluKeepingDerivative`]).
+    derivative: OnceLock<CpuStorage>,
 }
 
 impl LinearEpilogue {
@@ -206,8 +228,14 @@ impl SliceKernel for LinearEpilogue {
                 parallelism,
             )
         };
-        if self.gelu {
-            gelu_in_place(&mut dst);
+        match self.activation {
+            Activation::Identity => {}
+            Activation::Gelu => gelu_in_place(&mut dst),
+            Activation::GeluKeepingDerivative { .. } => {
+                let derivative = gelu_in_place_with_derivative(&mut dst);
+                // The op runs its forward once; a second run would recompute the same values.
+                let _ = self.derivative.set(T::into_storage(derivative));
+            }
         }
         dst
     }
@@ -259,10 +287,16 @@ impl CustomOp3 for LinearEpilogue {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        if self.gelu {
-            candle_core::bail!("{}: the in-place GELU has no backward", self.name());
-        }
         let g = grad.contiguous()?;
+        match self.activation {
+            Activation::Identity => {}
+            Activation::Gelu => {
+                candle_core::bail!("{}: the in-place GELU has no backward", self.name())
+            }
+            Activation::GeluKeepingDerivative { has_bias } => {
+                return self.gelu_bwd(x, w, &g, has_bias);
+            }
+        }
         let bias_grad = || g.apply_op1_no_bwd(&ColumnSums { cols: self.out_f });
         let weight = if self.addend == Addend::BiasResidual {
             w.narrow(1, 0, self.in_f)?
@@ -282,12 +316,104 @@ impl CustomOp3 for LinearEpilogue {
     }
 }
 
+impl LinearEpilogue {
+    /// Backward of GELU(x Wᵀ + b) from the kept GELU′: ∂z = g ⊙ GELU′ (with ∂b = Σ_rows ∂z in
+    /// the same pass), ∂x = ∂z W, ∂W = ∂zᵀ x.
+    fn gelu_bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        g: &Tensor,
+        has_bias: bool,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let derivative = self.derivative.get().ok_or_else(|| {
+            candle_core::Error::Msg(format!("{}: backward before the forward ran", self.name()))
+        })?;
+        let scale = ScaleWithColumnSums {
+            factor: derivative,
+            cols: self.out_f,
+            sums: Mutex::new(Vec::new()),
+        };
+        let dz = g.apply_op1_no_bwd(&scale)?;
+        let db = if has_bias {
+            let sums = std::mem::take(&mut *scale.sums.lock().unwrap_or_else(|e| e.into_inner()));
+            Some(Tensor::from_vec(sums, self.out_f, g.device())?.to_dtype(g.dtype())?)
+        } else {
+            None
+        };
+        Ok((Some(dz.matmul(w)?), Some(dz.t()?.matmul(x)?), db))
+    }
+}
+
+/// g ↦ g ⊙ factor for (rows, cols) tensors, keeping Σ_rows of the result (in f64, summed over
+/// the same fixed row blocks and in the same order as [`super::bias::column_sums`]: the same bits).
+struct ScaleWithColumnSums<'a> {
+    factor: &'a CpuStorage,
+    cols: usize,
+    sums: Mutex<Vec<f64>>,
+}
+
+impl SliceKernel for ScaleWithColumnSums<'_> {
+    fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
+        let (g, cols) = (i[0], self.cols);
+        let Some(factor) = T::slice_of(self.factor) else {
+            return Vec::new(); // `cpu_fwd` checked the dtype; unreachable
+        };
+        let block = (PAR_CHUNK / cols.max(1)).max(1) * cols;
+        let (out, partials) = par_output_with(g.len(), g.len(), block, |start, o| {
+            let (g, f) = (&g[start..start + o.len()], &factor[start..start + o.len()]);
+            let mut acc = vec![0f64; cols];
+            for ((o, g), f) in o.chunks_mut(cols).zip(g.chunks(cols)).zip(f.chunks(cols)) {
+                for (((o, &g), &f), a) in o.iter_mut().zip(g).zip(f).zip(acc.iter_mut()) {
+                    *o = g * f;
+                    *a += o.to_f64();
+                }
+            }
+            acc
+        });
+        let mut total = vec![0f64; cols];
+        for p in &partials {
+            for (t, v) in total.iter_mut().zip(p) {
+                *t += v;
+            }
+        }
+        *self.sums.lock().unwrap_or_else(|e| e.into_inner()) = total;
+        out
+    }
+}
+
+impl CustomOp1 for ScaleWithColumnSums<'_> {
+    fn name(&self) -> &'static str {
+        "imixer-scale-with-column-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let factor_len = match self.factor {
+            CpuStorage::F32(v) => v.len(),
+            CpuStorage::F64(v) => v.len(),
+            _ => usize::MAX,
+        };
+        if self.factor.dtype() != s.dtype()
+            || factor_len != l.shape().elem_count()
+            || l.dims().last() != Some(&self.cols)
+        {
+            candle_core::bail!(
+                "{}: gradient {:?} ({:?}) does not match the kept factor",
+                self.name(),
+                l.shape(),
+                s.dtype()
+            );
+        }
+        Ok((dispatch(self.name(), self, &[(s, l)])?, l.shape().clone()))
+    }
+}
+
 impl std::fmt::Debug for LinearEpilogue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:?} with rows {}, in {}, out {}, gelu {}",
-            self.addend, self.rows, self.in_f, self.out_f, self.gelu
+            "{:?} with rows {}, in {}, out {}, {:?}",
+            self.addend, self.rows, self.in_f, self.out_f, self.activation
         )
     }
 }
@@ -370,8 +496,9 @@ mod tests {
         Ok(())
     }
 
-    /// The fused inference op is bit-identical to the recorded two-op path (same gemm, same
-    /// GELU kernel), with and without a bias, and records no graph.
+    /// The inference op is bit-identical to the recorded op (same gemm, and `gelu_scalar` /
+    /// `gelu_and_grad_scalar` compute GELU with the same expression), with and without a
+    /// bias, and records no graph.
     #[test]
     fn linear_gelu_without_graph_equals_the_two_op_path() -> Result<()> {
         let dev = Device::Cpu;
@@ -389,6 +516,65 @@ mod tests {
                 recorded.flatten_all()?.to_vec1::<f32>()?
             );
         }
+        Ok(())
+    }
+
+    /// With the graph recorded, the fused op (GELU′ kept from the forward) has the values and
+    /// the gradients of the two-op path it replaced (matmul, then `bias_gelu`/`gelu` with their
+    /// own backward): f64 to rounding, with and without a bias; a second backward through the
+    /// same graph gives the same gradients (the kept factor is not consumed).
+    #[test]
+    fn recorded_linear_gelu_matches_the_two_op_path_with_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&seeded_normal(12, &[3, 5, 9], 1.0, DType::F64, &dev)?)?;
+        let w = Var::from_tensor(&seeded_normal(13, &[7, 9], 0.5, DType::F64, &dev)?)?;
+        let b = Var::from_tensor(&seeded_normal(14, &[7], 1.0, DType::F64, &dev)?)?;
+        let probe = seeded_normal(15, &[3, 5, 7], 1.0, DType::F64, &dev)?;
+        for bias in [Some(b.as_tensor()), None] {
+            let fused = linear_gelu(&x, &w, bias)?;
+            let z = x.broadcast_matmul(&w.t()?)?;
+            let two_op = match bias {
+                Some(b) => bias_gelu(&z, b)?,
+                None => gelu(&z)?,
+            };
+            assert!(max_diff(&fused, &two_op)? < 1e-13);
+            let loss = (&fused * &probe)?.sum_all()?;
+            let gf = loss.backward()?;
+            let again = loss.backward()?;
+            let gc = (two_op * &probe)?.sum_all()?.backward()?;
+            let mut vars = vec![&x, &w];
+            if bias.is_some() {
+                vars.push(&b);
+            } else {
+                assert!(gf.get(&b).is_none());
+            }
+            for v in vars {
+                let d = max_diff(gf.get(v).unwrap(), gc.get(v).unwrap())?;
+                assert!(d < 1e-12, "bias {}: gradient {d}", bias.is_some());
+                assert_eq!(max_diff(gf.get(v).unwrap(), again.get(v).unwrap())?, 0.0);
+            }
+        }
+        Ok(())
+    }
+
+    /// f32: the kept GELU′ is the backward kernel's own value, so ∂z — and from it the bias
+    /// gradient — equals the two-op path's bit for bit.
+    #[test]
+    fn recorded_linear_gelu_bias_gradient_is_bit_identical_in_f32() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&seeded_normal(16, &[40, 24], 1.0, DType::F32, &dev)?)?;
+        let w = Var::from_tensor(&seeded_normal(17, &[33, 24], 0.3, DType::F32, &dev)?)?;
+        let b = Var::from_tensor(&seeded_normal(18, &[33], 1.0, DType::F32, &dev)?)?;
+        let probe = seeded_normal(19, &[40, 33], 1.0, DType::F32, &dev)?;
+        let fused = linear_gelu(&x, &w, Some(&b))?;
+        let two_op = bias_gelu(&x.matmul(&w.t()?)?, &b)?;
+        assert_eq!(fused.to_vec2::<f32>()?, two_op.to_vec2::<f32>()?);
+        let gf = (fused * &probe)?.sum_all()?.backward()?;
+        let gc = (two_op * &probe)?.sum_all()?.backward()?;
+        assert_eq!(
+            gf.get(&b).unwrap().to_vec1::<f32>()?,
+            gc.get(&b).unwrap().to_vec1::<f32>()?
+        );
         Ok(())
     }
 

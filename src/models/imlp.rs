@@ -12,10 +12,9 @@ use serde::Serialize;
 
 use super::implicit::{fixed_point, FixedMap, ImplicitGradient};
 use crate::config::{IMixerConfig, Solver};
-use crate::layers::bias::bias_gelu;
 use crate::layers::linear::linear;
 use crate::layers::linear::{BiasInit, MLP_BIAS_STD};
-use crate::layers::linear_epilogue::linear_epilogue;
+use crate::layers::linear_epilogue::{linear_epilogue, linear_gelu};
 use crate::layers::{gelu, Axis, ForwardCtx, Linear, SoftSpectralNorm};
 use crate::params::Scope;
 
@@ -74,7 +73,8 @@ impl IMlp {
     }
 
     /// One reference step x ← F(x) + y = (GELU(GELU(x) W̃₁ᵀ + b₁) W̃₂ᵀ + b₂) + y. Along the last
-    /// axis GELU(· + b₁) is one op (`bias_gelu`) and fc_sn2's bias and the residual y sit in its
+    /// axis fc_sn1's matmul, bias and GELU are one op (`linear_gelu`, which keeps GELU′ instead of
+    /// the pre-activation) and fc_sn2's bias and the residual y sit in its
     /// matmul's epilogue (`linear_epilogue`), so the backward keeps neither fc_sn2's raw product
     /// nor F(x): two activations fewer per iteration than `residual_map(x) + y`.
     fn unrolled_step(
@@ -88,10 +88,7 @@ impl IMlp {
             return self.residual_map(x, axis, ctx)? + y;
         }
         let w1 = self.fc_sn1.weight(ctx)?;
-        let h = bias_gelu(
-            &linear(&gelu(x)?, &w1, None, axis)?,
-            self.fc_sn1.bias.as_tensor(),
-        )?;
+        let h = linear_gelu(&gelu(x)?, &w1, Some(self.fc_sn1.bias.as_tensor()))?;
         let w2 = self.fc_sn2.weight(ctx)?;
         linear_epilogue(&h, &w2, Some(self.fc_sn2.bias.as_tensor()), Some(y))
     }
