@@ -332,25 +332,27 @@ impl LinearEpilogue {
         let scale = ScaleWithColumnSums {
             factor: derivative,
             cols: self.out_f,
-            sums: Mutex::new(Vec::new()),
+            sums: has_bias.then(|| Mutex::new(Vec::new())),
         };
         let dz = g.apply_op1_no_bwd(&scale)?;
-        let db = if has_bias {
-            let sums = std::mem::take(&mut *scale.sums.lock().unwrap_or_else(|e| e.into_inner()));
-            Some(Tensor::from_vec(sums, self.out_f, g.device())?.to_dtype(g.dtype())?)
-        } else {
-            None
+        let db = match scale.sums {
+            Some(sums) => {
+                let sums = sums.into_inner().unwrap_or_else(|e| e.into_inner());
+                Some(Tensor::from_vec(sums, self.out_f, g.device())?.to_dtype(g.dtype())?)
+            }
+            None => None,
         };
         Ok((Some(dz.matmul(w)?), Some(dz.t()?.matmul(x)?), db))
     }
 }
 
-/// g ↦ g ⊙ factor for (rows, cols) tensors, keeping Σ_rows of the result (in f64, summed over
-/// the same fixed row blocks and in the same order as [`super::bias::column_sums`]: the same bits).
+/// g ↦ g ⊙ factor for (rows, cols) tensors, keeping Σ_rows of the result when `sums` is given
+/// (in f64, over the same fixed row blocks and in the same order as
+/// [`super::bias::column_sums`]: the same bits).
 struct ScaleWithColumnSums<'a> {
     factor: &'a CpuStorage,
     cols: usize,
-    sums: Mutex<Vec<f64>>,
+    sums: Option<Mutex<Vec<f64>>>,
 }
 
 impl SliceKernel for ScaleWithColumnSums<'_> {
@@ -358,6 +360,14 @@ impl SliceKernel for ScaleWithColumnSums<'_> {
         let (g, cols) = (i[0], self.cols);
         let Some(factor) = T::slice_of(self.factor) else {
             return Vec::new(); // `cpu_fwd` checked the dtype; unreachable
+        };
+        let Some(sums) = &self.sums else {
+            return par_output(g.len(), PAR_CHUNK, |start, o| {
+                let (g, f) = (&g[start..start + o.len()], &factor[start..start + o.len()]);
+                for ((o, &g), &f) in o.iter_mut().zip(g).zip(f) {
+                    *o = g * f;
+                }
+            });
         };
         let block = (PAR_CHUNK / cols.max(1)).max(1) * cols;
         let (out, partials) = par_output_with(g.len(), g.len(), block, |start, o| {
@@ -377,7 +387,7 @@ impl SliceKernel for ScaleWithColumnSums<'_> {
                 *t += v;
             }
         }
-        *self.sums.lock().unwrap_or_else(|e| e.into_inner()) = total;
+        *sums.lock().unwrap_or_else(|e| e.into_inner()) = total;
         out
     }
 }
