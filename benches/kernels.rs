@@ -8,6 +8,7 @@ use imixer::layers::gelu::gelu;
 use imixer::layers::layer_norm::{layer_norm, layer_norm_composed};
 use imixer::layers::linear_epilogue::{linear_epilogue, linear_gelu};
 use imixer::layers::spectral_norm::{power_iteration, power_iteration_composed};
+use imixer::layers::transpose::{add_transposed, transpose12};
 use imixer::params::seeded_normal;
 
 const ROWS: usize = 128 * 49;
@@ -112,6 +113,25 @@ fn kernels(c: &mut Criterion) {
             let z = linear_epilogue(&fc1[0], &fc1[1], None, None).expect("matmul");
             bias_gelu(&z, &fc1[2]).expect("bias + GELU")
         })
+    });
+    g.finish();
+
+    // The token axis: (B, N, D) → (B, D, N) and the transposed residual add x + tᵀ, vs
+    // candle's strided copy (8 × 8 register tiles against an element-by-element move).
+    let tokens = normal(19, &[128, 49, D]);
+    let branch = normal(20, &[128, D, 49]);
+    let mut g = c.benchmark_group("token_transpose");
+    g.bench_function("transpose12", |bch| {
+        bch.iter(|| transpose12(&tokens).expect("transpose"))
+    });
+    g.bench_function("candle_transpose_contiguous", |bch| {
+        bch.iter(|| tokens.transpose(1, 2)?.contiguous())
+    });
+    g.bench_function("add_transposed", |bch| {
+        bch.iter(|| add_transposed(&tokens, &branch).expect("add"))
+    });
+    g.bench_function("candle_add_transpose", |bch| {
+        bch.iter(|| &tokens + branch.transpose(1, 2)?)
     });
     g.finish();
 

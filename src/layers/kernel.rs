@@ -152,6 +152,17 @@ pub trait Float:
     }
     fn exp(self) -> Self;
     fn sqrt(self) -> Self;
+    /// dst[j·dst_stride + i] = src[i·src_stride + j] for i, j < 8: one 8 × 8 tile of a
+    /// transpose (both slices start at the tile's first element).
+    #[inline(always)]
+    fn transpose_8x8(src: &[Self], src_stride: usize, dst: &mut [Self], dst_stride: usize) {
+        for i in 0..8 {
+            let row = &src[i * src_stride..i * src_stride + 8];
+            for (j, &v) in row.iter().enumerate() {
+                dst[j * dst_stride + i] = v;
+            }
+        }
+    }
     /// `v` as candle CPU storage of this dtype (a kernel's side result kept for a backward).
     fn into_storage(v: Vec<Self>) -> CpuStorage;
     /// The elements of `s` when it holds this dtype.
@@ -203,6 +214,14 @@ impl Float for f32 {
     fn into_storage(v: Vec<Self>) -> CpuStorage {
         CpuStorage::F32(v)
     }
+    /// Eight rows in eight AVX registers, transposed by [`transpose_8x8_avx`].
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+    #[inline(always)]
+    fn transpose_8x8(src: &[Self], src_stride: usize, dst: &mut [Self], dst_stride: usize) {
+        // SAFETY: the function's only requirement is AVX, and this code is compiled only when
+        // the whole build targets AVX (the cfg above), so every CPU that runs it has AVX.
+        unsafe { transpose_8x8_avx(src, src_stride, dst, dst_stride) }
+    }
     fn slice_of(s: &CpuStorage) -> Option<&[Self]> {
         match s {
             CpuStorage::F32(v) => Some(v),
@@ -240,6 +259,62 @@ impl Float for f64 {
         match s {
             CpuStorage::F64(v) => Some(v),
             _ => None,
+        }
+    }
+}
+
+/// [`Float::transpose_8x8`] for f32 in AVX registers: the classic unpack / shuffle /
+/// 128-bit-permute network, 24 register shuffles instead of 64 scalar stores to 8 strided rows.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+#[target_feature(enable = "avx")]
+fn transpose_8x8_avx(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
+    use std::arch::x86_64::*;
+    let load = |i: usize| {
+        let row = &src[i * src_stride..i * src_stride + 8];
+        // SAFETY: `row` is a bounds-checked slice of 8 f32, exactly the 32 bytes the unaligned
+        // load reads.
+        unsafe { _mm256_loadu_ps(row.as_ptr()) }
+    };
+    let r = [
+        load(0),
+        load(1),
+        load(2),
+        load(3),
+        load(4),
+        load(5),
+        load(6),
+        load(7),
+    ];
+    let t = [
+        _mm256_unpacklo_ps(r[0], r[1]),
+        _mm256_unpackhi_ps(r[0], r[1]),
+        _mm256_unpacklo_ps(r[2], r[3]),
+        _mm256_unpackhi_ps(r[2], r[3]),
+        _mm256_unpacklo_ps(r[4], r[5]),
+        _mm256_unpackhi_ps(r[4], r[5]),
+        _mm256_unpacklo_ps(r[6], r[7]),
+        _mm256_unpackhi_ps(r[6], r[7]),
+    ];
+    let s = [
+        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+    ];
+    for j in 0..4 {
+        let halves = [
+            (j, _mm256_permute2f128_ps::<0x20>(s[j], s[j + 4])),
+            (j + 4, _mm256_permute2f128_ps::<0x31>(s[j], s[j + 4])),
+        ];
+        for (row, v) in halves {
+            let out = &mut dst[row * dst_stride..row * dst_stride + 8];
+            // SAFETY: `out` is a bounds-checked slice of 8 f32, exactly the 32 bytes the
+            // unaligned store writes.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
         }
     }
 }

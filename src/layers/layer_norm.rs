@@ -172,15 +172,21 @@ impl SliceKernel for LayerNormOp {
         par_output(x.len(), transposed_block_len(n), |start, out| {
             if cols == d {
                 // Per-token LN: the statistics row is the token, γ/β indexed by the channel.
-                transposed_block(x, (n, d), start, out, |_, row, col, v| {
-                    normalise(v, stats[row], w[col], b[col])
+                transposed_block(x, (n, d), start, out, |_, row, col, out_row| {
+                    let stats = &stats[row..row + out_row.len()];
+                    for (v, &s) in out_row.iter_mut().zip(stats) {
+                        *v = normalise(*v, s, w[col], b[col]);
+                    }
                 })
             } else {
                 // Joint (N, D) LN: one statistics row per sample, γ/β indexed by (token, channel).
-                // `row` = b·N + token is fixed along the inner loop, so both divisions hoist.
-                transposed_block(x, (n, d), start, out, |_, row, col, v| {
-                    let j = (row % n) * d + col;
-                    normalise(v, stats[row / n], w[j], b[j])
+                // An output row is one sample's channel `col` over its N tokens: γ/β step by D.
+                transposed_block(x, (n, d), start, out, |_, row, col, out_row| {
+                    let s = stats[row / n];
+                    for (token, v) in out_row.iter_mut().enumerate() {
+                        let j = token * d + col;
+                        *v = normalise(*v, s, w[j], b[j]);
+                    }
                 })
             }
         })

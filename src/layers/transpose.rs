@@ -14,9 +14,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 
 use super::kernel::{dispatch, par_output, Float, SliceKernel, PAR_CHUNK};
 
-/// Output rows handled together: `TILE` adjacent source columns are one 64-byte line in f32, so
-/// each source row is read a line at a time while `TILE` output rows are written in step.
-const TILE: usize = 16;
+/// Output rows handled together: eight adjacent source columns, moved as 8 × 8 tiles
+/// ([`Float::transpose_8x8`], eight AVX registers for f32).
+const TILE: usize = 8;
 
 /// (B, R, C) → (B, C, R), contiguous; gradient: the transpose back.
 pub fn transpose12(x: &Tensor) -> Result<Tensor> {
@@ -54,16 +54,22 @@ pub fn add_transposed(x: &Tensor, t: &Tensor) -> Result<Tensor> {
 }
 
 /// Fills `out`, the block of the (B, C, R) transpose of `src` (B, R, C) that starts at flat
-/// index `start` (a multiple of R), with `f(k, row, col, v)`: `k` the index in `out`, `row` the
-/// source row over the whole batch (b·R + r), `col` the source column, `v` the source value.
-/// The caller's `f` turns the moved value into the output (identity, residual add, LayerNorm).
+/// index `start` (a multiple of R), then calls `f(k, row, col, out_row)` on every output row
+/// (R moved values): `k` the index of its first element in `out`, `row` the source row of that
+/// element over the whole batch (b·R; element i came from row b·R + i), `col` the source
+/// column. The caller's `f` turns the moved values into the output in place (nothing for a
+/// plain transpose, a residual add, a LayerNorm).
+///
+/// Eight output rows at a time: the values move first, as 8 × 8 register tiles (a scalar
+/// element-by-element move ran at ≈ 1–2 ns per element, ten times a plain add), then `f` runs
+/// along each output row while the eight are in L1 — contiguous slices the compiler vectorises.
 #[inline(always)]
 pub fn transposed_block<T: Float>(
     src: &[T],
     (r, c): (usize, usize),
     start: usize,
     out: &mut [T],
-    f: impl Fn(usize, usize, usize, T) -> T,
+    f: impl Fn(usize, usize, usize, &mut [T]),
 ) {
     let rows = out.len() / r;
     let first = start / r;
@@ -71,13 +77,25 @@ pub fn transposed_block<T: Float>(
     while g < rows {
         let (b, col) = ((first + g) / c, (first + g) % c);
         let width = TILE.min(c - col).min(rows - g);
-        for rr in 0..r {
-            let row = b * r + rr;
-            let s = &src[row * c + col..row * c + col + width];
-            for (i, &v) in s.iter().enumerate() {
-                let k = (g + i) * r + rr;
-                out[k] = f(k, row, col + i, v);
+        let sample = &src[b * r * c..(b + 1) * r * c];
+        let tile = &mut out[g * r..(g + width) * r];
+        let mut rr = 0;
+        if width == TILE {
+            while rr + TILE <= r {
+                T::transpose_8x8(&sample[rr * c + col..], c, &mut tile[rr..], r);
+                rr += TILE;
             }
+        }
+        for rr in rr..r {
+            for (i, &v) in sample[rr * c + col..rr * c + col + width]
+                .iter()
+                .enumerate()
+            {
+                tile[i * r + rr] = v;
+            }
+        }
+        for (i, out_row) in tile.chunks_mut(r).enumerate() {
+            f((g + i) * r, b * r, col + i, out_row);
         }
         g += width;
     }
@@ -98,7 +116,7 @@ impl SliceKernel for Transpose12 {
     fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
         let (src, r, c) = (i[0], self.r, self.c);
         par_output(src.len(), transposed_block_len(r), |start, out| {
-            transposed_block(src, (r, c), start, out, |_, _, _, v| v)
+            transposed_block(src, (r, c), start, out, |_, _, _, _| {})
         })
     }
 }
@@ -130,7 +148,12 @@ impl SliceKernel for AddTransposed {
         // The output (B, N, D) is the transpose of t (source rows D, columns N) plus x.
         par_output(x.len(), transposed_block_len(d), |start, out| {
             let x = &x[start..start + out.len()];
-            transposed_block(t, (d, n), start, out, |k, _, _, v| x[k] + v)
+            transposed_block(t, (d, n), start, out, |k, _, _, out_row| {
+                let x = &x[k..k + out_row.len()];
+                for (o, &x) in out_row.iter_mut().zip(x) {
+                    *o = x + *o;
+                }
+            })
         })
     }
 }
@@ -227,13 +250,26 @@ mod tests {
         Ok(())
     }
 
-    /// f32 path (the models' dtype) moves the same bits.
+    /// f32 path (the models' dtype, 8 × 8 register tiles) moves the same bits, with full and
+    /// partial tiles and the model shapes (N 49, D 128).
     #[test]
     fn f32_transpose_moves_bits() -> Result<()> {
-        let x = normal(8, &[3, 20, 17])?.to_dtype(DType::F32)?;
-        let ours = transpose12(&x)?.to_vec3::<f32>()?;
-        let theirs = x.transpose(1, 2)?.contiguous()?.to_vec3::<f32>()?;
-        assert_eq!(ours, theirs);
+        for (b, r, c) in [
+            (3, 20, 17),
+            (2, 49, 128),
+            (2, 128, 49),
+            (1, 8, 8),
+            (2, 16, 7),
+        ] {
+            let x = normal(8, &[b, r, c])?.to_dtype(DType::F32)?;
+            let ours = transpose12(&x)?.to_vec3::<f32>()?;
+            let theirs = x.transpose(1, 2)?.contiguous()?.to_vec3::<f32>()?;
+            assert_eq!(ours, theirs, "{b}×{r}×{c}");
+            let y = normal(9, &[b, c, r])?.to_dtype(DType::F32)?;
+            let ours = add_transposed(&y, &x)?.to_vec3::<f32>()?;
+            let theirs = (&y + x.transpose(1, 2)?)?.to_vec3::<f32>()?;
+            assert_eq!(ours, theirs, "add {b}×{r}×{c}");
+        }
         Ok(())
     }
 }
