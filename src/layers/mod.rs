@@ -12,6 +12,7 @@ pub mod linear;
 pub mod linear_epilogue;
 pub mod patch_embed;
 pub mod spectral_norm;
+pub mod token_mean;
 pub mod transpose;
 
 pub use context::ForwardCtx;
@@ -21,4 +22,5 @@ pub use layer_norm::LayerNorm;
 pub use linear::{Axis, Linear};
 pub use patch_embed::PatchEmbed;
 pub use spectral_norm::SoftSpectralNorm;
+pub use token_mean::mean_tokens;
 pub use transpose::{add_transposed, transpose12};

@@ -6,6 +6,7 @@
 
 use candle_core::{Result, Tensor, Var};
 
+use super::linear_epilogue::linear_epilogue;
 use crate::params::Scope;
 
 #[derive(Clone, Debug)]
@@ -64,9 +65,12 @@ impl PatchEmbed {
             .permute((0, 2, 4, 1, 3, 5))?
             .reshape((b * gh * gw, c * p * p))?;
         let kernel = self.weight.reshape((dim, c * p * p))?;
-        patches
-            .matmul(&kernel.t()?)?
-            .broadcast_add(self.bias.as_tensor())?
-            .reshape((b, gh * gw, dim))
+        // The bias in the matmul's epilogue: its gradient is a parallel column sum, not
+        // candle's strided reduction of a broadcast add.
+        linear_epilogue(&patches, &kernel, Some(self.bias.as_tensor()), None)?.reshape((
+            b,
+            gh * gw,
+            dim,
+        ))
     }
 }

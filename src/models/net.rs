@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use super::blocks::Block;
 use crate::config::ModelConfig;
 use crate::layers::spectral_norm::{commit_buffers, SnBuffers};
-use crate::layers::{Axis, ForwardCtx, LayerNorm, Linear, PatchEmbed};
+use crate::layers::{mean_tokens, Axis, ForwardCtx, LayerNorm, Linear, PatchEmbed};
 use crate::params::{Builder, ParamStore};
 
 #[derive(Clone, Debug)]
@@ -89,7 +89,7 @@ impl MixerNet {
         }
         let x = self.norm.forward(&x)?;
         ctx.record("norm", &x);
-        self.head.forward(&x.mean(1)?, Axis::Channels)
+        self.head.forward(&mean_tokens(&x)?, Axis::Channels)
     }
 
     /// Writes the spectral-norm buffers a deferred forward advanced
