@@ -618,6 +618,24 @@ mod tests {
         Ok(())
     }
 
+    /// The one-thread destination (built by copying) and the parallel one (zeroed blocks, then
+    /// filled) give the same bits for every addend.
+    #[test]
+    fn one_thread_destination_equals_the_parallel_one() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = seeded_normal(20, &[300, 24], 1.0, DType::F32, &dev)?;
+        let w = seeded_normal(21, &[19, 24], 1.0, DType::F32, &dev)?;
+        let b = seeded_normal(22, &[19], 1.0, DType::F32, &dev)?;
+        let r = seeded_normal(23, &[300, 19], 1.0, DType::F32, &dev)?;
+        for (bias, residual) in [(true, false), (false, true), (true, true)] {
+            let run = || linear_epilogue(&x, &w, bias.then_some(&b), residual.then_some(&r));
+            let one = candle_core::utils::with_num_threads(1, run)?.to_vec2::<f32>()?;
+            let two = candle_core::utils::with_num_threads(2, run)?.to_vec2::<f32>()?;
+            assert_eq!(one, two, "bias {bias}, residual {residual}");
+        }
+        Ok(())
+    }
+
     #[test]
     fn shape_mismatches_are_errors() -> Result<()> {
         let dev = Device::Cpu;
