@@ -443,6 +443,17 @@ fn infer_equals_eval_forward_without_a_graph() -> Result<()> {
         let grads = loss.backward()?;
         let head = model.head.weight.as_tensor();
         assert!(grads.get(head).is_some(), "{name}: no gradient after infer");
+        // The backward records no graph of its own (vendored candle patch 5): a parameter's
+        // gradient holding a graph node would keep that node's inputs (intermediate
+        // gradients) allocated for as long as the gradients live.
+        for p in model.params.params() {
+            let g = grads.get(p.var.as_tensor());
+            assert!(
+                g.is_some_and(|g| !g.track_op()),
+                "{name}: gradient of {}",
+                p.name
+            );
+        }
     }
     Ok(())
 }

@@ -189,6 +189,15 @@ impl Tensor {
     }
 
     pub fn backward(&self) -> Result<GradStore> {
+        // imixer patch 5: the backward pass records no graph of its own. Upstream detaches each
+        // incoming gradient, but an op's gradient formula that involves a graph input (a
+        // matmul's `lhs.t().matmul(grad)`, a custom op's backward) still records a node
+        // holding that gradient; stored as a variable's gradient it was never released, so
+        // every such intermediate gradient stayed allocated until the GradStore was dropped.
+        no_grad(|| self.backward_without_graph())
+    }
+
+    fn backward_without_graph(&self) -> Result<GradStore> {
         let sorted_nodes = self.sorted_nodes();
         let mut grads = GradStore::new();
         grads.insert(self, self.ones_like()?.contiguous()?);
