@@ -7,11 +7,14 @@
 //! matmul, the models use `linear_epilogue::linear_gelu` instead: the bias, and the GELU with its
 //! derivative, go into the matmul's output pass. This op is for a GELU(y + b) of any tensor.)
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use std::sync::Mutex;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gelu::{gelu, gelu_grad_scalar, gelu_scalar};
-use super::kernel::{dispatch, par_output, Float, SliceKernel, PAR_CHUNK};
+use super::kernel::{dispatch, par_output, par_output_with, Float, SliceKernel, PAR_CHUNK};
 
 /// GELU(y + b) over the last axis.
 pub fn bias_gelu(y: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -148,6 +151,78 @@ impl CustomOp3 for BiasGeluBackward {
     }
 }
 
+/// g ↦ g ⊙ factor for (rows, cols) tensors, keeping Σ_rows of the result when `sums` is given
+/// (in f64, over the same fixed row blocks and in the same order as
+/// [`column_sums`]: the same bits).
+pub(crate) struct ScaleWithColumnSums<'a> {
+    pub factor: &'a CpuStorage,
+    pub cols: usize,
+    pub sums: Option<Mutex<Vec<f64>>>,
+}
+
+impl SliceKernel for ScaleWithColumnSums<'_> {
+    fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
+        let (g, cols) = (i[0], self.cols);
+        let Some(factor) = T::slice_of(self.factor) else {
+            return Vec::new(); // `cpu_fwd` checked the dtype; unreachable
+        };
+        let Some(sums) = &self.sums else {
+            return par_output(g.len(), PAR_CHUNK, |start, o| {
+                let (g, f) = (&g[start..start + o.len()], &factor[start..start + o.len()]);
+                for ((o, &g), &f) in o.iter_mut().zip(g).zip(f) {
+                    *o = g * f;
+                }
+            });
+        };
+        let block = (PAR_CHUNK / cols.max(1)).max(1) * cols;
+        let (out, partials) = par_output_with(g.len(), g.len(), block, |start, o| {
+            let (g, f) = (&g[start..start + o.len()], &factor[start..start + o.len()]);
+            let mut acc = vec![0f64; cols];
+            for ((o, g), f) in o.chunks_mut(cols).zip(g.chunks(cols)).zip(f.chunks(cols)) {
+                for (((o, &g), &f), a) in o.iter_mut().zip(g).zip(f).zip(acc.iter_mut()) {
+                    *o = g * f;
+                    *a += o.to_f64();
+                }
+            }
+            acc
+        });
+        let mut total = vec![0f64; cols];
+        for p in &partials {
+            for (t, v) in total.iter_mut().zip(p) {
+                *t += v;
+            }
+        }
+        *sums.lock().unwrap_or_else(|e| e.into_inner()) = total;
+        out
+    }
+}
+
+impl CustomOp1 for ScaleWithColumnSums<'_> {
+    fn name(&self) -> &'static str {
+        "imixer-scale-with-column-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let factor_len = match self.factor {
+            CpuStorage::F32(v) => v.len(),
+            CpuStorage::F64(v) => v.len(),
+            _ => usize::MAX,
+        };
+        if self.factor.dtype() != s.dtype()
+            || factor_len != l.shape().elem_count()
+            || l.dims().last() != Some(&self.cols)
+        {
+            candle_core::bail!(
+                "{}: gradient {:?} ({:?}) does not match the kept factor",
+                self.name(),
+                l.shape(),
+                s.dtype()
+            );
+        }
+        Ok((dispatch(self.name(), self, &[(s, l)])?, l.shape().clone()))
+    }
+}
+
 /// (…, C) ↦ (C): sums over every leading index.
 pub(crate) struct ColumnSums {
     pub cols: usize,
@@ -159,7 +234,7 @@ impl SliceKernel for ColumnSums {
     }
 }
 
-impl candle_core::CustomOp1 for ColumnSums {
+impl CustomOp1 for ColumnSums {
     fn name(&self) -> &'static str {
         "imixer-column-sums"
     }

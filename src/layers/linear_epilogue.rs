@@ -18,12 +18,11 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::bias::{bias_gelu, ColumnSums};
+use super::bias::{bias_gelu, ColumnSums, ScaleWithColumnSums};
 use super::gelu::{gelu, gelu_in_place, gelu_in_place_with_derivative};
-use super::kernel::{dispatch, par_output, par_output_with, Float, SliceKernel, PAR_CHUNK};
+use super::kernel::{dispatch, par_output, Float, SliceKernel, PAR_CHUNK};
 
 /// x Wᵀ + b + r along the last axis of x (…, in) for W (out, in), b (out), r (…, out); either
 /// addend may be absent. CPU runs one fused op; other devices the candle composition.
@@ -170,9 +169,7 @@ impl LinearEpilogue {
     fn w_cols(&self) -> usize {
         self.in_f + usize::from(self.addend == Addend::BiasResidual)
     }
-}
 
-impl LinearEpilogue {
     /// The destination as it starts before gemm accumulates into it: b in every row, r, or
     /// r + b. On one thread (a data-parallel shard's lane) it is built by copying, with no
     /// zero pass before (that pass was ≈ 5 % of a shard's inference step); with more threads
@@ -373,78 +370,6 @@ impl LinearEpilogue {
             None => None,
         };
         Ok((Some(dz.matmul(w)?), Some(dz.t()?.matmul(x)?), db))
-    }
-}
-
-/// g ↦ g ⊙ factor for (rows, cols) tensors, keeping Σ_rows of the result when `sums` is given
-/// (in f64, over the same fixed row blocks and in the same order as
-/// [`super::bias::column_sums`]: the same bits).
-struct ScaleWithColumnSums<'a> {
-    factor: &'a CpuStorage,
-    cols: usize,
-    sums: Option<Mutex<Vec<f64>>>,
-}
-
-impl SliceKernel for ScaleWithColumnSums<'_> {
-    fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
-        let (g, cols) = (i[0], self.cols);
-        let Some(factor) = T::slice_of(self.factor) else {
-            return Vec::new(); // `cpu_fwd` checked the dtype; unreachable
-        };
-        let Some(sums) = &self.sums else {
-            return par_output(g.len(), PAR_CHUNK, |start, o| {
-                let (g, f) = (&g[start..start + o.len()], &factor[start..start + o.len()]);
-                for ((o, &g), &f) in o.iter_mut().zip(g).zip(f) {
-                    *o = g * f;
-                }
-            });
-        };
-        let block = (PAR_CHUNK / cols.max(1)).max(1) * cols;
-        let (out, partials) = par_output_with(g.len(), g.len(), block, |start, o| {
-            let (g, f) = (&g[start..start + o.len()], &factor[start..start + o.len()]);
-            let mut acc = vec![0f64; cols];
-            for ((o, g), f) in o.chunks_mut(cols).zip(g.chunks(cols)).zip(f.chunks(cols)) {
-                for (((o, &g), &f), a) in o.iter_mut().zip(g).zip(f).zip(acc.iter_mut()) {
-                    *o = g * f;
-                    *a += o.to_f64();
-                }
-            }
-            acc
-        });
-        let mut total = vec![0f64; cols];
-        for p in &partials {
-            for (t, v) in total.iter_mut().zip(p) {
-                *t += v;
-            }
-        }
-        *sums.lock().unwrap_or_else(|e| e.into_inner()) = total;
-        out
-    }
-}
-
-impl CustomOp1 for ScaleWithColumnSums<'_> {
-    fn name(&self) -> &'static str {
-        "imixer-scale-with-column-sums"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let factor_len = match self.factor {
-            CpuStorage::F32(v) => v.len(),
-            CpuStorage::F64(v) => v.len(),
-            _ => usize::MAX,
-        };
-        if self.factor.dtype() != s.dtype()
-            || factor_len != l.shape().elem_count()
-            || l.dims().last() != Some(&self.cols)
-        {
-            candle_core::bail!(
-                "{}: gradient {:?} ({:?}) does not match the kept factor",
-                self.name(),
-                l.shape(),
-                s.dtype()
-            );
-        }
-        Ok((dispatch(self.name(), self, &[(s, l)])?, l.shape().clone()))
     }
 }
 

@@ -26,17 +26,15 @@ struct MeanTokens {
     d: usize,
 }
 
-impl MeanTokens {
-    /// 1/N as candle's `mean` applies it (computed in f64, rounded to the dtype).
-    fn scale<T: Float>(&self) -> T {
-        T::from_f64(1.0 / self.n as f64)
-    }
+/// 1/N as candle's `mean` applies it (computed in f64, rounded to the dtype).
+fn inverse_count<T: Float>(n: usize) -> T {
+    T::from_f64(1.0 / n as f64)
 }
 
 impl SliceKernel for MeanTokens {
     fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
         let (x, n, d) = (i[0], self.n, self.d);
-        let scale = self.scale::<T>();
+        let scale = inverse_count::<T>(n);
         // One output row per sample; a few samples per parallel block.
         par_output(self.b * d, 8 * d, |start, out| {
             for (s, row) in out.chunks_mut(d).enumerate() {
@@ -94,7 +92,7 @@ struct SpreadTokens {
 impl SliceKernel for SpreadTokens {
     fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
         let (g, n, d) = (i[0], self.n, self.d);
-        let scale = MeanTokens { b: self.b, n, d }.scale::<T>();
+        let scale = inverse_count::<T>(n);
         par_output(self.b * n * d, n * d, |start, out| {
             let sample = start / (n * d);
             let row = &g[sample * d..(sample + 1) * d];
