@@ -14,7 +14,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, S
 use rayon::prelude::*;
 
 use super::gelu::{gelu, gelu_grad_scalar, gelu_scalar};
-use super::kernel::{dispatch, par_output, par_output_with, Float, SliceKernel, PAR_CHUNK};
+use super::kernel::{
+    dispatch, par_output, par_output_with, sum_in_block_order, Float, SliceKernel, PAR_CHUNK,
+};
 
 /// GELU(y + b) over the last axis.
 pub fn bias_gelu(y: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -40,13 +42,10 @@ pub fn column_sums<T: Float>(g: &[T], cols: usize) -> Vec<T> {
             acc
         })
         .collect();
-    let mut total = vec![0f64; cols];
-    for p in &partials {
-        for (t, v) in total.iter_mut().zip(p) {
-            *t += v;
-        }
-    }
-    total.into_iter().map(T::from_f64).collect()
+    sum_in_block_order(&partials, cols)
+        .into_iter()
+        .map(T::from_f64)
+        .collect()
 }
 
 /// The bias must match the input's last axis.
@@ -186,13 +185,7 @@ impl SliceKernel for ScaleWithColumnSums<'_> {
             }
             acc
         });
-        let mut total = vec![0f64; cols];
-        for p in &partials {
-            for (t, v) in total.iter_mut().zip(p) {
-                *t += v;
-            }
-        }
-        *sums.lock().unwrap_or_else(|e| e.into_inner()) = total;
+        *sums.lock().unwrap_or_else(|e| e.into_inner()) = sum_in_block_order(&partials, cols);
         out
     }
 }

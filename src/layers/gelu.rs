@@ -37,16 +37,10 @@ fn gelu_derivative_composed(x: &Tensor) -> Result<Tensor> {
     phi? + (x * density?)?
 }
 
-/// Derivative of the exact GELU: Φ(x) + x·φ(x).
-#[inline]
-pub fn gelu_grad_scalar<T: Float>(x: T) -> T {
-    // erf(x/√2) and e^(−x²/2) = φ(x)·√(2π) from one exponential.
-    let (erf, gauss) = (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf_and_gauss();
-    T::from_f64(0.5) * (T::one() + erf) + x * T::from_f64(0.398_942_280_401_432_7) * gauss
-}
-
-/// (GELU(x), GELU′(x)) from one erf and one exponential: each bit-identical to
-/// [`gelu_scalar`] / [`gelu_grad_scalar`] (the same expressions on the same erf value).
+/// (GELU(x), GELU′(x)) = (x·Φ(x), Φ(x) + x·φ(x)) from one erf and one exponential:
+/// erf(x/√2) and e^(−x²/2) = φ(x)·√(2π). The forward and backward kernels all evaluate GELU
+/// through this one definition, so the value a forward writes and the derivative a fused op
+/// keeps round exactly like the standalone ones (the unused half is dead code there).
 #[inline]
 pub fn gelu_and_grad_scalar<T: Float>(x: T) -> (T, T) {
     let (erf, gauss) = (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf_and_gauss();
@@ -57,10 +51,16 @@ pub fn gelu_and_grad_scalar<T: Float>(x: T) -> (T, T) {
     )
 }
 
+/// Derivative of the exact GELU: Φ(x) + x·φ(x).
+#[inline]
+pub fn gelu_grad_scalar<T: Float>(x: T) -> T {
+    gelu_and_grad_scalar(x).1
+}
+
+/// The exact GELU x·Φ(x).
 #[inline]
 pub fn gelu_scalar<T: Float>(x: T) -> T {
-    let half = T::from_f64(0.5);
-    half * x * (T::one() + (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf())
+    gelu_and_grad_scalar(x).0
 }
 
 /// GELU of every element of `v`, in place, in parallel `PAR_CHUNK` blocks (e.g. on a matmul

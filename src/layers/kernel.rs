@@ -92,6 +92,18 @@ pub fn par_output_beside<T: Float>(
     out
 }
 
+/// The element-wise sum of per-block partial sums, added in block order: with the fixed block
+/// split of [`PAR_CHUNK`] this makes a parallel reduction the same bits on any thread count.
+pub fn sum_in_block_order(partials: &[Vec<f64>], len: usize) -> Vec<f64> {
+    let mut total = vec![0f64; len];
+    for p in partials {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    total
+}
+
 /// A CPU kernel written once for f32 and f64 over contiguous inputs of one dtype.
 pub trait SliceKernel {
     fn run<T: Float>(&self, inputs: &[&[T]]) -> Vec<T>;

@@ -10,7 +10,9 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
 
 use rayon::prelude::*;
 
-use super::kernel::{dispatch, par_output, par_output_with, Float, SliceKernel, PAR_CHUNK};
+use super::kernel::{
+    dispatch, par_output, par_output_with, sum_in_block_order, Float, SliceKernel, PAR_CHUNK,
+};
 use super::transpose::{transpose12_no_grad, transposed_block, transposed_block_len};
 use crate::params::Scope;
 
@@ -333,13 +335,8 @@ impl SliceKernel for LayerNormBackward {
             }
             acc
         });
-        let mut total = vec![0f64; 2 * cols];
-        for p in &partials {
-            for (t, v) in total.iter_mut().zip(p) {
-                *t += v;
-            }
-        }
-        out.extend(total.iter().map(|&t| T::from_f64(t)));
+        let total = sum_in_block_order(&partials, 2 * cols);
+        out.extend(total.into_iter().map(T::from_f64));
         out
     }
 }

@@ -1,9 +1,8 @@
 //! The global average pool before the head: the mean over the token axis, (B, N, D) → (B, D).
 //!
 //! Why a custom op: candle's `mean(1)` reduces a middle axis with its generic strided reducer
-//! (an index computation per element, one thread), and its backward broadcasts the gradient back
-//! through a second generic pass; together ≈ 1.5 % of a small-model train step. Here both are
-//! one contiguous pass per sample. Rounding is candle's: a running sum over the tokens in order,
+//! (an index computation per element, one thread): ≈ 0.7–0.9 % of a fmnist-tiny train step in
+//! the profile. Here the forward and the backward are each one contiguous pass per sample. Rounding is candle's: a running sum over the tokens in order,
 //! then one multiply by 1/N rounded to the dtype, so the values are the same bits.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
