@@ -1,9 +1,10 @@
-//! The model configuration: every architectural knob of SPEC.md, serialisable (TOML/JSON) so a run
-//! directory or checkpoint fully describes its model, and settable without a registry name.
+//! The model configuration: every architectural knob of docs/models.md, serialisable (TOML/JSON)
+//! so a run directory or checkpoint fully describes its model, and settable without a registry
+//! name.
 
 use serde::{Deserialize, Serialize};
 
-/// The six model families of SPEC.md.
+/// The six model families (docs/models.md "Blocks per family").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {

@@ -1,9 +1,9 @@
-//! Golden parity with the PyTorch reference (SPEC.md property 1).
+//! Golden parity with the PyTorch reference (docs/models.md "Properties the tests check", 1).
 //!
 //! For every family, `<family>.safetensors` + `<family>.json` from `$IMIXER_GOLDEN_DIR` (default
-//! `../shared/golden`): eval activations and logits, train-mode logits and losses, every gradient,
-//! the spectral-norm buffers and per-call traces, the eval forward after training, and one AdamW
-//! step. A missing file fails the test.
+//! `tests/golden/`, the reference tensors shipped with the repository): eval activations and
+//! logits, train-mode logits and losses, every gradient, the spectral-norm buffers and per-call
+//! traces, the eval forward after training, and one AdamW step. A missing file fails the test.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ use serde_json::Value;
 fn golden_dir() -> PathBuf {
     std::env::var_os("IMIXER_GOLDEN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden"))
 }
 
 struct Golden {
@@ -34,7 +34,8 @@ impl Golden {
         let js = dir.join(format!("{family}.json"));
         let tensors = candle_core::safetensors::load(&st, &Device::Cpu).with_context(|| {
             format!(
-                "golden file {} is missing or unreadable (set IMIXER_GOLDEN_DIR)",
+                "golden file {} is missing or unreadable (restore tests/golden/ from the \
+                 repository, or set IMIXER_GOLDEN_DIR to a directory with the reference files)",
                 st.display()
             )
         })?;

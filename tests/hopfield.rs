@@ -1,4 +1,5 @@
-//! The Hopfield side (SPEC.md properties 5–7), in f64 where the property is exact.
+//! The Hopfield side (docs/models.md "Properties the tests check", 5–7), in f64 where the property
+//! is exact.
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
@@ -137,7 +138,8 @@ fn block_jacobian_is_symmetric_only_for_symmixer() -> Result<()> {
 
 #[test]
 fn energy_descends_for_symmetric_and_not_for_asymmetric_dynamics() {
-    // SPEC sizes (S, C, Ns, Nc) = (4, 8, 20, 160); weights on spheres.
+    // The demo's sizes (docs/models.md "Dynamics demo"): (S, C, Ns, Nc) = (4, 8, 20, 160);
+    // weights on spheres.
     let x0 = vec_rand(4 * 8, 11, 2.0);
     let sym = ToyBlock::random(4, 8, 20, 160, 3.0, 0.0, 1);
     let tr = sym.trajectory(&x0, 10.0);

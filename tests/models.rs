@@ -1,4 +1,5 @@
-//! Registry, parameter counts and the single-module properties of SPEC.md (2, 3, 4).
+//! Registry, parameter counts and the single-module properties of docs/models.md ("Properties the
+//! tests check", 2, 3, 4).
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
@@ -294,8 +295,8 @@ fn checkpoint_roundtrip_and_mismatch_errors() -> Result<()> {
     Ok(())
 }
 
-/// Implicit mode (SPEC/issue: exact (1 − F)⁻¹): gradients equal the 50-step unrolled ones on a
-/// contractive F, equal finite differences in f64, and both solvers find the same fixed point.
+/// Implicit mode (the exact (1 − F)⁻¹ of docs/models.md "imixer: the iMLP"): gradients equal the
+/// 50-step unrolled ones on a contractive F, equal finite differences in f64, and both solvers find the same fixed point.
 #[test]
 fn implicit_gradients_match_unrolled_and_finite_differences() -> Result<()> {
     use imixer::config::Solver;

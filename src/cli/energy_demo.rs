@@ -1,5 +1,5 @@
-//! `imixer energy-demo`: the Energy MetaFormer (a 3-layer HAM denoiser, SPEC.md) trained on
-//! Fashion-MNIST (or MNIST); writes the loss curve, an energy-descent curve from random states,
+//! `imixer energy-demo`: the Energy MetaFormer (a 3-layer HAM denoiser, docs/models.md "Energy
+//! MetaFormer demo") trained on Fashion-MNIST (or MNIST); writes the loss curve, an energy-descent curve from random states,
 //! denoised examples, learned receptive fields and metrics.json.
 
 use std::path::{Path, PathBuf};

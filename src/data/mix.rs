@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{DataError, Result};
 
-/// Mixup/CutMix settings (defaults: the SPEC recipe; set `num_classes`).
+/// Mixup/CutMix settings (defaults: the papers' recipe, docs/models.md "Training recipe"; set
+/// `num_classes`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MixupConfig {
@@ -46,7 +47,7 @@ impl Default for MixupConfig {
 }
 
 impl MixupConfig {
-    /// The SPEC recipe (Mixup 0.8, CutMix 1.0, switch 0.5, smoothing 0.1) for `num_classes`.
+    /// The papers' recipe (Mixup 0.8, CutMix 1.0, switch 0.5, smoothing 0.1) for `num_classes`.
     pub fn spec(num_classes: usize) -> Self {
         MixupConfig {
             num_classes,

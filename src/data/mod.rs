@@ -3,7 +3,8 @@
 //! The module stops at plain `Vec<f32>` NCHW batches plus labels / soft targets so it stays
 //! independent of candle; the trainer turns batches into tensors.
 //!
-//! * [`idx`], [`cifar`], [`folder`]: readers for the on-disk formats users bring (SPEC "Data").
+//! * [`idx`], [`cifar`], [`folder`]: readers for the on-disk formats users bring (docs/models.md
+//!   "Data").
 //! * [`transforms`]: timm/torchvision-compatible train and eval pipelines on single images.
 //! * [`mix`]: timm `Mixup`/CutMix and label smoothing on a batch.
 //! * [`loader`]: deterministic, parallel, prefetching, resumable batch iterator.

@@ -5,7 +5,8 @@
 //! `ToTensor` + `Normalize` → RandomErasing on the normalised tensor.
 //!
 //! Eval (timm `transforms_imagenet_eval`): resize the shorter side to `⌊size / crop_pct⌋`
-//! (SPEC: 256·size/224, i.e. crop_pct 0.875) → centre crop `size × size` → normalise.
+//! (256·size/224, i.e. crop_pct 0.875; docs/models.md "Training recipe") → centre crop
+//! `size × size` → normalise.
 //!
 //! All randomness comes from the `Rng` the caller passes in, so a loader can give every sample its
 //! own seeded generator and get identical results whatever thread runs it.
@@ -160,8 +161,8 @@ fn check_size(image_size: usize, in_chans: usize) -> Result<()> {
     Ok(())
 }
 
-/// Training-time augmentation pipeline (serde-serialisable; unspecified fields take the SPEC
-/// recipe defaults at 224×224 RGB).
+/// Training-time augmentation pipeline (serde-serialisable; unspecified fields take the
+/// papers' recipe defaults at 224×224 RGB, docs/models.md "Training recipe").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TrainTransform {
@@ -171,7 +172,7 @@ pub struct TrainTransform {
     /// Horizontal flip probability.
     pub hflip: f64,
     /// timm RandAugment config string, e.g. `rand-m9-mstd0.5-inc1`; absent = off. (Field-level
-    /// default: `None` is not written to TOML, so the container default, the SPEC recipe's
+    /// default: `None` is not written to TOML, so the container default, the papers' recipe's
     /// RandAugment, would otherwise turn it back on when a saved config is read.)
     #[serde(default)]
     pub rand_augment: Option<RandAugment>,
@@ -188,7 +189,8 @@ impl Default for TrainTransform {
 }
 
 impl TrainTransform {
-    /// The SPEC training recipe: RandomResizedCrop (0.08–1, 3/4–4/3), flip 0.5,
+    /// The papers' training recipe (docs/models.md "Training recipe"): RandomResizedCrop
+    /// (0.08–1, 3/4–4/3), flip 0.5,
     /// `rand-m9-mstd0.5-inc1`, random erasing 0.25, mean = std = 0.5.
     pub fn spec(image_size: usize, in_chans: usize) -> Self {
         TrainTransform {
@@ -281,7 +283,8 @@ impl TrainTransform {
 pub struct EvalTransform {
     pub image_size: usize,
     pub in_chans: usize,
-    /// timm `crop_pct`; SPEC: 224/256 = 0.875. Use 1.0 for native-resolution small data.
+    /// timm `crop_pct`; the papers' recipe: 224/256 = 0.875. Use 1.0 for native-resolution
+    /// small data.
     pub crop_pct: f64,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
@@ -294,7 +297,7 @@ impl Default for EvalTransform {
 }
 
 impl EvalTransform {
-    /// SPEC eval: crop_pct 0.875, mean = std = 0.5.
+    /// The papers' eval: crop_pct 0.875, mean = std = 0.5.
     pub fn spec(image_size: usize, in_chans: usize) -> Self {
         EvalTransform {
             image_size,
@@ -543,7 +546,8 @@ mod tests {
         };
         let out = t.apply(&img).unwrap();
         assert_eq!(out, plain(28, 1).apply(&img, &mut rng(0)).unwrap());
-        // SPEC: 224 → resize to 256, centre crop 224. A 256×320 image is already at scale.
+        // The papers' eval: 224 → resize to 256, centre crop 224. A 256×320 image is already
+        // at scale.
         let big = picture(320, 256, 3);
         let out = EvalTransform::spec(224, 3).apply(&big).unwrap();
         assert_eq!((out.c, out.h, out.w), (3, 224, 224));

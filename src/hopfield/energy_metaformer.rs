@@ -1,5 +1,6 @@
-//! The "Energy MetaFormer" demo of SPEC.md: a three-layer HAM (hidden ReLU ⇄ LayerNorm visible ⇄
-//! hidden ReLU, dense synapses ξ₁, ξ₂ initialised 0.02·N(0, 1)) trained as a denoiser.
+//! The "Energy MetaFormer" demo (docs/models.md "Energy MetaFormer demo"): a three-layer HAM
+//! (hidden ReLU ⇄ LayerNorm visible ⇄ hidden ReLU, dense synapses ξ₁, ξ₂ initialised
+//! 0.02·N(0, 1)) trained as a denoiser.
 //!
 //! The visible layer starts at image + 0.3·N(0, 1) (pixels/255, flattened, L2-normalised), the
 //! hidden layers at 0; every layer takes `steps` updates x ← x − η ∂E/∂g with

@@ -1,4 +1,4 @@
-//! Lagrangians L and activations g = ∇L (SPEC.md "The Hopfield side").
+//! Lagrangians L and activations g = ∇L (docs/models.md "Lagrangians and activations").
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +19,7 @@ pub fn gelu(x: f64) -> f64 {
     0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))
 }
 
-/// The Lagrangians of SPEC.md. Each acts on a whole layer state x ∈ ℝⁿ.
+/// The Lagrangians of docs/models.md. Each acts on a whole layer state x ∈ ℝⁿ.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Lagrangian {

@@ -10,7 +10,8 @@ use rayon::prelude::*;
 
 use super::kernel::{dispatch, par_output, par_output_beside, Float, SliceKernel, PAR_CHUNK};
 
-/// GELU(x) = x·Φ(x) with the exact error function (PyTorch `nn.GELU()`, SPEC.md).
+/// GELU(x) = x·Φ(x) with the exact error function (PyTorch `nn.GELU()`; docs/models.md "Common
+/// skeleton").
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() {
         x.contiguous()?.apply_op1(GeluOp)

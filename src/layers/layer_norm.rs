@@ -1,8 +1,8 @@
 //! LayerNorm over the trailing `normalized` elements of every row, as one custom op with a
 //! hand-written backward.
 //!
-//! The same op serves both LayerNorms of SPEC.md: per token over D (`mixer`, `imixer`, the final
-//! norm) and jointly over (N, D) with an (N, D) affine (paper-2 families) — the latter is simply a
+//! The same op serves both LayerNorms of docs/models.md ("Common skeleton"): per token over D
+//! (`mixer`, `imixer`, the final norm) and jointly over (N, D) with an (N, D) affine (paper-2 families) — the latter is simply a
 //! row of N·D elements. Why not `candle_nn::LayerNorm`: on contiguous input it takes a fused path
 //! with no backward, so gradients silently vanish.
 

@@ -1,4 +1,4 @@
-//! One block per family (SPEC.md "Block per family"), with g = LayerNorm(x):
+//! One block per family (docs/models.md "Blocks per family"), with g = LayerNorm(x):
 //!
 //! - serial (`mixer`, `imixer`, `vanillamixer`): x += tok(g₁ᵀ)ᵀ; x += ch(g₂)
 //! - parallel (`paramixer`, `symmixer`, `asymmixer`): g = LN_{N,D}(x); x += tok(gᵀ)ᵀ + ch(g)

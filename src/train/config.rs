@@ -106,8 +106,8 @@ impl TrainConfig {
     /// - CIFAR-10/100 (32×32×3): `imixer_s4_32` with the papers' regularisation at native size
     ///   (RandomCrop pad 4, flip, RandAugment m9, erasing 0.25, Mixup/CutMix, smoothing 0.1,
     ///   drop-path 0.1), 100 epochs, lr 1e-3, 5 warm-up epochs.
-    /// - Image folders: the full SPEC recipe at 224 (RandomResizedCrop, crop_pct 0.875), 300
-    ///   epochs, 20 warm-up, 10 cool-down, lr 5e-4·batch/512, `imixer_s16_224`.
+    /// - Image folders: the papers' full recipe at 224 (docs/models.md "Training recipe":
+    ///   RandomResizedCrop, crop_pct 0.875), 300 epochs, 20 warm-up, 10 cool-down, lr 5e-4·batch/512, `imixer_s16_224`.
     pub fn defaults_for(dataset: DatasetKind) -> Self {
         let mut c = TrainConfig {
             model: "paramixer_n4_28".into(),

@@ -71,7 +71,8 @@ pub const RAND_TRANSFORMS: [AugOp; 15] = [
     TranslateYRel,
 ];
 
-/// timm `_RAND_INCREASING_TRANSFORMS` (used with `inc1`, as in the SPEC recipe).
+/// timm `_RAND_INCREASING_TRANSFORMS` (used with `inc1`, as in the papers' recipe: docs/models.md
+/// "Training recipe").
 pub const RAND_INCREASING_TRANSFORMS: [AugOp; 15] = [
     AutoContrast,
     Equalize,
