@@ -12,9 +12,10 @@ SHARDS=${SHARDS:-2}
 CONFIGS=${CONFIGS:-fmnist-tiny}
 FAMILIES=${FAMILIES:-all}
 MODES=${MODES:-all}
-# Rounds per row: each round runs imixer then PyTorch, one fresh process each. This machine's
-# speed drifts by tens of percent within minutes, so one pair of numbers can mislead; the table
-# reports each side's median over the rounds and the median of the per-round (paired) speed-ups.
+# Rounds per row: each round runs imixer then PyTorch, one fresh process each. The speed of a
+# shared virtual machine can drift by tens of percent within minutes, so one pair of numbers can
+# mislead; the table reports each side's median over the rounds and the median of the per-round
+# (paired) speed-ups.
 ROUNDS=${ROUNDS:-3}
 mkdir -p runs/bench
 cargo build --release --quiet
@@ -29,7 +30,7 @@ for c in ${CONFIGS//,/ }; do
     for m in ${MODES//,/ }; do
       for _ in $(seq "$ROUNDS"); do
         ./target/release/imixer bench --config "$c" --family "$f" --mode "$m" --threads "$THREADS" --shards "$SHARDS" --json | tee -a runs/bench/imixer.jsonl
-        "$TORCH_PY" ../shared/bench/torch_baseline.py --config "$c" --family "$f" --mode "$m" --threads "$THREADS" 2>/dev/null | tee -a runs/bench/torch.jsonl
+        "$TORCH_PY" scripts/torch_baseline.py --config "$c" --family "$f" --mode "$m" --threads "$THREADS" 2>/dev/null | tee -a runs/bench/torch.jsonl
       done
     done
   done

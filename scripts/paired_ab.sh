@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Paired A/B of two imixer binaries that this machine's speed drift cannot bias: A and B run at
+# Paired A/B of two imixer binaries that a drifting machine speed cannot bias: A and B run at
 # the same time, one core each (single-threaded, one shard), and swap cores every round. Each
 # round's B/A step-time ratio compares the two under the same conditions; the median ratio is the
 # result (< 1: B is faster). Whole-machine comparisons (scripts/bench_vs_torch.sh) alternate

@@ -1,4 +1,4 @@
-//! `imixer bench`: the configurations of `shared/bench/torch_baseline.py`, timed the same way
+//! `imixer bench`: the configurations of `scripts/torch_baseline.py`, timed the same way
 //! (3 warm-up steps, median of ≥ 10 timed steps, peak RSS), one JSON line per run.
 
 use std::time::Instant;
