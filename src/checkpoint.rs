@@ -32,12 +32,8 @@ pub struct TensorFile {
 pub fn read(path: &Path, device: &Device) -> Result<TensorFile> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is not a valid safetensors file ({e}); is it truncated or of another format?",
-            path.display()
-        )
-    })?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| not_safetensors(path, e))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
         .with_context(|| format!("cannot decode the tensors of {}", path.display()))?;
@@ -189,8 +185,26 @@ impl MixerNet {
     /// Loads a model from one of our checkpoints (configuration from the metadata), or from a
     /// reference state_dict file when `config` is given.
     pub fn load(path: &Path, config: Option<&ModelConfig>, device: &Device) -> Result<Self> {
-        let file = read(path, device)?;
-        let config = match (config, file.metadata.get(CONFIG_KEY)) {
+        Ok(Self::load_with_metadata(path, config, device)?.0)
+    }
+
+    /// [`MixerNet::load`], also returning the file's metadata.
+    ///
+    /// Nothing in the file is trusted before it is checked: the configuration is validated
+    /// (limits included) and compared with the tensor shapes of the safetensors header before
+    /// the model is built or a tensor decoded, so a forged `embed_dim` or `depth` is an error,
+    /// not an allocation. Weights holding NaN or ±∞ are refused.
+    pub fn load_with_metadata(
+        path: &Path,
+        config: Option<&ModelConfig>,
+        device: &Device,
+    ) -> Result<(Self, HashMap<String, String>)> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| not_safetensors(path, e))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        let config = match (config, metadata.get(CONFIG_KEY)) {
             (Some(c), _) => c.clone(),
             (None, Some(json)) => serde_json::from_str(json).with_context(|| {
                 format!("{} has an unreadable model configuration", path.display())
@@ -200,17 +214,103 @@ impl MixerNet {
                 path.display()
             ),
         };
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let shapes: HashMap<String, Vec<usize>> = header
+            .tensors()
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with(TRAIN_STATE_PREFIX))
+            .map(|(k, info)| (k, info.shape.clone()))
+            .collect();
+        check_header_shapes(&config, &shapes).map_err(|e| {
+            anyhow::anyhow!(
+                "{} does not match its model configuration: {e}",
+                path.display()
+            )
+        })?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+            .with_context(|| format!("cannot decode the tensors of {}", path.display()))?;
+        drop(bytes);
         let model = MixerNet::new(&config, 0, device)?;
-        let weights: HashMap<String, Tensor> = file
-            .tensors
+        let weights: HashMap<String, Tensor> = tensors
             .into_iter()
             .filter(|(k, _)| !k.starts_with(TRAIN_STATE_PREFIX))
             .collect();
         model
             .load_state(&weights, false)
             .with_context(|| format!("while loading {}", path.display()))?;
-        Ok(model)
+        if let Some(name) = crate::train::trainer::first_non_finite(&model)? {
+            bail!(
+                "{} holds non-finite weights ({name} contains NaN or ±∞): the run that wrote it diverged; use an earlier checkpoint",
+                path.display()
+            );
+        }
+        Ok((model, metadata))
     }
+}
+
+fn not_safetensors(path: &Path, e: safetensors::SafeTensorError) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} is not a valid safetensors file ({e}); is it truncated or of another format?",
+        path.display()
+    )
+}
+
+/// Compares a (validated) configuration with the tensor shapes of a file's header, without
+/// building anything: the stem, final norm and head shapes, the block count, and the parameter
+/// count against the elements the file holds. After this the model the configuration builds is
+/// no larger than the file, and `load_state` checks every shape exactly.
+pub fn check_header_shapes(
+    config: &ModelConfig,
+    shapes: &HashMap<String, Vec<usize>>,
+) -> Result<()> {
+    let (d, c, p, k) = (
+        config.embed_dim,
+        config.in_chans,
+        config.patch_size,
+        config.num_classes,
+    );
+    for (name, want) in [
+        ("stem.proj.weight", vec![d, c, p, p]),
+        ("norm.weight", vec![d]),
+        ("head.weight", vec![k, d]),
+        ("head.bias", vec![k]),
+    ] {
+        match shapes.get(name) {
+            None => bail!("tensor {name} is missing"),
+            Some(have) if *have != want => {
+                bail!("tensor {name} has shape {have:?}, the configuration needs {want:?}")
+            }
+            Some(_) => {}
+        }
+    }
+    let blocks = shapes
+        .keys()
+        .filter_map(|k| {
+            k.strip_prefix("blocks.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |b| b + 1);
+    if blocks != config.depth {
+        bail!(
+            "the configuration has depth {} but the file holds {blocks} blocks",
+            config.depth
+        );
+    }
+    let held: u128 = shapes
+        .values()
+        .map(|s| s.iter().map(|&v| v as u128).product::<u128>())
+        .sum();
+    let needed = crate::models::net::count_params(config) as u128;
+    if needed > held {
+        bail!("the configuration needs {needed} parameters but the file holds {held} values");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -249,5 +349,89 @@ mod tests {
         let w = back.tensors["b.weight"].to_vec2::<f32>().unwrap();
         assert_eq!(w, t.to_vec2::<f32>().unwrap());
         assert_eq!(back.tensors["a.bias"].to_vec1::<f32>().unwrap(), [3., 12.]);
+    }
+
+    fn small_model() -> MixerNet {
+        let cfg = crate::registry::lookup("mixer_n4_28").unwrap();
+        MixerNet::new(&cfg, 0, &Device::Cpu).unwrap()
+    }
+
+    /// The model's tensors saved under a forged configuration.
+    fn forge(path: &Path, model: &MixerNet, config: &ModelConfig) {
+        let mut meta = HashMap::new();
+        meta.insert(
+            CONFIG_KEY.to_string(),
+            serde_json::to_string(config).unwrap(),
+        );
+        write(path, &model.state_dict(), &meta).unwrap();
+    }
+
+    #[test]
+    fn forged_configurations_are_refused_before_the_model_is_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("forged.safetensors");
+        let model = small_model();
+        model.save(&p).unwrap();
+        MixerNet::load(&p, None, &Device::Cpu).unwrap();
+        let base = model.config.clone();
+        // Each of these would allocate gigabytes (or until the machine runs out) if the model
+        // were built from the metadata before the checks.
+        for (forged, says) in [
+            (
+                ModelConfig {
+                    embed_dim: 100_000_000,
+                    ..base.clone()
+                },
+                "embed_dim",
+            ),
+            (
+                ModelConfig {
+                    depth: 10_000_000,
+                    ..base.clone()
+                },
+                "depth",
+            ),
+            (
+                ModelConfig {
+                    embed_dim: 4096,
+                    ..base.clone()
+                },
+                "stem.proj.weight",
+            ),
+            (
+                ModelConfig {
+                    depth: 200,
+                    ..base.clone()
+                },
+                "depth 200",
+            ),
+            (
+                ModelConfig {
+                    mlp_ratio: (40.0, 40.0),
+                    ..base.clone()
+                },
+                "parameters",
+            ),
+        ] {
+            forge(&p, &model, &forged);
+            let err = format!("{:#}", MixerNet::load(&p, None, &Device::Cpu).unwrap_err());
+            assert!(
+                err.contains(says) && err.contains("forged.safetensors"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_finite_weights_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nan.safetensors");
+        let model = small_model();
+        let e = &model.params.entries()[0];
+        let nan = (e.var.as_tensor() * f64::NAN).unwrap();
+        e.var.set(&nan).unwrap();
+        model.save(&p).unwrap();
+        let err = format!("{:#}", MixerNet::load(&p, None, &Device::Cpu).unwrap_err());
+        assert!(err.contains("non-finite") && err.contains(&e.name), "{err}");
     }
 }

@@ -103,7 +103,7 @@ impl Solver {
 
 /// iMixer's iMLP knobs (reference flags `--h_ratio --n_power --n_iter`, coefficient c).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct IMixerConfig {
     /// Inner width of F relative to the token hidden width: N2 = int(N1 · hidden_ratio).
     pub hidden_ratio: f64,
@@ -131,7 +131,7 @@ impl Default for IMixerConfig {
 
 /// A complete model description.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
     pub family: Family,
     pub img_size: usize,
@@ -194,7 +194,13 @@ impl ModelConfig {
     }
 
     /// Checks every knob; the message says which one is wrong and what is allowed.
+    ///
+    /// Besides the structural rules every size has a ceiling ([`limits`]) and the whole model a
+    /// parameter budget ([`limits::max_params`]), so that a configuration read from a file (a
+    /// checkpoint's metadata, a TOML config) can never make the model builder allocate without
+    /// bound.
     pub fn validate(&self) -> Result<(), String> {
+        self.check_limits()?;
         let pos = [
             ("img_size", self.img_size),
             ("in_chans", self.in_chans),
@@ -247,13 +253,236 @@ impl ModelConfig {
             if c.n_iter == 0 || c.hidden_ratio <= 0.0 || self.imlp_inner_dim() == 0 {
                 return Err("model config: imixer needs n_iter ≥ 1 and hidden_ratio > 0".into());
             }
-            if c.coeff.is_nan() || c.coeff <= 0.0 {
+            if !c.coeff.is_finite() || c.coeff <= 0.0 {
                 return Err(format!(
-                    "model config: imixer.coeff {} must be > 0",
+                    "model config: imixer.coeff {} must be finite and > 0",
                     c.coeff
                 ));
             }
+            c.solver.validate()?;
+        }
+        let params = crate::models::net::count_params(self);
+        let budget = limits::max_params()?;
+        if params > budget {
+            return Err(format!(
+                "model config: {params} parameters exceed the budget of {budget} (set {}=N to raise it)",
+                limits::MAX_PARAMS_ENV
+            ));
         }
         Ok(())
+    }
+
+    /// The per-knob ceilings of [`limits`]: every size finite and small enough that the
+    /// parameter count cannot overflow.
+    fn check_limits(&self) -> Result<(), String> {
+        use limits::*;
+        let caps = [
+            ("img_size", self.img_size, MAX_IMG_SIZE),
+            ("in_chans", self.in_chans, MAX_IN_CHANS),
+            ("patch_size", self.patch_size, MAX_IMG_SIZE),
+            ("embed_dim", self.embed_dim, MAX_EMBED_DIM),
+            ("depth", self.depth, MAX_DEPTH),
+            ("num_classes", self.num_classes, MAX_CLASSES),
+            ("n_iter", self.n_iter, MAX_ITER),
+            ("imixer.n_iter", self.imixer.n_iter, MAX_ITER),
+            ("imixer.n_power", self.imixer.n_power, MAX_ITER),
+        ];
+        for (name, v, cap) in caps {
+            if v > cap {
+                return Err(format!(
+                    "model config: {name} = {v} exceeds the limit {cap} (docs/guarantees.md)"
+                ));
+            }
+        }
+        let ratios = [
+            ("mlp_ratio.0", self.mlp_ratio.0),
+            ("mlp_ratio.1", self.mlp_ratio.1),
+            ("imixer.hidden_ratio", self.imixer.hidden_ratio),
+        ];
+        for (name, r) in ratios {
+            if !r.is_finite() || r <= 0.0 || r > MAX_RATIO {
+                return Err(format!(
+                    "model config: {name} = {r} must be in (0, {MAX_RATIO}]"
+                ));
+            }
+        }
+        if !self.drop_path.is_finite() {
+            return Err(format!(
+                "model config: drop_path {} must be in [0, 1)",
+                self.drop_path
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Solver {
+    /// Picard/Anderson knobs: a finite positive tolerance, at least one iteration and (Anderson)
+    /// a memory of at least one step.
+    pub fn validate(&self) -> Result<(), String> {
+        let (tol, max_iter) = match *self {
+            Solver::Unrolled => return Ok(()),
+            Solver::Picard { tol, max_iter } => (tol, max_iter),
+            Solver::Anderson { m, tol, max_iter } => {
+                if m == 0 || m > limits::MAX_ANDERSON_M {
+                    return Err(format!(
+                        "solver: anderson memory m = {m} must be in 1..={} (--anderson-m)",
+                        limits::MAX_ANDERSON_M
+                    ));
+                }
+                (tol, max_iter)
+            }
+        };
+        if !tol.is_finite() || tol <= 0.0 {
+            return Err(format!(
+                "solver: tolerance {tol} must be finite and > 0 (--solver-tol)"
+            ));
+        }
+        if max_iter == 0 || max_iter > limits::MAX_SOLVER_ITER {
+            return Err(format!(
+                "solver: max_iter = {max_iter} must be in 1..={} (--solver-max-iter)",
+                limits::MAX_SOLVER_ITER
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Ceilings on the model configuration (docs/guarantees.md). The per-knob caps are far above any
+/// registered model (the largest, L/16, has D 1024 and 24 blocks) and keep the size arithmetic
+/// exact; the parameter budget is what binds in practice and can be raised.
+pub mod limits {
+    pub const MAX_IMG_SIZE: usize = 4096;
+    pub const MAX_IN_CHANS: usize = 64;
+    pub const MAX_EMBED_DIM: usize = 65536;
+    pub const MAX_DEPTH: usize = 1024;
+    pub const MAX_CLASSES: usize = 1 << 20;
+    /// Block repeats, fixed-point steps and power iterations.
+    pub const MAX_ITER: usize = 1000;
+    /// MLP and iMLP width ratios.
+    pub const MAX_RATIO: f64 = 64.0;
+    pub const MAX_ANDERSON_M: usize = 100;
+    pub const MAX_SOLVER_ITER: usize = 100_000;
+    /// Default parameter budget: 2³¹ (8 GiB of f32 weights, 4× the largest registered model
+    /// with its optimizer moments still fitting a large machine).
+    pub const DEFAULT_MAX_PARAMS: usize = 1 << 31;
+    /// Environment variable that raises (or lowers) the parameter budget.
+    pub const MAX_PARAMS_ENV: &str = "IMIXER_MAX_PARAMS";
+
+    /// The parameter budget: `IMIXER_MAX_PARAMS` when set, else [`DEFAULT_MAX_PARAMS`].
+    pub fn max_params() -> Result<usize, String> {
+        match std::env::var(MAX_PARAMS_ENV) {
+            Ok(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| format!("{MAX_PARAMS_ENV}={v:?} is not a whole number of parameters")),
+            Err(_) => Ok(DEFAULT_MAX_PARAMS),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> ModelConfig {
+        ModelConfig {
+            img_size: 28,
+            in_chans: 1,
+            patch_size: 7,
+            embed_dim: 32,
+            depth: 2,
+            ..ModelConfig::default()
+        }
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_anything_is_built() {
+        assert_eq!(small().validate(), Ok(()));
+        for (cfg, knob) in [
+            (
+                ModelConfig {
+                    embed_dim: 100_000_000,
+                    ..small()
+                },
+                "embed_dim",
+            ),
+            (
+                ModelConfig {
+                    depth: 10_000_000,
+                    ..small()
+                },
+                "depth",
+            ),
+            (
+                ModelConfig {
+                    mlp_ratio: (f64::INFINITY, 4.0),
+                    ..small()
+                },
+                "mlp_ratio.0",
+            ),
+            (
+                ModelConfig {
+                    drop_path: f64::NAN,
+                    ..small()
+                },
+                "drop_path",
+            ),
+        ] {
+            let err = cfg.validate().unwrap_err();
+            assert!(err.contains(knob), "{err}");
+        }
+        // Within every per-knob cap but far over the parameter budget.
+        let huge = ModelConfig {
+            embed_dim: 60_000,
+            depth: 1000,
+            ..small()
+        };
+        let err = huge.validate().unwrap_err();
+        assert!(
+            err.contains("parameters") && err.contains(limits::MAX_PARAMS_ENV),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn solver_knobs_must_be_usable() {
+        let imixer = |solver| ModelConfig {
+            family: Family::IMixer,
+            imixer: IMixerConfig {
+                solver,
+                ..IMixerConfig::default()
+            },
+            ..small()
+        };
+        for (solver, flag) in [
+            (Solver::from_name("picard", f64::NAN, 30, 5), "--solver-tol"),
+            (Solver::from_name("picard", -1.0, 30, 5), "--solver-tol"),
+            (Solver::from_name("anderson", 1e-4, 30, 0), "--anderson-m"),
+            (
+                Solver::from_name("anderson", 1e-4, 0, 5),
+                "--solver-max-iter",
+            ),
+        ] {
+            let err = imixer(solver.unwrap()).validate().unwrap_err();
+            assert!(err.contains(flag), "{err}");
+        }
+        let good = Solver::from_name("anderson", 1e-4, 30, 5).unwrap();
+        assert_eq!(imixer(good).validate(), Ok(()));
+    }
+
+    #[test]
+    fn unknown_nested_keys_are_errors() {
+        let json = serde_json::to_value(small()).unwrap();
+        let mut typo = json.clone();
+        typo["embed_dimm"] = 64.into();
+        assert!(serde_json::from_value::<ModelConfig>(typo).is_err());
+        let mut typo = json.clone();
+        typo["imixer"]["n_iterr"] = 3.into();
+        assert!(serde_json::from_value::<ModelConfig>(typo).is_err());
+        assert_eq!(
+            serde_json::from_value::<ModelConfig>(json).unwrap(),
+            small()
+        );
     }
 }

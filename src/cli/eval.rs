@@ -57,14 +57,33 @@ pub fn load_for_inference(
         Some(name) => Some(crate::registry::lookup(name).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    let file = crate::checkpoint::read(path, &dev)?;
-    let net = MixerNet::load(path, cfg.as_ref(), &dev)?;
-    let classes = state::classes(&file.metadata);
-    let eval_tf = file
-        .metadata
+    let (net, metadata) = MixerNet::load_with_metadata(path, cfg.as_ref(), &dev)?;
+    let classes = state::classes(&metadata);
+    if let Some(c) = &classes {
+        anyhow::ensure!(
+            c.len() == net.config.num_classes,
+            "{}: {} class names stored for a model of {} classes",
+            path.display(),
+            c.len(),
+            net.config.num_classes
+        );
+    }
+    let eval_tf = metadata
         .get(state::TRAIN_CONFIG_KEY)
         .and_then(|t| toml::from_str::<crate::train::TrainConfig>(t).ok())
         .map(|c| c.eval_transform);
+    if let Some(t) = &eval_tf {
+        // The stored transform is checked at the model's size, as it will be used.
+        let mut t = t.clone();
+        t.image_size = net.config.img_size;
+        t.in_chans = net.config.in_chans;
+        t.validate().map_err(|e| {
+            anyhow::anyhow!(
+                "{}: the stored training config has an unusable eval transform: {e}",
+                path.display()
+            )
+        })?;
+    }
     Ok((net, classes, eval_tf))
 }
 

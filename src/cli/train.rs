@@ -1,6 +1,8 @@
 //! `imixer train`: train a model on real data with the papers' recipe.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -8,6 +10,7 @@ use clap::Args;
 use crate::data::transforms::SpatialAug;
 use crate::data::DatasetKind;
 use crate::train::config::SchedUnit;
+use crate::train::trainer::Interrupted;
 use crate::train::{train, RunOptions, TrainConfig};
 
 #[derive(Args, Debug)]
@@ -31,6 +34,9 @@ pub struct TrainArgs {
     /// Continue the run in --out from last.safetensors (bit-identical to an uninterrupted run).
     #[arg(long)]
     pub resume: bool,
+    /// Start afresh in an --out that holds an earlier run's files, replacing them.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Epochs of the cosine schedule.
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -283,17 +289,48 @@ fn merge(base: &mut toml::Table, key: String, value: toml::Value) {
     }
 }
 
+/// Exit status of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+pub const INTERRUPTED_EXIT: i32 = 130;
+
+/// Ctrl-C and SIGTERM set the returned flag (the run stops at the next step boundary after
+/// saving `last`); a second one ends the process at once.
+fn stop_on_signal() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let handler_flag = flag.clone();
+    ctrlc::set_handler(move || {
+        if handler_flag.swap(true, Ordering::SeqCst) {
+            eprintln!("second interrupt: stopping now; resume from the last saved checkpoint");
+            std::process::exit(INTERRUPTED_EXIT);
+        }
+        eprintln!(
+            "interrupt: saving last.safetensors at the next step boundary (again to stop now)"
+        );
+    })
+    .context("cannot install the Ctrl-C/SIGTERM handler")?;
+    Ok(flag)
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
     let cfg = resolve(&a)?;
     super::set_threads(cfg.threads);
-    let summary = train(
+    let result = train(
         &cfg,
         &RunOptions {
             resume: a.resume,
+            overwrite: a.overwrite,
             progress: !a.json,
             stop_after_steps: a.stop_after_steps,
+            stop: Some(stop_on_signal()?),
         },
-    )?;
+    );
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) if e.is::<Interrupted>() => {
+            eprintln!("{e}");
+            std::process::exit(INTERRUPTED_EXIT);
+        }
+        Err(e) => return Err(e),
+    };
     if a.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
@@ -355,5 +392,27 @@ mod tests {
         assert_eq!(c.train_transform.spatial, defaults.train_transform.spatial);
         let c = resolved(&["--config", file, "--epochs", "5", "--hflip", "0"]);
         assert_eq!((c.epochs, c.train_transform.hflip), (5, 0.0));
+    }
+
+    #[test]
+    fn typos_inside_nested_tables_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("run.toml");
+        for (toml, key) in [
+            ("[train_transform]\nhflp = 0.25\n", "hflp"),
+            ("[eval_transform]\ncrop_pt = 0.9\n", "crop_pt"),
+            ("[mixup]\nmixup_alfa = 0.2\n", "mixup_alfa"),
+            (
+                "[model_config]\nfamily = \"mixer\"\nembed_dimm = 64\n",
+                "embed_dimm",
+            ),
+            ("[model_config.imixer]\nn_iterr = 2\n", "n_iterr"),
+        ] {
+            std::fs::write(&file, toml).unwrap();
+            let cli =
+                Cli::try_parse_from(["imixer-train", "--config", file.to_str().unwrap()]).unwrap();
+            let err = format!("{:#}", resolve(&cli.train).unwrap_err());
+            assert!(err.contains(key), "{toml}: {err}");
+        }
     }
 }

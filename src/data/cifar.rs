@@ -34,6 +34,9 @@ pub const CIFAR10_CLASSES: [&str; 10] = [
 
 const REDOWNLOAD: &str = "The file is probably truncated or corrupt: extract the archive again";
 
+/// Superclasses of CIFAR-100 (the first label byte of its records).
+pub const CIFAR100_COARSE_CLASSES: usize = 20;
+
 /// Parse the records of one CIFAR binary file.
 ///
 /// `label_bytes` is 1 (CIFAR-10) or 2 (CIFAR-100); the label used is the last one (the fine label).
@@ -70,6 +73,16 @@ pub fn parse_records(
                 path,
                 format!("record {i} has label {label}, but the dataset has {num_classes} classes"),
                 "Is this a CIFAR-100 file loaded as CIFAR-10 (or vice versa)?",
+            ));
+        }
+        if label_bytes == 2 && record[0] as usize >= CIFAR100_COARSE_CLASSES {
+            return Err(DataError::format(
+                path,
+                format!(
+                    "record {i} has coarse label {}, but CIFAR-100 has {CIFAR100_COARSE_CLASSES} superclasses",
+                    record[0]
+                ),
+                REDOWNLOAD,
             ));
         }
         labels.push(label);
@@ -326,6 +339,16 @@ mod tests {
         fs::write(dir.join("fine_label_names.txt"), names.join("\n")).unwrap();
         let ds = load_dataset(DatasetKind::Cifar100, &dir).unwrap();
         assert_eq!(ds.classes[42], "class42");
+
+        // The coarse label is checked too, though training uses the fine one.
+        fs::write(dir.join("test.bin"), cifar_record(&[250, 42], &chw(7))).unwrap();
+        let e = load_dataset(DatasetKind::Cifar100, &dir)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.bin") && e.contains("coarse label 250"),
+            "{e}"
+        );
 
         // a CIFAR-10-sized record in a CIFAR-100 file is a partial record
         fs::write(dir.join("test.bin"), cifar_record(&[3], &chw(1))).unwrap();

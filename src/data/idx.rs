@@ -5,10 +5,8 @@
 //! `2049` (1 dim: count).
 
 use std::fs;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-
-use flate2::read::MultiGzDecoder;
 
 use super::error::{DataError, Result};
 use super::split::{Samples, Split};
@@ -50,23 +48,183 @@ pub struct IdxImages {
 
 /// Read a whole file, transparently gunzipping it when it starts with the gzip magic `1f 8b`
 /// (so a mis-named file works either way).
+///
+/// For IDX files prefer [`read_idx_images`] / [`read_idx_labels`], which never decompress more
+/// than the header declares.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = fs::read(path)
+    let mut out = Vec::new();
+    open_maybe_gz(path)?
+        .read_to_end(&mut out)
+        .map_err(|e| read_error(path, e))?;
+    Ok(out)
+}
+
+/// A reader of the file's bytes, gunzipped when the file starts with the gzip magic.
+fn open_maybe_gz(path: &Path) -> Result<Box<dyn Read>> {
+    let file = fs::File::open(path)
         .map_err(|e| DataError::io(path, e, "Check that the file exists and is readable"))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        MultiGzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                DataError::format(
-                    path,
-                    format!("gzip stream is corrupt or truncated ({e})"),
-                    REDOWNLOAD,
-                )
-            })?;
-        Ok(out)
+    let mut input = BufReader::new(file);
+    let head = input
+        .fill_buf()
+        .map_err(|e| DataError::io(path, e, "Check that the file is readable"))?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(GzMembers::new(input)))
     } else {
-        Ok(raw)
+        Ok(Box::new(input))
+    }
+}
+
+/// A stream error while reading (or gunzipping) `path`.
+fn read_error(path: &Path, e: std::io::Error) -> DataError {
+    match e.kind() {
+        std::io::ErrorKind::InvalidData
+        | std::io::ErrorKind::InvalidInput
+        | std::io::ErrorKind::UnexpectedEof => DataError::format(
+            path,
+            format!("gzip stream is corrupt or truncated ({e})"),
+            REDOWNLOAD,
+        ),
+        _ => DataError::io(path, e, "Check that the file is readable"),
+    }
+}
+
+/// The concatenated members of a gzip file (as `gzip -d` reads them), ignoring the zero bytes
+/// some tools pad a file with after the last member (`gzip -d`: "trailing zero bytes
+/// ignored"). Other bytes after a member that are not a gzip member are an error.
+///
+/// Reads lazily: a consumer that stops early (the IDX readers stop one byte past the size the
+/// header declares) never makes it decompress the rest, so a small file that inflates to
+/// gigabytes costs no more memory than its header promises.
+struct GzMembers<R: BufRead> {
+    state: GzState<R>,
+}
+
+enum GzState<R: BufRead> {
+    /// Between members (or at the start).
+    Between(R),
+    /// Inside a member.
+    Member(flate2::bufread::GzDecoder<R>),
+    Done,
+}
+
+impl<R: BufRead> GzMembers<R> {
+    fn new(input: R) -> Self {
+        Self {
+            state: GzState::Between(input),
+        }
+    }
+}
+
+impl<R: BufRead> Read for GzMembers<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match std::mem::replace(&mut self.state, GzState::Done) {
+                GzState::Done => return Ok(0),
+                GzState::Between(mut input) => {
+                    let head = input.fill_buf()?;
+                    if head.is_empty() {
+                        return Ok(0);
+                    }
+                    if head[0] == 0 {
+                        skip_zero_padding(&mut input)?;
+                        return Ok(0);
+                    }
+                    self.state = GzState::Member(flate2::bufread::GzDecoder::new(input));
+                }
+                GzState::Member(mut member) => {
+                    let n = member.read(buf)?;
+                    if n == 0 && !buf.is_empty() {
+                        // The member ended (CRC and length checked): the next one may follow.
+                        self.state = GzState::Between(member.into_inner());
+                        continue;
+                    }
+                    self.state = GzState::Member(member);
+                    return Ok(n);
+                }
+            }
+        }
+    }
+}
+
+/// Consumes the rest of `input`, which must be zero bytes.
+fn skip_zero_padding<R: BufRead>(input: &mut R) -> std::io::Result<()> {
+    loop {
+        let chunk = input.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        if chunk.iter().any(|&b| b != 0) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "unexpected bytes after the last gzip member",
+            ));
+        }
+        let n = chunk.len();
+        input.consume(n);
+    }
+}
+
+/// Reads an IDX file of `ndims` dimensions: the header first, then exactly the data bytes it
+/// declares, never more than one byte past them (whatever the file decompresses to). Returns
+/// the dimension sizes and the data.
+fn read_idx(path: &Path, magic: u32, ndims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    let mut input = open_maybe_gz(path)?;
+    let header_len = 4 + 4 * ndims;
+    let mut header = Vec::with_capacity(header_len);
+    input
+        .by_ref()
+        .take(header_len as u64)
+        .read_to_end(&mut header)
+        .map_err(|e| read_error(path, e))?;
+    let (dims, _) = parse_header(&header, path, magic, ndims)?;
+    let expected = data_len(&dims, path)?;
+    // Capacity grows with the data actually read: a header that lies about a huge size costs
+    // nothing until the bytes are there.
+    let mut data = Vec::with_capacity(expected.min(1 << 26));
+    input
+        .take(expected as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| read_error(path, e))?;
+    let what = describe(&dims);
+    if data.len() < expected {
+        return Err(DataError::format(
+            path,
+            format!(
+                "truncated: header promises {what} ({expected} bytes) but only {} bytes follow",
+                data.len()
+            ),
+            REDOWNLOAD,
+        ));
+    }
+    if data.len() > expected {
+        return Err(DataError::format(
+            path,
+            format!("more data follows than the header declares ({what}, {expected} bytes)"),
+            REDOWNLOAD,
+        ));
+    }
+    Ok((dims, data))
+}
+
+/// Data bytes an IDX header declares (images must be non-empty), overflow-checked.
+fn data_len(dims: &[usize], path: &Path) -> Result<usize> {
+    if dims.len() == 3 && (dims[1] == 0 || dims[2] == 0) {
+        return Err(DataError::format(
+            path,
+            format!("image size {}x{} is empty", dims[1], dims[2]),
+            REDOWNLOAD,
+        ));
+    }
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| DataError::format(path, "header sizes overflow", REDOWNLOAD))
+}
+
+fn describe(dims: &[usize]) -> String {
+    match dims {
+        [count, rows, cols] => format!("{count} images of {rows}x{cols}"),
+        [count] => format!("{count} labels"),
+        _ => format!("{dims:?}"),
     }
 }
 
@@ -163,14 +321,20 @@ pub fn parse_idx_labels(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
     Ok(bytes[off..].to_vec())
 }
 
-/// Read an IDX3 image file (raw or gzipped).
+/// Read an IDX3 image file (raw or gzipped), decompressing no more than its header declares.
 pub fn read_idx_images(path: &Path) -> Result<IdxImages> {
-    parse_idx_images(&read_maybe_gz(path)?, path)
+    let (dims, data) = read_idx(path, IMAGES_MAGIC, 3)?;
+    Ok(IdxImages {
+        count: dims[0],
+        rows: dims[1],
+        cols: dims[2],
+        data,
+    })
 }
 
-/// Read an IDX1 label file (raw or gzipped).
+/// Read an IDX1 label file (raw or gzipped), decompressing no more than its header declares.
 pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>> {
-    parse_idx_labels(&read_maybe_gz(path)?, path)
+    Ok(read_idx(path, LABELS_MAGIC, 1)?.1)
 }
 
 /// Find `stem` in `dir` under any of its usual names: `stem`, `stem.gz`, and the
@@ -417,5 +581,74 @@ mod tests {
             e.contains("train-labels-idx1-ubyte") && e.contains("header"),
             "{e}"
         );
+    }
+
+    /// Counts the bytes handed out by a reader (how much a consumer pulled from it).
+    struct Counting<R> {
+        inner: R,
+        pulled: u64,
+    }
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.pulled += n as u64;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_compression_bomb_is_refused_after_the_declared_size() {
+        let dir = tempfile::tempdir().unwrap();
+        write_idx_dataset(dir.path(), 3, 3, true);
+        // A header for 2 images, then 64 MiB of zeros: a 64 KiB gzip.
+        let mut bomb = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28];
+        bomb.resize(bomb.len() + (64 << 20), 0);
+        let gz = gzip(&bomb);
+        assert!(gz.len() < 1 << 20);
+        let p = dir.path().join("t10k-images-idx3-ubyte.gz");
+        fs::write(&p, &gz).unwrap();
+        let e = read_idx_images(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("more data follows than the header declares"),
+            "{e}"
+        );
+        // The reader stops one byte past the declared size: the rest is never inflated.
+        let mut members = Counting {
+            inner: GzMembers::new(BufReader::new(fs::File::open(&p).unwrap())),
+            pulled: 0,
+        };
+        let mut sink = Vec::new();
+        (&mut members)
+            .take(16 + 2 * 784 + 1)
+            .read_to_end(&mut sink)
+            .unwrap();
+        assert_eq!(members.pulled, 16 + 2 * 784 + 1);
+    }
+
+    #[test]
+    fn gzip_padding_and_multiple_members_are_valid_gzip() {
+        let dir = tempfile::tempdir().unwrap();
+        write_idx_dataset(dir.path(), 3, 3, false);
+        let raw = fs::read(dir.path().join("train-images-idx3-ubyte")).unwrap();
+        let p = dir.path().join("x.gz");
+        // Zero padding after the member (tape and block-device tools write it; `gzip -d`
+        // accepts it).
+        let mut padded = gzip(&raw);
+        padded.extend_from_slice(&[0; 512]);
+        fs::write(&p, &padded).unwrap();
+        assert_eq!(read_idx_images(&p).unwrap().data, raw[16..]);
+        // Two members, as `cat a.gz b.gz` makes.
+        let (a, b) = raw.split_at(100);
+        let mut two = gzip(a);
+        two.extend(gzip(b));
+        fs::write(&p, &two).unwrap();
+        assert_eq!(read_idx_images(&p).unwrap().data, raw[16..]);
+        // Garbage after the member is still corrupt.
+        let mut junk = gzip(&raw);
+        junk.extend_from_slice(b"garbage");
+        fs::write(&p, &junk).unwrap();
+        let e = read_idx_images(&p).unwrap_err().to_string();
+        assert!(e.contains("corrupt"), "{e}");
     }
 }

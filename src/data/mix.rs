@@ -16,7 +16,7 @@ use super::error::{DataError, Result};
 /// Mixup/CutMix settings (defaults: the papers' recipe, docs/models.md "Training recipe"; set
 /// `num_classes`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct MixupConfig {
     /// Beta(α, α) for Mixup; 0 disables Mixup.
     pub mixup_alpha: f64,

@@ -149,9 +149,20 @@ pub fn to_channels(img: &RawImage, in_chans: usize) -> Result<RawImage> {
     }
 }
 
+/// Smallest eval `crop_pct`: the resize before the centre crop is at most 10× the model's size.
+pub const MIN_CROP_PCT: f64 = 0.1;
+
+/// Largest transform output side (the model's `img_size` limit).
+pub const MAX_IMAGE_SIZE: usize = crate::config::limits::MAX_IMG_SIZE;
+
 fn check_size(image_size: usize, in_chans: usize) -> Result<()> {
     if image_size == 0 {
         return Err(DataError::Config("image size must be positive".into()));
+    }
+    if image_size > MAX_IMAGE_SIZE {
+        return Err(DataError::Config(format!(
+            "image size {image_size} exceeds the limit {MAX_IMAGE_SIZE}"
+        )));
     }
     if in_chans != 1 && in_chans != 3 {
         return Err(DataError::Config(format!(
@@ -164,7 +175,7 @@ fn check_size(image_size: usize, in_chans: usize) -> Result<()> {
 /// Training-time augmentation pipeline (serde-serialisable; unspecified fields take the
 /// papers' recipe defaults at 224×224 RGB, docs/models.md "Training recipe").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainTransform {
     pub image_size: usize,
     pub in_chans: usize,
@@ -227,6 +238,14 @@ impl TrainTransform {
                 )));
             }
         }
+        if let SpatialAug::RandomCrop { padding } = self.spatial {
+            if padding > self.image_size {
+                return Err(DataError::Config(format!(
+                    "crop padding {padding} is larger than the image size {} (--crop-padding must be ≤ the model's img_size)",
+                    self.image_size
+                )));
+            }
+        }
         if let SpatialAug::RandomResizedCrop { scale, ratio } = self.spatial {
             let ok = 0.0 < scale.0 && scale.0 <= scale.1 && 0.0 < ratio.0 && ratio.0 <= ratio.1;
             if !ok || !scale.1.is_finite() || !ratio.1.is_finite() {
@@ -279,7 +298,7 @@ impl TrainTransform {
 
 /// Evaluation pipeline: resize shorter side to `⌊size / crop_pct⌋`, centre crop, normalise.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct EvalTransform {
     pub image_size: usize,
     pub in_chans: usize,
@@ -311,9 +330,9 @@ impl EvalTransform {
     /// Check the settings (called by `apply`).
     pub fn validate(&self) -> Result<()> {
         check_size(self.image_size, self.in_chans)?;
-        if !(self.crop_pct > 0.0 && self.crop_pct.is_finite()) {
+        if !(MIN_CROP_PCT..=1.0).contains(&self.crop_pct) {
             return Err(DataError::Config(format!(
-                "crop_pct {} must be positive",
+                "crop_pct {} must be in [{MIN_CROP_PCT}, 1] (the image is resized to size / crop_pct before the centre crop)",
                 self.crop_pct
             )));
         }
@@ -614,6 +633,29 @@ mod tests {
         }
         .apply(&picture(4, 4, 3))
         .is_err());
+        // Out-of-range numbers are configuration errors, found before any image is touched:
+        // crop_pct 1e-300 would resize to a size that overflows, 100 to 1×1, and a padding of a
+        // million pixels would allocate terabytes.
+        for crop_pct in [1e-300, 1e-9, 0.09, 1.01, 100.0, f64::NAN, f64::INFINITY] {
+            let e = EvalTransform {
+                crop_pct,
+                ..EvalTransform::spec(224, 3)
+            };
+            let err = e.validate().unwrap_err().to_string();
+            assert!(err.contains("crop_pct"), "{err}");
+        }
+        let huge_pad = TrainTransform {
+            spatial: SpatialAug::RandomCrop { padding: 1_000_000 },
+            ..t.clone()
+        };
+        let err = huge_pad.validate().unwrap_err().to_string();
+        assert!(err.contains("--crop-padding"), "{err}");
+        assert!(TrainTransform {
+            spatial: SpatialAug::RandomCrop { padding: 8 },
+            ..t.clone()
+        }
+        .validate()
+        .is_ok());
         // 1×1 images through the full pipeline
         assert!(t.apply(&picture(1, 1, 3), &mut r).is_ok());
         assert!(EvalTransform::spec(8, 1).apply(&picture(1, 1, 1)).is_ok());

@@ -91,23 +91,19 @@ impl TrainConfig {
     /// - Fashion-MNIST / MNIST (28×28×1): the small ParaMixer `paramixer_n4_28` (D 64, 4 blocks),
     ///   flip (Fashion-MNIST only: flipped digits are other digits), no crop, random erasing 0.25,
     ///   label smoothing 0.1, no RandAugment/Mixup, AdamW lr 5e-3, batch 64, 16 epochs, per-step
-    ///   cosine with 0.2 epochs of warm-up, 2 data-parallel shards: 21 min on the 2-core Zen 1
-    ///   machine (23.5 with one shard, the same 92.12 %), 8 min 18 s on the 2-core Zen 3 one.
-    ///   Measured on the full test set (README):
-    ///   - ParaMixer learns more per epoch than iMixer and costs ≈ 88 s per epoch against ≈ 145 s,
-    ///     so the budget holds twice its epochs (iMixer, 7 epochs: 90.31 %; ParaMixer, 14: 91.96 %).
-    ///   - Erasing is what lets the extra epochs pay: 16 epochs without it overfit (train 96.3 %,
-    ///     test 91.87 %, below 14 epochs' 91.96 %); with it 92.12 % (train 93.3 %).
-    ///   - RandomCrop(pad 2) slowed learning more than it regularised at this budget (2 ParaMixer
-    ///     epochs: 86.64 % with it, 88.66 % without; iMixer, 7 epochs: 89.15 % → 90.31 %). Dropping
-    ///     the flip too overfits by the end (iMixer, 7 epochs: 90.02 %).
-    ///   - lr and batch from a 1-epoch sweep on 15 k images: 2e-3/128 → 59 %, 5e-3/128 → 69 %,
-    ///     1e-2/128 → 70 %, 5e-3/64 → 72 %.
+    ///   cosine with 0.2 epochs of warm-up, 2 data-parallel shards. Why: the default run should end
+    ///   well inside half an hour on two cores. ParaMixer learns at least as much per epoch as the
+    ///   iMixer at a lower cost per epoch, so the time holds more of its epochs; random erasing is
+    ///   what lets the extra epochs pay instead of overfitting; a random crop slowed learning more
+    ///   than it regularised at this length; lr and batch come from a short sweep. The
+    ///   measurements behind each choice: docs/results.md, "How the Fashion-MNIST default was
+    ///   chosen".
     /// - CIFAR-10/100 (32×32×3): `imixer_s4_32` with the papers' regularisation at native size
     ///   (RandomCrop pad 4, flip, RandAugment m9, erasing 0.25, Mixup/CutMix, smoothing 0.1,
     ///   drop-path 0.1), 100 epochs, lr 1e-3, 5 warm-up epochs.
     /// - Image folders: the papers' full recipe at 224 (docs/models.md "Training recipe":
-    ///   RandomResizedCrop, crop_pct 0.875), 300 epochs, 20 warm-up, 10 cool-down, lr 5e-4·batch/512, `imixer_s16_224`.
+    ///   RandomResizedCrop, crop_pct 0.875), 300 epochs, 20 warm-up, 10 cool-down,
+    ///   lr 5e-4·batch/512, `imixer_s16_224`.
     pub fn defaults_for(dataset: DatasetKind) -> Self {
         let mut c = TrainConfig {
             model: "paramixer_n4_28".into(),
@@ -223,9 +219,109 @@ impl TrainConfig {
                 return Err(format!("{name} = {v} must be finite and ≥ 0"));
             }
         }
-        if self.clip_grad.is_some_and(|c| c.is_nan() || c <= 0.0) {
-            return Err("clip_grad must be > 0".into());
+        if self.clip_grad.is_some_and(|c| !c.is_finite() || c <= 0.0) {
+            return Err("clip_grad must be finite and > 0".into());
+        }
+        if !self.warmup_epochs.is_finite() || self.warmup_epochs < 0.0 {
+            return Err(format!(
+                "warmup_epochs = {} must be finite and ≥ 0",
+                self.warmup_epochs
+            ));
+        }
+        if self.warmup_epochs > 0.0 && self.warmup_epochs >= self.epochs as f64 {
+            return Err(format!(
+                "warmup_epochs = {} is not shorter than epochs = {}: the learning rate would never reach its peak; lower --warmup-epochs or raise --epochs (the {} cool-down epochs come on top)",
+                self.warmup_epochs, self.epochs, self.cooldown_epochs
+            ));
+        }
+        if !self.drop_path.is_finite() || !(0.0..1.0).contains(&self.drop_path) {
+            return Err(format!("drop_path = {} must be in [0, 1)", self.drop_path));
+        }
+        if self.save_every_steps == Some(0) {
+            return Err(
+                "save_every_steps must be ≥ 1 (leave it unset to save once per epoch)".into(),
+            );
+        }
+        for (name, n) in [
+            ("train_subset", self.train_subset),
+            ("val_subset", self.val_subset),
+        ] {
+            if n == Some(0) {
+                return Err(format!(
+                    "{name} must be ≥ 1 (leave it unset for the whole split)"
+                ));
+            }
+        }
+        if self.out.as_os_str().is_empty() {
+            return Err("out (the run directory) must not be empty".into());
+        }
+        if let Some(s) = &self.solver {
+            s.validate()?;
+        }
+        if let Some(m) = &self.model_config {
+            // The data set's class count and drop_path are set later; check the rest now.
+            m.validate().map_err(|e| format!("model_config: {e}"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(c: TrainConfig) -> String {
+        c.validate().unwrap_err()
+    }
+
+    #[test]
+    fn numbers_are_checked_before_a_run_starts() {
+        let ok = TrainConfig::default();
+        assert_eq!(ok.validate(), Ok(()));
+        for w in [f64::NAN, f64::INFINITY, -1.0] {
+            let e = err(TrainConfig {
+                warmup_epochs: w,
+                ..ok.clone()
+            });
+            assert!(e.contains("warmup_epochs"), "{e}");
+        }
+        // A warm-up as long as the run never reaches the peak learning rate.
+        let folder = TrainConfig {
+            epochs: 1,
+            ..TrainConfig::defaults_for(DatasetKind::Folder)
+        };
+        let e = err(folder);
+        assert!(
+            e.contains("--warmup-epochs") && e.contains("cool-down"),
+            "{e}"
+        );
+        let e = err(TrainConfig {
+            save_every_steps: Some(0),
+            ..ok.clone()
+        });
+        assert!(e.contains("save_every_steps"), "{e}");
+        let e = err(TrainConfig {
+            out: PathBuf::new(),
+            ..ok.clone()
+        });
+        assert!(e.contains("out"), "{e}");
+        let e = err(TrainConfig {
+            val_subset: Some(0),
+            ..ok.clone()
+        });
+        assert!(e.contains("val_subset"), "{e}");
+        let e = err(TrainConfig {
+            solver: Some(crate::config::Solver::Picard {
+                tol: f64::NAN,
+                max_iter: 30,
+            }),
+            ..ok.clone()
+        });
+        assert!(e.contains("--solver-tol"), "{e}");
+        let e = err(TrainConfig {
+            clip_grad: Some(f64::INFINITY),
+            ..ok.clone()
+        });
+        assert!(e.contains("clip_grad"), "{e}");
     }
 }

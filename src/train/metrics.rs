@@ -92,18 +92,34 @@ pub(crate) fn record_solve(
     b.unconverged += usize::from(!s.converged);
 }
 
+/// The lines of `metrics.jsonl`. A last line without its newline that does not parse is the
+/// torn write of a killed process: it is dropped (its epoch is not in the checkpoint either,
+/// and will be recomputed). Any other bad line is an error.
 pub fn read_history(path: &Path) -> Result<Vec<EpochMetrics>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str(l).with_context(|| format!("{}: bad line {l}", path.display()))
-        })
-        .collect()
+    let torn = (!text.ends_with('\n'))
+        .then(|| text.lines().last())
+        .flatten();
+    let mut out = Vec::new();
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str(l) {
+            Ok(m) => out.push(m),
+            Err(_) if Some(l) == torn => {
+                eprintln!(
+                    "warning: {}: dropping the torn last line (a run was killed while writing it)",
+                    path.display()
+                );
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("{}: bad line {l}", path.display()));
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) fn rewrite_history(path: &Path, history: &[EpochMetrics]) -> Result<()> {
@@ -121,7 +137,13 @@ pub(crate) fn append_history(path: &Path, m: &EpochMetrics) -> Result<()> {
         .append(true)
         .open(path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    writeln!(f, "{}", serde_json::to_string(m)?)?;
+    // One write of the whole line, then fsync: a kill leaves either the line or a torn tail
+    // that `read_history` recognises.
+    let mut line = serde_json::to_string(m)?;
+    line.push('\n');
+    f.write_all(line.as_bytes())
+        .and_then(|()| f.sync_data())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
@@ -154,4 +176,49 @@ pub(crate) fn plot_curves(path: &Path, h: &[EpochMetrics]) -> Result<()> {
             ),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(epoch: usize) -> EpochMetrics {
+        EpochMetrics {
+            epoch,
+            lr: 0.1 + 0.2,
+            train_loss: 1.0 / 3.0,
+            train_acc: 0.5,
+            val_loss: 2.0_f64.sqrt(),
+            val_top1: 0.25,
+            val_top5: 0.75,
+            seconds: 1.5,
+            img_per_s: 100.0,
+            solver_mean_iters: None,
+            solver_max_residual: None,
+            solver_blocks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_floats_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.jsonl");
+        append_history(&p, &line(0)).unwrap();
+        append_history(&p, &line(1)).unwrap();
+        let back = read_history(&p).unwrap();
+        assert_eq!(back.len(), 2);
+        for f in [back[1].lr, back[1].train_loss, back[1].val_loss] {
+            let want = [line(1).lr, line(1).train_loss, line(1).val_loss];
+            assert!(want.iter().any(|w| w.to_bits() == f.to_bits()), "{f}");
+        }
+        // A process killed inside the write of epoch 2's line.
+        let mut text = std::fs::read_to_string(&p).unwrap();
+        let whole = serde_json::to_string(&line(2)).unwrap();
+        text.push_str(&whole[..whole.len() / 2]);
+        std::fs::write(&p, &text).unwrap();
+        assert_eq!(read_history(&p).unwrap().len(), 2);
+        // A bad line that is not the torn tail is still an error.
+        std::fs::write(&p, format!("{{\"epoch\":\n{}\n", whole)).unwrap();
+        assert!(read_history(&p).is_err());
+    }
 }

@@ -1,6 +1,7 @@
 //! The training loop: data → steps → per-epoch evaluation → metrics, plots, checkpoints.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -44,9 +45,26 @@ pub struct TrainSummary {
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     pub resume: bool,
+    /// A fresh run may replace the files of an earlier run in `out` (`--overwrite`).
+    pub overwrite: bool,
     pub progress: bool,
     /// Stop (as if killed) after this many optimizer steps in this process (tests of resume).
     pub stop_after_steps: Option<u64>,
+    /// Set (by a Ctrl-C/SIGTERM handler) to end the run at the next step boundary: `last` is
+    /// saved there and `train` returns an [`Interrupted`] error.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// The error of a run stopped through [`RunOptions::stop`]: `last.safetensors` holds the step
+/// it stopped at, and `--resume` continues bit-identically from there.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted: saved {} at epoch {epoch}, batch {batch} (step {step}); continue with `imixer train --resume --out {}` and the same settings", last.display(), out.display())]
+pub struct Interrupted {
+    pub out: PathBuf,
+    pub last: PathBuf,
+    pub epoch: usize,
+    pub batch: usize,
+    pub step: u64,
 }
 
 /// The model configuration a training config asks for, adapted to the data set's classes.
@@ -103,15 +121,32 @@ fn splitmix(mut z: u64) -> u64 {
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("training config: {e}"))?;
-    // Data and model first: a bad path, model name or flag must fail before the run directory
-    // is touched.
+    // Data, model and loaders first: a bad path, model name or flag must fail before the run
+    // directory is touched.
     let ds = load_data(cfg)?;
     let mcfg = resolve_model(cfg, ds.classes.len())?;
-    let dir = RunDir::prepare(cfg, opts.resume)?;
     let (train_loader, val_loader) = build_loaders(cfg, &ds, &mcfg)?;
+    let dir = RunDir::prepare(cfg, opts)?;
+    let fresh = !opts.resume;
+    let result = run(cfg, opts, &ds, &mcfg, train_loader, val_loader, &dir);
+    if result.is_err() && fresh {
+        dir.discard_if_unsaved();
+    }
+    result
+}
 
+/// The run proper, once the run directory is locked and prepared.
+fn run(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    ds: &Dataset,
+    mcfg: &ModelConfig,
+    train_loader: Loader,
+    val_loader: Loader,
+    dir: &RunDir,
+) -> Result<TrainSummary> {
     let device = Device::Cpu;
-    let model = MixerNet::new(&mcfg, cfg.seed, &device)?;
+    let model = MixerNet::new(mcfg, cfg.seed, &device)?;
     let mut opt = AdamW::new(
         &model.params,
         AdamWConfig {
@@ -166,13 +201,17 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
         let epoch_start = Instant::now();
         let trained = run.train_epoch()?;
         last_report = Some(run.finish_epoch(trained, epoch_start)?);
+        // An interrupt during the evaluation stops here, with `last` just written.
+        if run.stop_requested() && run.st.epoch < cfg.total_epochs() {
+            return Err(run.interrupted());
+        }
     }
     let report = match last_report {
         Some(r) => r,
         None => evaluate(&run.model, &run.shards, &run.val_loader, run.classes.len())?,
     };
     Ok(TrainSummary {
-        out: run.dir.out,
+        out: run.dir.out.clone(),
         model: cfg
             .model_config
             .as_ref()
@@ -189,7 +228,19 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
     })
 }
 
-/// The files of a run directory.
+/// The files a run writes in its directory (besides the lock file).
+const RUN_FILES: [&str; 5] = [
+    "last.safetensors",
+    "best.safetensors",
+    "metrics.jsonl",
+    "config.toml",
+    "curves.png",
+];
+
+/// Name of the lock file a run holds in its directory.
+pub const LOCK_FILE: &str = ".imixer.lock";
+
+/// The files of a run directory, locked by this process while it lives.
 struct RunDir {
     out: PathBuf,
     last: PathBuf,
@@ -197,16 +248,26 @@ struct RunDir {
     metrics: PathBuf,
     /// The resolved training config, as saved in `config.toml` and in every checkpoint.
     config_toml: String,
+    /// The open lock file: its OS advisory lock is the run's claim on the directory, released by
+    /// the OS when the process ends in any way (a `kill -9` leaves no stale lock).
+    _lock: std::fs::File,
 }
 
 impl RunDir {
-    /// Creates the run directory and saves the resolved config. A fresh run refuses a directory
-    /// that already holds one; a resumed run refuses a config that differs from the saved one
-    /// (it would not be the same run).
-    fn prepare(cfg: &TrainConfig, resume: bool) -> Result<Self> {
+    /// Creates and locks the run directory and saves the resolved config.
+    ///
+    /// - A second process cannot train into a directory another run holds.
+    /// - A fresh run refuses a directory that holds another run's files (`--resume` continues
+    ///   it; `--overwrite` replaces it).
+    /// - A resumed run refuses a config that differs from the saved one (it would not be the
+    ///   same run), except in the settings that do not change results.
+    /// - Temporary files left by a killed run are removed.
+    fn prepare(cfg: &TrainConfig, opts: &RunOptions) -> Result<Self> {
         let out = cfg.out.clone();
         std::fs::create_dir_all(&out)
             .with_context(|| format!("cannot create run directory {}", out.display()))?;
+        let lock = lock_run_dir(&out)?;
+        remove_stale_temps(&out);
         let dir = Self {
             last: out.join("last.safetensors"),
             best: out.join("best.safetensors"),
@@ -214,15 +275,32 @@ impl RunDir {
             config_toml: toml::to_string_pretty(cfg)
                 .context("cannot serialise the training config")?,
             out,
+            _lock: lock,
         };
         let saved_path = dir.out.join("config.toml");
-        if !resume && dir.last.exists() {
-            bail!(
-                "{} already holds a run (last.safetensors); pass --resume to continue it or choose another --out",
-                dir.out.display()
-            );
+        if !opts.resume {
+            let existing: Vec<&str> = RUN_FILES
+                .into_iter()
+                .filter(|f| dir.out.join(f).exists())
+                .collect();
+            if !existing.is_empty() && !opts.overwrite {
+                let what = if dir.last.exists() {
+                    "a run (last.safetensors); pass --resume to continue it,".to_string()
+                } else {
+                    format!("files of another run ({});", existing.join(", "))
+                };
+                bail!(
+                    "{} already holds {what} pass --overwrite to replace it or choose another --out",
+                    dir.out.display()
+                );
+            }
+            for f in existing {
+                let p = dir.out.join(f);
+                std::fs::remove_file(&p)
+                    .with_context(|| format!("--overwrite: cannot remove {}", p.display()))?;
+            }
         }
-        if resume {
+        if opts.resume {
             let saved = std::fs::read_to_string(&saved_path).with_context(|| {
                 format!(
                     "--resume: no run to resume in {} ({} missing)",
@@ -232,16 +310,95 @@ impl RunDir {
             })?;
             let saved: TrainConfig = toml::from_str(&saved)
                 .with_context(|| format!("cannot parse {}", saved_path.display()))?;
-            if &saved != cfg {
+            let differences = config_differences(&comparable(&saved), &comparable(cfg));
+            if !differences.is_empty() {
                 bail!(
                     "--resume: the configuration differs from the one saved in {} ({}); resume with the same settings",
                     saved_path.display(),
-                    config_differences(&saved, cfg).join("; ")
+                    differences.join("; ")
                 );
             }
         }
         crate::checkpoint::write_atomically(&saved_path, dir.config_toml.as_bytes())?;
         Ok(dir)
+    }
+
+    /// After a fresh run failed before its first checkpoint: removes what it wrote (config,
+    /// metrics, plot), its lock file and the directory when that is left empty, so that a failed
+    /// start leaves nothing that looks like a run.
+    fn discard_if_unsaved(&self) {
+        if self.last.exists() {
+            return;
+        }
+        for f in RUN_FILES {
+            let _ = std::fs::remove_file(self.out.join(f));
+        }
+        let _ = std::fs::remove_file(self.out.join(LOCK_FILE));
+        // Only succeeds when the directory is empty (nothing of anyone else's is removed).
+        let _ = std::fs::remove_dir(&self.out);
+    }
+}
+
+/// Takes the OS advisory lock of a run directory (`OUT/.imixer.lock`), or fails naming it.
+fn lock_run_dir(out: &Path) -> Result<std::fs::File> {
+    let path = out.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{} is in use by another imixer train (it holds {}); wait for it to finish or choose another --out",
+            out.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// Removes the temporary files (`.NAME.PID.tmp`) that a killed run's atomic writes left behind.
+/// Called with the directory's lock held, so no live run is writing them.
+fn remove_stale_temps(out: &Path) {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if is_atomic_temp(name) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// `.NAME.PID.tmp`, as `checkpoint::write_atomically` names its temporary files.
+fn is_atomic_temp(name: &str) -> bool {
+    let Some(stem) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+        return false;
+    };
+    stem.rsplit_once('.').is_some_and(|(file, pid)| {
+        !file.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// The settings of a config that make a run what it is: the compute and loader threads do not
+/// change results, and the run directory is the one being resumed however it is spelled.
+fn comparable(c: &TrainConfig) -> TrainConfig {
+    let canonical = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+    };
+    TrainConfig {
+        out: PathBuf::new(),
+        threads: 0,
+        workers: 1,
+        data_dir: canonical(&c.data_dir),
+        ..c.clone()
     }
 }
 
@@ -292,6 +449,11 @@ fn build_loaders(cfg: &TrainConfig, ds: &Dataset, mcfg: &ModelConfig) -> Result<
             cfg.batch_size
         );
     }
+    if ds.val.is_empty() {
+        bail!(
+            "the validation split is empty: nothing to evaluate or pick the best checkpoint by (check the data directory, or give --val-subset ≥ 1)"
+        );
+    }
     let val_loader = Loader::new(
         Arc::new(ds.val.clone()),
         eval_tf,
@@ -315,7 +477,7 @@ struct Run<'a> {
     shards: Shards,
     train_loader: Loader,
     val_loader: Loader,
-    dir: RunDir,
+    dir: &'a RunDir,
     history: Vec<EpochMetrics>,
     steps_this_process: u64,
 }
@@ -456,6 +618,11 @@ impl Run<'_> {
         if periodic && self.st.next_batch < self.train_loader.len() {
             self.save_last()?;
         }
+        if self.stop_requested() {
+            bar.abandon();
+            self.save_last()?;
+            return Err(self.interrupted());
+        }
         if self
             .opts
             .stop_after_steps
@@ -549,6 +716,24 @@ impl Run<'_> {
         self.write_last()?;
         plot_curves(&self.dir.out.join("curves.png"), &self.history)?;
         Ok(report)
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.opts
+            .stop
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
+    }
+
+    fn interrupted(&self) -> anyhow::Error {
+        Interrupted {
+            out: self.dir.out.clone(),
+            last: self.dir.last.clone(),
+            epoch: self.st.epoch,
+            batch: self.st.next_batch,
+            step: self.st.step,
+        }
+        .into()
     }
 
     /// Writes `last.safetensors` mid-epoch, refusing non-finite weights (at the end of an epoch
@@ -678,5 +863,115 @@ mod tests {
             vec!["shards: saved 1, now 2".to_string()]
         );
         assert!(config_differences(&now, &now).is_empty());
+    }
+
+    fn in_dir(out: &Path) -> TrainConfig {
+        TrainConfig {
+            out: out.to_path_buf(),
+            ..TrainConfig::default()
+        }
+    }
+
+    fn fresh() -> RunOptions {
+        RunOptions::default()
+    }
+
+    #[test]
+    fn a_second_run_cannot_take_a_locked_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = in_dir(&dir.path().join("run"));
+        let first = RunDir::prepare(&cfg, &fresh()).unwrap();
+        let resume = RunOptions {
+            resume: true,
+            ..fresh()
+        };
+        for opts in [fresh(), resume.clone()] {
+            let err = RunDir::prepare(&cfg, &opts).err().unwrap().to_string();
+            assert!(err.contains("in use by another imixer train"), "{err}");
+        }
+        // The OS drops the lock with its holder (a killed process included): the directory is
+        // free again, and holds a run to resume.
+        drop(first);
+        RunDir::prepare(&cfg, &resume).unwrap();
+    }
+
+    #[test]
+    fn another_runs_files_are_kept_unless_overwrite_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        std::fs::create_dir_all(&out).unwrap();
+        // An earlier run whose last.safetensors is gone still owns best and metrics.
+        std::fs::write(out.join("best.safetensors"), "earlier").unwrap();
+        std::fs::write(out.join("metrics.jsonl"), "{}\n").unwrap();
+        let err = RunDir::prepare(&in_dir(&out), &fresh())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("best.safetensors") && err.contains("--overwrite"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(out.join("best.safetensors")).unwrap(),
+            b"earlier"
+        );
+        let overwrite = RunOptions {
+            overwrite: true,
+            ..fresh()
+        };
+        let d = RunDir::prepare(&in_dir(&out), &overwrite).unwrap();
+        assert!(!out.join("best.safetensors").exists() && !out.join("metrics.jsonl").exists());
+        assert!(out.join("config.toml").exists());
+        // A fresh run that fails before its first checkpoint leaves nothing behind.
+        d.discard_if_unsaved();
+        assert!(
+            !out.exists(),
+            "{:?}",
+            std::fs::read_dir(&out).map(|d| d.count())
+        );
+    }
+
+    #[test]
+    fn temporaries_of_killed_writes_are_removed_on_start() {
+        for (name, temp) in [
+            (".last.safetensors.12345.tmp", true),
+            (".metrics.jsonl.7.tmp", true),
+            (".last.safetensors.tmp", false),
+            ("last.safetensors", false),
+            (".notes.txt", false),
+            (".x.12a.tmp", false),
+        ] {
+            assert_eq!(is_atomic_temp(name), temp, "{name}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join(".last.safetensors.999999.tmp"), "torn").unwrap();
+        std::fs::write(out.join("notes.txt"), "mine").unwrap();
+        let _d = RunDir::prepare(&in_dir(&out), &fresh()).unwrap();
+        assert!(!out.join(".last.safetensors.999999.tmp").exists());
+        assert!(out.join("notes.txt").exists());
+    }
+
+    #[test]
+    fn resume_ignores_settings_that_do_not_change_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        let saved = in_dir(&out);
+        drop(RunDir::prepare(&saved, &fresh()).unwrap());
+        let resume = RunOptions {
+            resume: true,
+            ..fresh()
+        };
+        let now = TrainConfig {
+            threads: 7,
+            workers: 3,
+            out: std::fs::canonicalize(&out).unwrap(),
+            ..saved.clone()
+        };
+        drop(RunDir::prepare(&now, &resume).unwrap());
+        let other = TrainConfig { seed: 5, ..saved };
+        let err = RunDir::prepare(&other, &resume).err().unwrap().to_string();
+        assert!(err.contains("seed: saved 0, now 5"), "{err}");
     }
 }
