@@ -1,5 +1,26 @@
 //! imixer — the Hopfield-derived Mixer family (iMixer, ParaMixer / SymMixer / AsymMixer) and the
-//! vanilla MLP-Mixer baselines on candle, exactly equal to the PyTorch reference.
+//! vanilla MLP-Mixer baselines on [candle](https://github.com/huggingface/candle), equal to the
+//! authors' PyTorch code (the reference tensors in `tests/golden/`). The models and their
+//! equations: `docs/models.md`.
+//!
+//! # Architecture
+//!
+//! ```text
+//! cli (one file per subcommand)
+//!  ├─ train ── data (readers, augmentation, deterministic loader) ── optim (AdamW)
+//!  │    └──── models (MLPs, iMLP + solvers, blocks, MixerNet) ── layers (ops) ── kernels (CPU)
+//!  ├─ eval / predict / inspect ── analysis (spectral norms, fixed points, symmetry)
+//!  ├─ dynamics / energy-demo ── hopfield (Lagrangians, energies, RK45)
+//!  └─ bench (timed steps)              plot (PNG figures) is shared by all of them
+//! config + registry: what a model is;   params + checkpoint: its named tensors on disk
+//! ```
+//!
+//! A model is a [`ModelConfig`] (every knob, serialisable) built into a [`MixerNet`] whose
+//! parameters carry the reference `state_dict` names, so checkpoints move between PyTorch and
+//! imixer by name. Each layer calls one op; the op, not the model, chooses between a fused CPU
+//! kernel with a hand-written backward and the same function composed from candle's operations,
+//! which runs on any candle device. Every random choice is a function of the seed and the
+//! position in the run, so a run is reproducible bit for bit and resumable after any interruption.
 //!
 //! Module map (one concept per module):
 //! - [`config`]: the serde model configuration — every architectural knob.
@@ -18,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod hopfield;
+pub mod kernels;
 pub mod layers;
 pub mod models;
 pub mod optim;

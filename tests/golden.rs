@@ -7,10 +7,12 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use imixer::config::{Family, IMixerConfig, ModelConfig};
+use imixer::kernels::KernelPath;
 use imixer::layers::ForwardCtx;
 use imixer::optim::{AdamW, AdamWConfig};
 use imixer::MixerNet;
@@ -275,7 +277,32 @@ fn check_sn_trace(
     Ok(())
 }
 
+/// The kernel paths each family is checked on: `IMIXER_KERNELS` when set, else both — the fused
+/// CPU kernels and the portable candle composition that CUDA runs.
+fn kernel_paths() -> Result<Vec<KernelPath>> {
+    match std::env::var("IMIXER_KERNELS") {
+        Ok(v) => Ok(vec![KernelPath::parse(&v).map_err(anyhow::Error::msg)?]),
+        Err(_) => Ok(vec![KernelPath::Fused, KernelPath::Portable]),
+    }
+}
+
+/// The kernel path is a process-wide setting: families run one at a time so that each run uses
+/// only the path it names.
+static ONE_PATH_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 fn run_family(family: &str) -> Result<()> {
+    for path in kernel_paths()? {
+        let _serial = ONE_PATH_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        imixer::kernels::set_kernel_path(path);
+        run_family_on_current_path(family)
+            .with_context(|| format!("{family} on the {} kernel path", path.name()))?;
+    }
+    Ok(())
+}
+
+fn run_family_on_current_path(family: &str) -> Result<()> {
     let g = Golden::load(family)?;
     let cfg = g.config()?;
     let dev = Device::Cpu;

@@ -14,13 +14,14 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, S
 use rayon::prelude::*;
 
 use super::gelu::{gelu, gelu_grad_scalar, gelu_scalar};
-use super::kernel::{
+use crate::kernels::cpu::{
     dispatch, par_output, par_output_with, sum_in_block_order, Float, SliceKernel, PAR_CHUNK,
 };
+use crate::kernels::{fused, simd_kernel};
 
 /// GELU(y + b) over the last axis.
 pub fn bias_gelu(y: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if y.device().is_cpu() {
+    if fused(y) {
         y.contiguous()?.apply_op2(&b.contiguous()?, BiasGelu)
     } else {
         gelu(&y.broadcast_add(b)?)
@@ -34,11 +35,7 @@ pub fn column_sums<T: Float>(g: &[T], cols: usize) -> Vec<T> {
         .par_chunks(rows_per_block * cols)
         .map(|block| {
             let mut acc = vec![0f64; cols];
-            for row in block.chunks(cols) {
-                for (a, v) in acc.iter_mut().zip(row) {
-                    *a += v.to_f64();
-                }
-            }
+            add_rows(block, &mut acc);
             acc
         })
         .collect();
@@ -46,6 +43,50 @@ pub fn column_sums<T: Float>(g: &[T], cols: usize) -> Vec<T> {
         .into_iter()
         .map(T::from_f64)
         .collect()
+}
+
+simd_kernel! {
+    /// acc[j] += Σ_rows block[row·C + j] in f64, rows in order.
+    fn add_rows<T: Float>(block: &[T], acc: &mut [f64]) {
+        for row in block.chunks(acc.len()) {
+            for (a, v) in acc.iter_mut().zip(row) {
+                *a += v.to_f64();
+            }
+        }
+    }
+}
+
+simd_kernel! {
+    /// o = GELU(y + b) row by row.
+    fn bias_gelu_block<T: Float>(y: &[T], b: &[T], o: &mut [T]) {
+        for (o, y) in o.chunks_mut(b.len()).zip(y.chunks(b.len())) {
+            for ((o, &y), &b) in o.iter_mut().zip(y).zip(b) {
+                *o = gelu_scalar(y + b);
+            }
+        }
+    }
+}
+
+simd_kernel! {
+    /// o = g ⊙ f.
+    fn scale_block<T: Float>(g: &[T], f: &[T], o: &mut [T]) {
+        for ((o, &g), &f) in o.iter_mut().zip(g).zip(f) {
+            *o = g * f;
+        }
+    }
+}
+
+simd_kernel! {
+    /// o = g ⊙ f, and acc[j] += Σ_rows o[row·C + j] in f64.
+    fn scale_block_with_sums<T: Float>(g: &[T], f: &[T], o: &mut [T], acc: &mut [f64]) {
+        let cols = acc.len();
+        for ((o, g), f) in o.chunks_mut(cols).zip(g.chunks(cols)).zip(f.chunks(cols)) {
+            for (((o, &g), &f), a) in o.iter_mut().zip(g).zip(f).zip(acc.iter_mut()) {
+                *o = g * f;
+                *a += o.to_f64();
+            }
+        }
+    }
 }
 
 /// The bias must match the input's last axis.
@@ -66,12 +107,7 @@ impl SliceKernel for BiasGelu {
         let cols = b.len();
         let block = (PAR_CHUNK / cols).max(1) * cols;
         par_output(y.len(), block, |start, o| {
-            let y = &y[start..start + o.len()];
-            for (o, y) in o.chunks_mut(cols).zip(y.chunks(cols)) {
-                for ((o, &y), &b) in o.iter_mut().zip(y).zip(b) {
-                    *o = gelu_scalar(y + b);
-                }
-            }
+            bias_gelu_block(&y[start..start + o.len()], b, o)
         })
     }
 }
@@ -167,22 +203,15 @@ impl SliceKernel for ScaleWithColumnSums<'_> {
         };
         let Some(sums) = &self.sums else {
             return par_output(g.len(), PAR_CHUNK, |start, o| {
-                let (g, f) = (&g[start..start + o.len()], &factor[start..start + o.len()]);
-                for ((o, &g), &f) in o.iter_mut().zip(g).zip(f) {
-                    *o = g * f;
-                }
+                let end = start + o.len();
+                scale_block(&g[start..end], &factor[start..end], o)
             });
         };
         let block = (PAR_CHUNK / cols.max(1)).max(1) * cols;
         let (out, partials) = par_output_with(g.len(), g.len(), block, |start, o| {
-            let (g, f) = (&g[start..start + o.len()], &factor[start..start + o.len()]);
+            let end = start + o.len();
             let mut acc = vec![0f64; cols];
-            for ((o, g), f) in o.chunks_mut(cols).zip(g.chunks(cols)).zip(f.chunks(cols)) {
-                for (((o, &g), &f), a) in o.iter_mut().zip(g).zip(f).zip(acc.iter_mut()) {
-                    *o = g * f;
-                    *a += o.to_f64();
-                }
-            }
+            scale_block_with_sums(&g[start..end], &factor[start..end], o, &mut acc);
             acc
         });
         *sums.lock().unwrap_or_else(|e| e.into_inner()) = sum_in_block_order(&partials, cols);

@@ -8,12 +8,13 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 
 use rayon::prelude::*;
 
-use super::kernel::{dispatch, par_output, par_output_beside, Float, SliceKernel, PAR_CHUNK};
+use crate::kernels::cpu::{dispatch, par_output, par_output_beside, Float, SliceKernel, PAR_CHUNK};
+use crate::kernels::{fused, simd_kernel};
 
 /// GELU(x) = x·Φ(x) with the exact error function (PyTorch `nn.GELU()`; docs/models.md "Common
 /// skeleton").
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() {
+    if fused(x) {
         x.contiguous()?.apply_op1(GeluOp)
     } else {
         // Devices without our kernel use candle's composition (same function, forward exact).
@@ -23,7 +24,7 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 
 /// GELU′(x) = Φ(x) + x·φ(x) elementwise (a linearisation, e.g. for explicit Jacobian products).
 pub fn gelu_derivative(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() {
+    if fused(x) {
         let x = x.contiguous()?;
         x.apply_op2_no_bwd(&x.ones_like()?, &GeluBackward)
     } else {
@@ -42,7 +43,7 @@ fn gelu_derivative_composed(x: &Tensor) -> Result<Tensor> {
 /// erf(x/√2) and e^(−x²/2) = φ(x)·√(2π). The forward and backward kernels all evaluate GELU
 /// through this one definition, so the value a forward writes and the derivative a fused op
 /// keeps round exactly like the standalone ones (the unused half is dead code there).
-#[inline]
+#[inline(always)]
 pub fn gelu_and_grad_scalar<T: Float>(x: T) -> (T, T) {
     let (erf, gauss) = (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf_and_gauss();
     let half = T::from_f64(0.5);
@@ -53,13 +54,13 @@ pub fn gelu_and_grad_scalar<T: Float>(x: T) -> (T, T) {
 }
 
 /// Derivative of the exact GELU: Φ(x) + x·φ(x).
-#[inline]
+#[inline(always)]
 pub fn gelu_grad_scalar<T: Float>(x: T) -> T {
     gelu_and_grad_scalar(x).1
 }
 
 /// The exact GELU x·Φ(x).
-#[inline]
+#[inline(always)]
 pub fn gelu_scalar<T: Float>(x: T) -> T {
     gelu_and_grad_scalar(x).0
 }
@@ -67,22 +68,48 @@ pub fn gelu_scalar<T: Float>(x: T) -> T {
 /// GELU of every element of `v`, in place, in parallel `PAR_CHUNK` blocks (e.g. on a matmul
 /// output that no backward will read).
 pub(crate) fn gelu_in_place<T: Float>(v: &mut [T]) {
-    v.par_chunks_mut(PAR_CHUNK).for_each(|block| {
-        for v in block {
+    v.par_chunks_mut(PAR_CHUNK).for_each(gelu_block_in_place);
+}
+
+simd_kernel! {
+    fn gelu_block_in_place<T: Float>(v: &mut [T]) {
+        for v in v {
             *v = gelu_scalar(*v);
         }
-    });
+    }
+}
+
+simd_kernel! {
+    fn gelu_block<T: Float>(x: &[T], y: &mut [T]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = gelu_scalar(x);
+        }
+    }
+}
+
+simd_kernel! {
+    /// v ← GELU(v), d ← GELU′(v).
+    fn gelu_block_with_derivative<T: Float>(v: &mut [T], d: &mut [T]) {
+        for (v, d) in v.iter_mut().zip(d) {
+            (*v, *d) = gelu_and_grad_scalar(*v);
+        }
+    }
+}
+
+simd_kernel! {
+    /// o = g · GELU′(x).
+    fn gelu_backward_block<T: Float>(x: &[T], g: &[T], o: &mut [T]) {
+        for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+            *o = g * gelu_grad_scalar(x);
+        }
+    }
 }
 
 /// GELU of every element of `v` in place, returning GELU′ at the same points: the whole
 /// backward factor of the activation, computed while erf(x/√2) and e^(−x²/2) are at hand, so
 /// that the backward is one multiply per element instead of a second erf and exponential.
 pub(crate) fn gelu_in_place_with_derivative<T: Float>(v: &mut [T]) -> Vec<T> {
-    par_output_beside(v, PAR_CHUNK, |v, d| {
-        for (v, d) in v.iter_mut().zip(d) {
-            (*v, *d) = gelu_and_grad_scalar(*v);
-        }
-    })
+    par_output_beside(v, PAR_CHUNK, gelu_block_with_derivative)
 }
 
 struct GeluOp;
@@ -93,9 +120,7 @@ impl SliceKernel for GeluOp {
     fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
         let x = i[0];
         par_output(x.len(), PAR_CHUNK, |start, y| {
-            for (y, &x) in y.iter_mut().zip(&x[start..]) {
-                *y = gelu_scalar(x);
-            }
+            gelu_block(&x[start..start + y.len()], y)
         })
     }
 }
@@ -123,9 +148,8 @@ impl SliceKernel for GeluBackward {
     fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
         let (x, g) = (i[0], i[1]);
         par_output(x.len(), PAR_CHUNK, |start, o| {
-            for ((o, &x), &g) in o.iter_mut().zip(&x[start..]).zip(&g[start..]) {
-                *o = g * gelu_grad_scalar(x);
-            }
+            let end = start + o.len();
+            gelu_backward_block(&x[start..end], &g[start..end], o)
         })
     }
 }

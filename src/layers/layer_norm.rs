@@ -10,10 +10,11 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
 
 use rayon::prelude::*;
 
-use super::kernel::{
+use super::transpose::{transpose12_no_grad, transposed_block, transposed_block_len};
+use crate::kernels::cpu::{
     dispatch, par_output, par_output_with, sum_in_block_order, Float, SliceKernel, PAR_CHUNK,
 };
-use super::transpose::{transpose12_no_grad, transposed_block, transposed_block_len};
+use crate::kernels::{fused, simd_kernel};
 use crate::params::Scope;
 
 /// LayerNorm eps of every reference model.
@@ -60,7 +61,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
             bias.shape()
         );
     }
-    if x.device().is_cpu() {
+    if fused(x) {
         x.contiguous()?.apply_op3(
             &weight.contiguous()?,
             &bias.contiguous()?,
@@ -112,8 +113,27 @@ fn rows_per_block(cols: usize) -> usize {
     (PAR_CHUNK / cols.max(1)).max(1)
 }
 
+simd_kernel! {
+    /// y = LN(x) row by row (rows of γ's length).
+    fn normalise_rows<T: Float>(x: &[T], w: &[T], b: &[T], eps: f64, y: &mut [T]) {
+        for (y, x) in y.chunks_mut(w.len()).zip(x.chunks(w.len())) {
+            let stats = row_stats(x, eps);
+            for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                *y = normalise(x, stats, w, b);
+            }
+        }
+    }
+}
+
+simd_kernel! {
+    /// [`row_stats`] of every `cols`-long row of `rows`.
+    fn block_stats<T: Float>(rows: &[T], cols: usize, eps: f64) -> Vec<(f64, f64)> {
+        rows.chunks(cols).map(|r| row_stats(r, eps)).collect()
+    }
+}
+
 /// Mean and 1/sqrt(var + eps) of one row, accumulated in f64.
-#[inline]
+#[inline(always)]
 fn row_stats<T: Float>(row: &[T], eps: f64) -> (f64, f64) {
     let n = row.len() as f64;
     let mean = lane_sum(row, |v| v.to_f64()) / n;
@@ -159,18 +179,15 @@ impl SliceKernel for LayerNormOp {
         let (x, w, b, cols, eps) = (i[0], i[1], i[2], self.cols, self.eps);
         let OutputLayout::Transposed { n, d, .. } = self.layout else {
             return par_output(x.len(), rows_per_block(cols) * cols, |start, y| {
-                let x = &x[start..start + y.len()];
-                for (y, x) in y.chunks_mut(cols).zip(x.chunks(cols)) {
-                    let stats = row_stats(x, eps);
-                    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                        *y = normalise(x, stats, w, b);
-                    }
-                }
+                normalise_rows(&x[start..start + y.len()], w, b, eps, y)
             });
         };
         // Transposed: row statistics first (a few KiB), then one transposing pass that
         // normalises each value as it moves it.
-        let stats: Vec<(f64, f64)> = x.par_chunks(cols).map(|r| row_stats(r, eps)).collect();
+        let stats: Vec<(f64, f64)> = x
+            .par_chunks(rows_per_block(cols) * cols)
+            .flat_map_iter(|rows| block_stats(rows, cols, eps))
+            .collect();
         par_output(x.len(), transposed_block_len(n), |start, out| {
             if cols == d {
                 // Per-token LN: the statistics row is the token, γ/β indexed by the channel.
@@ -274,7 +291,7 @@ pub fn layer_norm_transposed(
             bias.shape()
         );
     }
-    if x.device().is_cpu() {
+    if fused(x) {
         x.contiguous()?.apply_op3(
             &weight.contiguous()?,
             &bias.contiguous()?,
@@ -307,7 +324,19 @@ impl SliceKernel for LayerNormBackward {
         // block order; room for the [dγ | dβ] tail is reserved up front.
         let block = rows_per_block(cols) * cols;
         let (mut out, partials) = par_output_with(n, n + 2 * cols, block, |start, dx: &mut [T]| {
-            let (x, g) = (&x[start..start + dx.len()], &g[start..start + dx.len()]);
+            let end = start + dx.len();
+            backward_rows(&x[start..end], &g[start..end], w, eps, dx)
+        });
+        let total = sum_in_block_order(&partials, 2 * cols);
+        out.extend(total.into_iter().map(T::from_f64));
+        out
+    }
+}
+
+simd_kernel! {
+    /// dx of every row of the block, returning the block's [Σ ∂L/∂y·x̂ | Σ ∂L/∂y] per column.
+    fn backward_rows<T: Float>(x: &[T], g: &[T], w: &[T], eps: f64, dx: &mut [T]) -> Vec<f64> {
+            let cols = w.len();
             let mut acc = vec![0f64; 2 * cols];
             let mut xhat = vec![0f64; cols];
             // ĝ = γ·∂L/∂y and ĝ·x̂ per column, summed with `lane_sum` (not a running sum).
@@ -334,10 +363,6 @@ impl SliceKernel for LayerNormBackward {
                 }
             }
             acc
-        });
-        let total = sum_in_block_order(&partials, 2 * cols);
-        out.extend(total.into_iter().map(T::from_f64));
-        out
     }
 }
 

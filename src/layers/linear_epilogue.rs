@@ -22,7 +22,8 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::bias::{bias_gelu, ColumnSums, ScaleWithColumnSums};
 use super::gelu::{gelu, gelu_in_place, gelu_in_place_with_derivative};
-use super::kernel::{dispatch, par_output, Float, SliceKernel, PAR_CHUNK};
+use crate::kernels::cpu::{dispatch, par_output, Float, SliceKernel, PAR_CHUNK};
+use crate::kernels::fused;
 
 /// x Wᵀ + b + r along the last axis of x (…, in) for W (out, in), b (out), r (…, out); either
 /// addend may be absent. CPU runs one fused op; other devices the candle composition.
@@ -68,7 +69,7 @@ fn linear_with(
         }
     }
     let x2 = x.reshape((rows, in_f))?;
-    if !x.device().is_cpu() {
+    if !fused(x) {
         let mut y = x2.matmul(&w.t()?)?;
         if let Some(b) = b {
             y = y.broadcast_add(b)?;
@@ -111,7 +112,7 @@ fn linear_with(
 /// bias gradient's column sums in the same pass, instead of a second erf and exponential per
 /// element and a separate reduction. Without `b` the bias is zero and gets no gradient.
 pub fn linear_gelu(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    if !x.device().is_cpu() {
+    if !fused(x) {
         let z = linear_epilogue(x, w, None, None)?;
         return match b {
             Some(b) => bias_gelu(&z, b),

@@ -6,7 +6,6 @@ pub mod bias;
 pub mod context;
 pub mod drop_path;
 pub mod gelu;
-pub mod kernel;
 pub mod layer_norm;
 pub mod linear;
 pub mod linear_epilogue;

@@ -10,8 +10,9 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, Var};
 
 use super::context::ForwardCtx;
-use super::kernel::{dispatch, Float, SliceKernel};
 use super::linear::{linear, Axis, MLP_BIAS_STD};
+use crate::kernels::cpu::{dispatch, Float, SliceKernel};
+use crate::kernels::fused;
 use crate::params::Scope;
 
 /// Power-iteration normalisation floor (`F.normalize` eps).
@@ -156,7 +157,7 @@ pub fn power_iteration(
     v: &Tensor,
     steps: usize,
 ) -> Result<(Tensor, Tensor)> {
-    if w.device().is_cpu() {
+    if fused(w) {
         let (rows, cols) = w.dims2()?;
         let uv = w
             .contiguous()?
@@ -173,7 +174,10 @@ pub fn power_iteration_composed(
     v: &Tensor,
     steps: usize,
 ) -> Result<(Tensor, Tensor)> {
-    let (mut u, mut v) = (u.clone(), v.clone());
+    // The reference iterates under `torch.no_grad()`: u and v are constants of the forward, so
+    // no gradient reaches the buffers (or W) through the iteration.
+    let w = w.detach();
+    let (mut u, mut v) = (u.detach(), v.detach());
     for _ in 0..steps {
         v = normalize(&w.t()?.matmul(&u.unsqueeze(1)?)?.squeeze(1)?)?;
         u = normalize(&w.matmul(&v.unsqueeze(1)?)?.squeeze(1)?)?;

@@ -7,12 +7,13 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
-use super::kernel::{dispatch, par_output, Float, SliceKernel};
+use crate::kernels::cpu::{dispatch, par_output, Float, SliceKernel};
+use crate::kernels::fused;
 
 /// Mean over dim 1 of (B, N, D).
 pub fn mean_tokens(x: &Tensor) -> Result<Tensor> {
     let (b, n, d) = x.dims3()?;
-    if x.device().is_cpu() {
+    if fused(x) {
         x.contiguous()?.apply_op1(MeanTokens { b, n, d })
     } else {
         x.mean(1)

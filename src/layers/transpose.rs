@@ -12,7 +12,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
-use super::kernel::{dispatch, par_output, Float, SliceKernel, PAR_CHUNK};
+use crate::kernels::cpu::{dispatch, par_output, Float, SliceKernel, PAR_CHUNK};
+use crate::kernels::fused;
 
 /// Output rows handled together: eight adjacent source columns, moved as 8 × 8 tiles
 /// ([`Float::transpose_8x8`], eight AVX registers for f32).
@@ -21,7 +22,7 @@ const TILE: usize = 8;
 /// (B, R, C) → (B, C, R), contiguous; gradient: the transpose back.
 pub fn transpose12(x: &Tensor) -> Result<Tensor> {
     let (b, r, c) = x.dims3()?;
-    if x.device().is_cpu() {
+    if fused(x) {
         x.contiguous()?.apply_op1(Transpose12 { b, r, c })
     } else {
         x.transpose(1, 2)?.contiguous()
@@ -45,7 +46,7 @@ pub fn add_transposed(x: &Tensor, t: &Tensor) -> Result<Tensor> {
             x.shape()
         );
     }
-    if x.device().is_cpu() {
+    if fused(x) {
         x.contiguous()?
             .apply_op2(&t.contiguous()?, AddTransposed { n, d })
     } else {

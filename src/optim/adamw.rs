@@ -90,11 +90,14 @@ impl AdamW {
     }
 
     /// One step from the gradients in `grads` (parameters without a gradient are skipped, as
-    /// torch skips `p.grad is None`). On CPU the moments and parameters are updated in place
-    /// ([`super::adamw_kernels`]); elsewhere through [`Self::step_composed`]. Both give the same bits.
+    /// torch skips `p.grad is None`). On the fused CPU path the moments and parameters are updated
+    /// in place ([`super::adamw_kernels`]); elsewhere through [`Self::step_composed`]. Both give the same bits.
     pub fn step(&mut self, grads: &candle_core::backprop::GradStore) -> Result<()> {
-        let on_cpu = self.slots.iter().all(|s| s.var.device().is_cpu());
-        if !on_cpu {
+        let fused = self
+            .slots
+            .iter()
+            .all(|s| crate::kernels::fused(s.var.as_tensor()));
+        if !fused {
             return self.step_composed(grads);
         }
         let k = self.begin_step();

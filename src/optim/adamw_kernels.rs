@@ -11,7 +11,8 @@
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
 use rayon::prelude::*;
 
-use crate::layers::kernel::{contiguous, Float, PAR_CHUNK};
+use crate::kernels::cpu::{contiguous, Float, PAR_CHUNK};
+use crate::kernels::simd_kernel;
 
 /// m ← m·β + g·(1 − β) (first moment) or v ← v·β + g²·(1 − β) (second moment).
 pub struct MomentUpdate {
@@ -68,12 +69,31 @@ fn moment_kernel<T: Float>(op: &MomentUpdate, dst: &mut [T], [g]: [&[T]; 1]) {
     let (beta, one_minus) = (T::from_f64(op.beta), T::from_f64(1.0 - op.beta));
     dst.par_chunks_mut(PAR_CHUNK)
         .zip(g.par_chunks(PAR_CHUNK))
-        .for_each(|(d, g)| {
-            for (d, &g) in d.iter_mut().zip(g) {
-                let g = if op.square { g * g } else { g };
-                *d = *d * beta + g * one_minus;
-            }
-        });
+        .for_each(|(d, g)| moment_block(d, g, beta, one_minus, op.square));
+}
+
+simd_kernel! {
+    /// d ← d·β + g·(1 − β), or with g² when `square`.
+    fn moment_block<T: Float>(d: &mut [T], g: &[T], beta: T, one_minus: T, square: bool) {
+        for (d, &g) in d.iter_mut().zip(g) {
+            let g = if square { g * g } else { g };
+            *d = *d * beta + g * one_minus;
+        }
+    }
+}
+
+simd_kernel! {
+    /// p ← p·decay − (m / (√v · inv_bc2 + eps)) · step (no decay product when `decay` is None).
+    fn param_block<T: Float>(p: &mut [T], m: &[T], v: &[T], decay: Option<T>, inv_bc2: T, eps: T, step: T) {
+        for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+            let decayed = match decay {
+                Some(f) => *p * f,
+                None => *p,
+            };
+            let denom = v.sqrt() * inv_bc2 + eps;
+            *p = decayed - (m / denom) * step;
+        }
+    }
 }
 
 fn param_kernel<T: Float>(op: &ParamUpdate, dst: &mut [T], [m, v]: [&[T]; 2]) {
@@ -82,16 +102,7 @@ fn param_kernel<T: Float>(op: &ParamUpdate, dst: &mut [T], [m, v]: [&[T]; 2]) {
     let decay = op.decay_factor.map(T::from_f64);
     dst.par_chunks_mut(PAR_CHUNK)
         .zip(m.par_chunks(PAR_CHUNK).zip(v.par_chunks(PAR_CHUNK)))
-        .for_each(|(p, (m, v))| {
-            for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
-                let decayed = match decay {
-                    Some(f) => *p * f,
-                    None => *p,
-                };
-                let denom = v.sqrt() * inv_bc2 + eps;
-                *p = decayed - (m / denom) * step;
-            }
-        });
+        .for_each(|(p, (m, v))| param_block(p, m, v, decay, inv_bc2, eps, step));
 }
 
 impl InplaceOp2 for MomentUpdate {
