@@ -1,4 +1,4 @@
-//! Probe: the core's peak f32 multiply-add rate — the ceiling for any matmul on this machine.
+//! Probe: the core's peak f32 multiply-add rate — the ceiling for any matmul on the CPU it runs on.
 //!
 //! Twelve independent 8-lane accumulators (enough to cover the FMA latency on two pipes) updated
 //! with `a·b + c` in a loop the compiler turns into packed FMAs (this project builds for

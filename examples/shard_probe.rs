@@ -4,9 +4,8 @@
 //!
 //! `cargo run --release --example shard_probe -- SHARDS MODEL [BATCH=64] [THREADS=2]`
 //!
-//! Measured (BENCHMARKS.md, tenth session): `paramixer_n4_28`, batch 64: one pass on one thread
-//! ≈ 143 ms, on two threads 84–101 ms, two shards on two threads 74–81 ms. The machine's speed
-//! drifts, so compare only alternated runs (a later recheck: 101–109 vs 80–88 ms).
+//! Measurements: BENCHMARKS.md, history at commit 91098eb. Machine speed can drift, so compare
+//! only runs alternated back to back.
 use anyhow::{Context, Result};
 use imixer::bench::{run_model, Timing};
 use imixer::registry;

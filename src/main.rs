@@ -21,8 +21,14 @@ fn keep_freed_memory() {
 
 fn main() {
     keep_freed_memory();
-    if let Err(e) = imixer::cli::main() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    match imixer::cli::main() {
+        Ok(()) => {}
+        // The reader of a pipe has gone (`imixer models | head -1`): it wanted no more output, so
+        // stop quietly with success (`imixer::cli::output` explains the choice).
+        Err(e) if imixer::cli::output::is_broken_pipe(&e) => {}
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
     }
 }

@@ -9,6 +9,7 @@ use clap::Args;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::output::outln;
 use crate::hopfield::mixer_energy::ToyBlock;
 use crate::plot::{line_panels, Series};
 
@@ -134,7 +135,7 @@ pub fn run(a: DynamicsArgs) -> Result<()> {
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
     for r in &summary {
-        println!(
+        outln!(
             "{:<24} start {}  E {:>9.4} → {:>9.4}  max ΔE {:+.2e}  {}",
             r["block"].as_str().unwrap_or(""),
             r["start"],
@@ -146,11 +147,11 @@ pub fn run(a: DynamicsArgs) -> Result<()> {
             } else {
                 "energy increases"
             }
-        );
+        )?;
     }
-    println!(
+    outln!(
         "wrote {}/energy.png, trajectories.png, dynamics.json",
         a.out.display()
-    );
+    )?;
     Ok(())
 }

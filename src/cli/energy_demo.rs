@@ -13,6 +13,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
+use super::output::outln;
 use crate::data::{self, DatasetKind, Split};
 use crate::hopfield::energy_metaformer::EnergyMetaformer;
 use crate::optim::{AdamW, AdamWConfig};
@@ -233,7 +234,7 @@ pub fn run(a: EnergyDemoArgs) -> Result<()> {
         &a.out.join("metrics.json"),
         serde_json::to_string_pretty(&metrics)?.as_bytes(),
     )?;
-    println!(
+    outln!(
         "final denoising loss {:.4}; energy from random states {} ({:.3} → {:.3}); figures in {}",
         losses.last().map(|l| l.1).unwrap_or(f64::NAN),
         if monotone {
@@ -244,6 +245,6 @@ pub fn run(a: EnergyDemoArgs) -> Result<()> {
         energies[0],
         energies[energies.len() - 1],
         a.out.display()
-    );
+    )?;
     Ok(())
 }

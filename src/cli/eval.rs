@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::Args;
 
+use super::output::outln;
 use crate::data::{self, DatasetKind, EvalTransform, Loader, LoaderConfig};
 use crate::train::eval::evaluate;
 use crate::train::state;
@@ -142,16 +143,19 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let mut v = serde_json::to_value(&report)?;
         v["classes"] = serde_json::to_value(&classes)?;
         v["confusion_png"] = serde_json::Value::String(png.display().to_string());
-        println!("{v}");
+        outln!("{v}")?;
     } else {
-        println!(
+        outln!(
             "images {}  loss {:.4}  top-1 {:.4}  top-5 {:.4}",
-            report.images, report.loss, report.top1, report.top5
-        );
+            report.images,
+            report.loss,
+            report.top1,
+            report.top5
+        )?;
         for (c, acc) in classes.iter().zip(&report.per_class_accuracy) {
-            println!("  {c:<20} {acc:.4}");
+            outln!("  {c:<20} {acc:.4}")?;
         }
-        println!("confusion matrix: {}", png.display());
+        outln!("confusion matrix: {}", png.display())?;
     }
     Ok(())
 }

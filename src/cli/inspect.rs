@@ -10,6 +10,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::eval::{eval_transform, load_for_inference};
+use super::output::outln;
 use crate::analysis::fixed_point::{compare_solvers, trace, FixedPointTrace, SolverComparison};
 use crate::analysis::spectral::{sn_report, SnReport, GELU_MAX_SLOPE};
 use crate::analysis::symmetry::{symmetry, SymmetryReport};
@@ -132,34 +133,38 @@ pub fn run(a: InspectArgs) -> Result<()> {
         reports.push(r);
     }
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"checkpoint": a.checkpoint.display().to_string(), "family": net.config.family, "inputs": source, "blocks": reports})
-        );
+        )?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{} ({}), fixed-point inputs: {source}",
         a.checkpoint.display(),
         net.config.family
-    );
+    )?;
     for r in &reports {
-        println!("block {}", r.block);
+        outln!("block {}", r.block)?;
         for s in &r.spectral_norms {
-            println!(
+            outln!(
                 "  {:<28} σ̂ {:.4}  σ(W) {:.4}  σ(W̃) {:.4}  (c = {})",
-                s.module, s.sigma_hat, s.sigma_weight, s.sigma_effective, s.coeff
-            );
+                s.module,
+                s.sigma_hat,
+                s.sigma_weight,
+                s.sigma_effective,
+                s.coeff
+            )?;
         }
         if let Some(l) = r.lipschitz_bound {
-            println!(
+            outln!(
                 "  Lipschitz bound of F: {l:.4} ({})",
                 if l < 1.0 {
                     "contraction guaranteed"
                 } else {
                     "no guarantee"
                 }
-            );
+            )?;
         }
         if let Some(fp) = &r.fixed_point {
             let show: Vec<String> = fp
@@ -168,17 +173,17 @@ pub fn run(a: InspectArgs) -> Result<()> {
                 .take(8)
                 .map(|v| format!("{v:.1e}"))
                 .collect();
-            println!(
+            outln!(
                 "  fixed point (trained n_iter {}): residual k=1..: {} … k={}: {:.1e}; contraction {:.3}",
                 fp.trained_n_iter,
                 show.join(" "),
                 fp.residuals.len(),
                 fp.residuals.last().copied().unwrap_or(f64::NAN),
                 fp.contraction
-            );
+            )?;
         }
         for c in &r.solvers {
-            println!(
+            outln!(
                 "  solve to {:.0e}: picard {} it{}, anderson(m={}) {} it{}, ‖Δx*‖/‖x*‖ {:.1e}",
                 c.tol,
                 c.picard_iterations,
@@ -191,13 +196,15 @@ pub fn run(a: InspectArgs) -> Result<()> {
                     " (cap hit)"
                 },
                 c.relative_difference
-            );
+            )?;
         }
         for s in &r.symmetry {
-            println!(
+            outln!(
                 "  {:<28} cos(W_out, W_inᵀ) {:+.4}  antisymmetric ratio {:.4}",
-                s.module, s.cosine, s.antisymmetric_ratio
-            );
+                s.module,
+                s.cosine,
+                s.antisymmetric_ratio
+            )?;
         }
     }
     Ok(())

@@ -6,6 +6,7 @@ mod energy_demo;
 mod eval;
 mod inspect;
 mod models;
+pub mod output;
 mod predict;
 mod train;
 
@@ -15,7 +16,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "imixer",
-    version,
+    // "0.1.0 (commit 9b3f529)", from build.rs.
+    version = env!("IMIXER_VERSION"),
     about = "Train, evaluate and analyse iMixer, ParaMixer/SymMixer/AsymMixer and MLP-Mixer models"
 )]
 pub struct Cli {

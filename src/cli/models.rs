@@ -4,6 +4,7 @@ use anyhow::Result;
 use candle_core::{DType, Device};
 use clap::Args;
 
+use super::output::outln;
 use crate::registry;
 
 #[derive(Args)]
@@ -27,12 +28,12 @@ pub fn run(args: ModelsArgs) -> Result<()> {
         cfg.num_classes = args.classes;
         let count = crate::models::net::count_params(&cfg);
         if args.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"name": name, "params": count, "config": cfg})
-            );
+            )?;
         } else {
-            println!("{name:<32} {:>14}", group_thousands(count));
+            outln!("{name:<32} {:>14}", group_thousands(count))?;
         }
     }
     let _ = (DType::F32, Device::Cpu);

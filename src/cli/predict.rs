@@ -7,6 +7,7 @@ use candle_core::Tensor;
 use clap::Args;
 
 use super::eval::{eval_transform, load_for_inference};
+use super::output::outln;
 use crate::data::RawImage;
 use crate::train::eval::rank;
 
@@ -72,14 +73,14 @@ pub fn run(a: PredictArgs) -> Result<()> {
                 .iter()
                 .map(|(c, p)| serde_json::json!({"class": c, "probability": p}))
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"image": path.display().to_string(), "top": preds})
-            );
+            )?;
         } else {
-            println!("{}", path.display());
+            outln!("{}", path.display())?;
             for (c, p) in top {
-                println!("  {p:7.4}  {c}");
+                outln!("  {p:7.4}  {c}")?;
             }
         }
     }

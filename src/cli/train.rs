@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use super::output::outln;
 use crate::data::transforms::SpatialAug;
 use crate::data::DatasetKind;
 use crate::train::config::SchedUnit;
@@ -332,7 +333,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Err(e) => return Err(e),
     };
     if a.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        outln!("{}", serde_json::to_string(&summary)?)?;
     } else {
         eprintln!(
             "done: {} ({} params) val top-1 {:.4} top-5 {:.4} (best {:.4} at epoch {:?}) in {:.0} s; run in {}",

@@ -1,12 +1,10 @@
 //! Data-parallel shards: a batch split into a fixed number of row slices that run side by side,
 //! each on its own thread, their gradients summed in shard order.
 //!
-//! Why: the matrices of the small models are too small for intra-op threading to scale. The
-//! default Fashion-MNIST step (`paramixer_n4_28`, batch 64) took ≈ 143 ms on one thread and
-//! ≈ 84–101 ms with every op split over two; two single-threaded half-batches side by side took
-//! ≈ 74–81 ms (`cargo run --release --example shard_probe -- {1,2} paramixer_n4_28 64 2`; a
-//! recheck in one of the machine's slower phases: 101–109 vs 80–88 ms). The 16-epoch
-//! default run went from 23 min 34 s to 20 min 58 s with the same test accuracy (README).
+//! Why: the matrices of the small models are too small for intra-op threading to scale. A
+//! single-threaded op has no fork/join or barrier per call, so two half-batches side by side, one
+//! per core, beat every op split over both cores (`cargo run --release --example shard_probe --
+//! {1,2} paramixer_n4_28 64 2`; the measurements are in BENCHMARKS.md at commit 91098eb).
 //!
 //! Determinism: results depend on the shard count (it decides in which order the weight
 //! gradients sum over the batch) but never on the thread count. Shard `i` always gets the same
