@@ -1,49 +1,124 @@
-//! Probe: the core's peak f32 multiply-add rate — the ceiling for any matmul on the CPU it runs on.
+//! Probe: the core's peak f32 multiply-add rate — the ceiling for any matmul on the machine.
 //!
-//! Twelve independent 8-lane accumulators (enough to cover the FMA latency on two pipes) updated
-//! with `a·b + c` in a loop the compiler turns into packed FMAs (this project builds for
-//! x86-64-v3). One thread per core, each on its own accumulators; prints GFLOP/s per thread
-//! and in total, the number `BENCHMARKS.md` compares the gemm and the whole steps against.
+//! Twelve independent accumulators (enough to cover the FMA latency on two pipes) of 8 lanes
+//! (AVX2) or 16 lanes (AVX-512), each updated with one packed FMA per round. The 16-lane loop
+//! runs only where the CPU reports AVX-512. One thread per core, each on its own accumulators; prints GFLOP/s
+//! per thread and in total, the number `BENCHMARKS.md` compares the gemm and the whole steps
+//! against.
 //!
-//! `cargo run --release --example fma_peak [THREADS]` (default: 2).
+//! `cargo run --release --example fma_peak [THREADS] [LANES]` (defaults: 2 threads; LANES 8 or
+//! 16, default the widest the CPU has).
 use std::hint::black_box;
 use std::time::Instant;
 
-const LANES: usize = 8;
 const ACCUMULATORS: usize = 12;
 const STEPS: u64 = 100_000_000;
 
-/// GFLOP/s of one thread running `STEPS` rounds of 12 × 8 fused multiply-adds.
-fn run() -> f64 {
-    let mut acc = [[0f32; LANES]; ACCUMULATORS];
-    for (i, a) in acc.iter_mut().enumerate() {
-        *a = [i as f32; LANES];
-    }
-    let (b, c) = (black_box(1.000_000_1f32), black_box(1e-7f32));
+/// GFLOP/s of `STEPS` rounds of 12 independent `LANES`-lane FMAs, from the elapsed seconds.
+fn rate(lanes: usize, seconds: f64) -> f64 {
+    (STEPS * (ACCUMULATORS * lanes * 2) as u64) as f64 / seconds / 1e9
+}
+
+/// Twelve 8-lane accumulators in AVX registers (`_mm256_fmadd_ps`, written out so that they stay
+/// in registers: an array of accumulators would be kept in memory).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn run_avx2() -> f64 {
+    use std::arch::x86_64::*;
+    let b = _mm256_set1_ps(black_box(1.000_000_1f32));
+    let c = _mm256_set1_ps(black_box(1e-7f32));
+    let mut a: [__m256; ACCUMULATORS] = std::array::from_fn(|i| _mm256_set1_ps(i as f32));
     let start = Instant::now();
     for _ in 0..STEPS {
-        for a in acc.iter_mut() {
-            for v in a.iter_mut() {
-                *v = v.mul_add(b, c);
-            }
-        }
+        a[0] = _mm256_fmadd_ps(a[0], b, c);
+        a[1] = _mm256_fmadd_ps(a[1], b, c);
+        a[2] = _mm256_fmadd_ps(a[2], b, c);
+        a[3] = _mm256_fmadd_ps(a[3], b, c);
+        a[4] = _mm256_fmadd_ps(a[4], b, c);
+        a[5] = _mm256_fmadd_ps(a[5], b, c);
+        a[6] = _mm256_fmadd_ps(a[6], b, c);
+        a[7] = _mm256_fmadd_ps(a[7], b, c);
+        a[8] = _mm256_fmadd_ps(a[8], b, c);
+        a[9] = _mm256_fmadd_ps(a[9], b, c);
+        a[10] = _mm256_fmadd_ps(a[10], b, c);
+        a[11] = _mm256_fmadd_ps(a[11], b, c);
     }
     let seconds = start.elapsed().as_secs_f64();
-    black_box(acc);
-    (STEPS * (ACCUMULATORS * LANES * 2) as u64) as f64 / seconds / 1e9
+    black_box(a);
+    rate(8, seconds)
+}
+
+/// The same with twelve 16-lane accumulators in 512-bit registers (`_mm512_fmadd_ps`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn run_avx512() -> f64 {
+    use std::arch::x86_64::*;
+    let b = _mm512_set1_ps(black_box(1.000_000_1f32));
+    let c = _mm512_set1_ps(black_box(1e-7f32));
+    let mut a: [__m512; ACCUMULATORS] = std::array::from_fn(|i| _mm512_set1_ps(i as f32));
+    let start = Instant::now();
+    for _ in 0..STEPS {
+        a[0] = _mm512_fmadd_ps(a[0], b, c);
+        a[1] = _mm512_fmadd_ps(a[1], b, c);
+        a[2] = _mm512_fmadd_ps(a[2], b, c);
+        a[3] = _mm512_fmadd_ps(a[3], b, c);
+        a[4] = _mm512_fmadd_ps(a[4], b, c);
+        a[5] = _mm512_fmadd_ps(a[5], b, c);
+        a[6] = _mm512_fmadd_ps(a[6], b, c);
+        a[7] = _mm512_fmadd_ps(a[7], b, c);
+        a[8] = _mm512_fmadd_ps(a[8], b, c);
+        a[9] = _mm512_fmadd_ps(a[9], b, c);
+        a[10] = _mm512_fmadd_ps(a[10], b, c);
+        a[11] = _mm512_fmadd_ps(a[11], b, c);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    black_box(a);
+    rate(16, seconds)
+}
+
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 fn main() {
-    let threads: usize = std::env::args()
-        .nth(1)
+    let mut args = std::env::args().skip(1);
+    let threads: usize = args
+        .next()
         .map_or(2, |a| a.parse().expect("THREADS as an integer"));
+    let lanes: usize = args.next().map_or(if has_avx512() { 16 } else { 8 }, |a| {
+        a.parse().expect("LANES: 8 or 16")
+    });
+    let probe: fn() -> f64 = match lanes {
+        // SAFETY (both arms): this project builds for x86-64-v3, so every CPU it runs on has
+        // AVX2 and FMA; the 16-lane arm runs only after the CPU reported avx512f.
+        #[cfg(target_arch = "x86_64")]
+        8 => || unsafe { run_avx2() },
+        #[cfg(target_arch = "x86_64")]
+        16 if has_avx512() => || unsafe { run_avx512() },
+        16 => {
+            eprintln!("this CPU does not report AVX-512: use LANES 8");
+            std::process::exit(2);
+        }
+        other => {
+            eprintln!("LANES must be 8 or 16 (on x86_64), not {other}");
+            std::process::exit(2);
+        }
+    };
     let rates: Vec<f64> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads).map(|_| s.spawn(run)).collect();
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(probe)).collect();
         handles
             .into_iter()
             .map(|h| h.join().expect("probe thread"))
             .collect()
     });
+    println!("{lanes}-lane f32 FMA");
     for (i, r) in rates.iter().enumerate() {
         println!("thread {i}: {r:6.1} GFLOP/s");
     }

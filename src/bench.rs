@@ -58,11 +58,58 @@ pub struct BenchResult {
     pub min_ms: f64,
     pub img_per_s: f64,
     pub peak_rss_mb: f64,
+    /// Matmul FLOPs of one step ([`step_flops`]) and the rate achieved: FLOPs ÷ median time.
+    pub gflop_per_step: f64,
+    pub gflops: f64,
+    /// How the step ran: the CPU, the vector ISA of the fused kernels, the kernel path.
+    pub cpu: String,
+    pub isa: &'static str,
+    pub kernels: &'static str,
     /// iMixer runs: the iMLP solver and its iteration count.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub solver: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub n_iter: Option<usize>,
+}
+
+/// Multiply-add FLOPs (2 per multiply-add) of the matmuls of one sample's forward: the stem,
+/// every MLP of every block (× the block's `n_iter` repeats; the iMLP's fc1, its `n_iter`
+/// fixed-point steps and fc2) and the head. Elementwise work, normalisation and the
+/// spectral-norm power iterations are left out, as in the usual "model FLOPs" of a benchmark.
+pub fn forward_flops_per_sample(cfg: &ModelConfig) -> f64 {
+    let (n, d) = (cfg.num_tokens() as f64, cfg.embed_dim as f64);
+    let (dt, dc) = (cfg.tokens_dim() as f64, cfg.channels_dim() as f64);
+    let patch = (cfg.in_chans * cfg.patch_size * cfg.patch_size) as f64;
+    let token_mlp = match cfg.family {
+        Family::IMixer => {
+            let inner = cfg.imlp_inner_dim() as f64;
+            d * (2.0 * n * dt + cfg.imixer.n_iter as f64 * 2.0 * dt * inner)
+        }
+        _ => d * 2.0 * n * dt,
+    };
+    let channel_mlp = n * 2.0 * d * dc;
+    let blocks = cfg.depth as f64 * cfg.n_iter as f64 * (token_mlp + channel_mlp);
+    2.0 * (n * patch * d + blocks + d * cfg.num_classes as f64)
+}
+
+/// Matmul FLOPs of one step of `batch` samples: the forward, and for training the backward's two
+/// matmuls per forward matmul (input and weight gradients), i.e. 3× the forward.
+pub fn step_flops(cfg: &ModelConfig, batch: usize, mode: &str) -> f64 {
+    let passes = if mode == "train" { 3.0 } else { 1.0 };
+    passes * batch as f64 * forward_flops_per_sample(cfg)
+}
+
+/// The CPU's model name (`/proc/cpuinfo`), or "unknown CPU".
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string())
 }
 
 /// Peak resident set size of this process (VmHWM), in MiB.
@@ -173,6 +220,11 @@ pub fn run_model(
         min_ms: times[0],
         img_per_s: batch as f64 / (median / 1e3),
         peak_rss_mb: peak_rss_mb(),
+        gflop_per_step: step_flops(cfg, batch, mode) / 1e9,
+        gflops: step_flops(cfg, batch, mode) / 1e9 / (median / 1e3),
+        cpu: cpu_model(),
+        isa: crate::kernels::isa().name(),
+        kernels: crate::kernels::kernel_path().name(),
         solver: imixer.map(|m| match &m.solver {
             Solver::Unrolled => "unrolled".to_string(),
             Solver::Picard { .. } => "picard".to_string(),

@@ -75,6 +75,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         budget_s: a.budget,
     };
     let families: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
+    if !a.json {
+        println!(
+            "{}; fused kernels: {}, kernel path: {}",
+            crate::bench::cpu_model(),
+            crate::kernels::isa().name(),
+            crate::kernels::kernel_path().name()
+        );
+    }
     for config in list(&a.config, &["fmnist-tiny", "cifar-s", "s16-224"]) {
         for family in list(&a.family, &families) {
             let family: Family = family.parse().map_err(anyhow::Error::msg)?;
@@ -84,8 +92,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
                     println!(
-                        "{:<12} {:<13} {:<6} threads {} shards {}  median {:8.1} ms  {:8.1} img/s  peak RSS {:7.1} MiB",
-                        r.config, r.family, r.mode, r.threads, r.shards, r.median_ms, r.img_per_s, r.peak_rss_mb
+                        "{:<12} {:<13} {:<6} threads {} shards {}  median {:8.1} ms  {:8.1} img/s  {:6.1} GFLOP/s  peak RSS {:7.1} MiB",
+                        r.config, r.family, r.mode, r.threads, r.shards, r.median_ms, r.img_per_s, r.gflops, r.peak_rss_mb
                     );
                 }
             }
