@@ -130,6 +130,8 @@ pub fn peak_rss_mb() -> f64 {
 /// How a benchmark run is timed and threaded.
 #[derive(Clone, Debug)]
 pub struct Timing {
+    /// The device the step runs on.
+    pub device: Device,
     pub threads: usize,
     /// Data-parallel shards per batch (`train::Shards`).
     pub shards: usize,
@@ -163,7 +165,7 @@ pub fn run_model(
     mode: &str,
     timing: &Timing,
 ) -> Result<BenchResult> {
-    let dev = Device::Cpu;
+    let dev = timing.device.clone();
     let model = MixerNet::new(cfg, 0, &dev)?;
     let x = crate::params::seeded_normal(
         0,
@@ -182,7 +184,7 @@ pub fn run_model(
             ..AdamWConfig::default()
         },
     )?;
-    let shards = Shards::new(timing.shards, timing.threads)?;
+    let shards = Shards::for_device(timing.shards, timing.threads, &dev)?;
     let mut times = Vec::new();
     let start = Instant::now();
     for i in 0..timing.warmup + timing.steps.max(1) {

@@ -38,6 +38,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod hopfield;
 pub mod kernels;
 pub mod layers;

@@ -7,6 +7,9 @@ use crate::config::{Family, IMixerConfig, Solver};
 
 #[derive(Args)]
 pub struct BenchArgs {
+    /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// fmnist-tiny (28²×1, D 128, 4 blocks, batch 128), cifar-s (32²×3, D 256, 8 blocks, batch 128)
     /// or s16-224 (the paper's S/16, batch 16); comma list or `all`.
     #[arg(long, default_value = "fmnist-tiny")]
@@ -68,6 +71,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ..IMixerConfig::default()
     };
     let timing = crate::bench::Timing {
+        device: crate::device::open(&a.device)?,
         threads: a.threads,
         shards: a.shards,
         warmup: a.warmup,

@@ -13,6 +13,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
+use super::dynamics::{non_negative_f64, positive_f64, positive_usize};
 use super::output::outln;
 use crate::data::{self, DatasetKind, Split};
 use crate::hopfield::energy_metaformer::EnergyMetaformer;
@@ -21,6 +22,9 @@ use crate::plot::{line_panels, Series};
 
 #[derive(Args)]
 pub struct EnergyDemoArgs {
+    /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// fashion-mnist (default) or mnist.
     #[arg(long, default_value = "fashion-mnist")]
     pub dataset: DatasetKind,
@@ -29,24 +33,24 @@ pub struct EnergyDemoArgs {
     /// Training epochs (the reference runs 100; a few already show the effect).
     #[arg(long, default_value_t = 2)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = positive_usize)]
     pub batch_size: usize,
     /// Adam learning rate.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = positive_f64)]
     pub lr: f64,
     /// Neurons in each hidden ReLU layer.
-    #[arg(long, default_value_t = 900)]
+    #[arg(long, default_value_t = 900, value_parser = positive_usize)]
     pub hidden: usize,
     /// Updates per forward pass and their step size η.
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = positive_f64)]
     pub eta: f64,
     /// Std of the Gaussian noise added to the (L2-normalised) images.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.3, value_parser = non_negative_f64)]
     pub noise: f64,
     /// Train on a subset of this many images.
-    #[arg(long)]
+    #[arg(long, value_parser = positive_usize)]
     pub train_subset: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -114,7 +118,7 @@ pub fn run(a: EnergyDemoArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let dev = Device::Cpu;
+    let dev = crate::device::open(&a.device)?;
     let dir = a
         .data_dir
         .clone()

@@ -15,6 +15,9 @@ use crate::MixerNet;
 
 #[derive(Args)]
 pub struct EvalArgs {
+    /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Checkpoint (last.safetensors / best.safetensors of a run, or a reference file with --model).
     #[arg(long)]
     pub checkpoint: PathBuf,
@@ -52,13 +55,13 @@ pub struct EvalArgs {
 pub fn load_for_inference(
     path: &std::path::Path,
     model: Option<&str>,
+    dev: &Device,
 ) -> Result<(MixerNet, Option<Vec<String>>, Option<EvalTransform>)> {
-    let dev = Device::Cpu;
     let cfg = match model {
         Some(name) => Some(crate::registry::lookup(name).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    let (net, metadata) = MixerNet::load_with_metadata(path, cfg.as_ref(), &dev)?;
+    let (net, metadata) = MixerNet::load_with_metadata(path, cfg.as_ref(), dev)?;
     let classes = state::classes(&metadata);
     if let Some(c) = &classes {
         anyhow::ensure!(
@@ -109,7 +112,11 @@ pub fn eval_transform(
 
 pub fn run(a: EvalArgs) -> Result<()> {
     super::set_threads(a.threads);
-    let (net, saved_classes, saved_tf) = load_for_inference(&a.checkpoint, a.model.as_deref())?;
+    let (net, saved_classes, saved_tf) = load_for_inference(
+        &a.checkpoint,
+        a.model.as_deref(),
+        &crate::device::open(&a.device)?,
+    )?;
     let dir = a
         .data_dir
         .clone()
@@ -124,9 +131,19 @@ pub fn run(a: EvalArgs) -> Result<()> {
         );
     }
     let split = if a.train_split { ds.train } else { ds.val };
+    anyhow::ensure!(
+        !split.is_empty(),
+        "the {} split of {} is empty: nothing to evaluate",
+        if a.train_split {
+            "training"
+        } else {
+            "held-out"
+        },
+        dir.display()
+    );
     let tf = eval_transform(&net, saved_tf, a.crop_pct);
     let loader = Loader::new(Arc::new(split), tf, LoaderConfig::eval(a.batch_size))?;
-    let shards = crate::train::Shards::new(a.shards, a.threads)?;
+    let shards = crate::train::Shards::for_device(a.shards, a.threads, net.device())?;
     let report = evaluate(&net, &shards, &loader, classes.len())?;
     let png = a.confusion_png.clone().unwrap_or_else(|| {
         a.checkpoint.with_file_name(format!(
@@ -137,12 +154,26 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 .unwrap_or("eval")
         ))
     });
-    crate::plot::confusion_matrix(&png, &report.confusion, &classes)
-        .context("cannot draw the confusion matrix")?;
+    // The results come first: a confusion PNG that cannot be written (a read-only checkpoint
+    // folder) is a warning, not a reason to withhold them.
+    let drawn = match crate::plot::confusion_matrix(&png, &report.confusion, &classes) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!(
+                "warning: cannot draw the confusion matrix at {} ({e:#}); pass --confusion-png PATH to write it elsewhere",
+                png.display()
+            );
+            false
+        }
+    };
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["classes"] = serde_json::to_value(&classes)?;
-        v["confusion_png"] = serde_json::Value::String(png.display().to_string());
+        v["confusion_png"] = if drawn {
+            serde_json::Value::String(png.display().to_string())
+        } else {
+            serde_json::Value::Null
+        };
         outln!("{v}")?;
     } else {
         outln!(
@@ -155,7 +186,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
         for (c, acc) in classes.iter().zip(&report.per_class_accuracy) {
             outln!("  {c:<20} {acc:.4}")?;
         }
-        outln!("confusion matrix: {}", png.display())?;
+        if drawn {
+            outln!("confusion matrix: {}", png.display())?;
+        }
     }
     Ok(())
 }

@@ -20,6 +20,9 @@ use crate::models::{AnyMlp, Block};
 
 #[derive(Args)]
 pub struct InspectArgs {
+    /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Checkpoint to analyse.
     #[arg(long)]
     pub checkpoint: PathBuf,
@@ -102,7 +105,11 @@ fn batch(
 
 pub fn run(a: InspectArgs) -> Result<()> {
     super::set_threads(0);
-    let (net, _, saved_tf) = load_for_inference(&a.checkpoint, a.model.as_deref())?;
+    let (net, _, saved_tf) = load_for_inference(
+        &a.checkpoint,
+        a.model.as_deref(),
+        &crate::device::open(&a.device)?,
+    )?;
     let (images, source) = batch(&a, &net, saved_tf)?;
     let mut x = net.stem.forward(&images)?;
     let mut reports = Vec::new();

@@ -80,6 +80,8 @@ fn set_var_unless_set(key: &str, value: &str) {
 
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
+    // IMIXER_KERNELS / IMIXER_ISA: a bad value is an error here, before any work.
+    crate::kernels::init_from_env().map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Models(a) => models::run(a),
         Command::Bench(a) => bench::run(a),

@@ -13,6 +13,9 @@ use crate::train::eval::rank;
 
 #[derive(Args)]
 pub struct PredictArgs {
+    /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Checkpoint of a run (class names come from it).
     #[arg(long)]
     pub checkpoint: PathBuf,
@@ -33,7 +36,11 @@ pub struct PredictArgs {
 }
 
 pub fn run(a: PredictArgs) -> Result<()> {
-    let (net, saved_classes, saved_tf) = load_for_inference(&a.checkpoint, a.model.as_deref())?;
+    let (net, saved_classes, saved_tf) = load_for_inference(
+        &a.checkpoint,
+        a.model.as_deref(),
+        &crate::device::open(&a.device)?,
+    )?;
     let k = net.config.num_classes;
     let classes: Vec<String> = match (&a.classes, saved_classes) {
         (Some(c), _) => c.split(',').map(|s| s.trim().to_string()).collect(),

@@ -16,6 +16,9 @@ use crate::train::{train, RunOptions, TrainConfig};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
+    /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Registered model name (see `imixer models`); default per data set (paramixer_n4_28 for
     /// Fashion-MNIST/MNIST, imixer_s4_32 for CIFAR, imixer_s16_224 for folders).
     #[arg(long)]
@@ -317,6 +320,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let result = train(
         &cfg,
         &RunOptions {
+            device: a.device.parse()?,
             resume: a.resume,
             overwrite: a.overwrite,
             progress: !a.json,

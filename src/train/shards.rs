@@ -55,6 +55,18 @@ impl Shards {
         })
     }
 
+    /// [`Shards::new`] on the CPU; one shard on any other device, where the device itself
+    /// parallelises every op and the shard threads would only queue work for it. Results on a
+    /// GPU therefore match a one-shard CPU run up to the device's rounding, not a `count`-shard
+    /// one.
+    pub fn for_device(count: usize, threads: usize, device: &candle_core::Device) -> Result<Self> {
+        if device.is_cpu() {
+            Self::new(count, threads)
+        } else {
+            Self::new(1, threads)
+        }
+    }
+
     pub fn count(&self) -> usize {
         self.count
     }

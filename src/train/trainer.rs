@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -44,6 +44,8 @@ pub struct TrainSummary {
 /// Options that do not change the result.
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
+    /// The compute device (`--device`); on a GPU the batch runs as one shard.
+    pub device: crate::device::DeviceSpec,
     pub resume: bool,
     /// A fresh run may replace the files of an earlier run in `out` (`--overwrite`).
     pub overwrite: bool,
@@ -103,6 +105,10 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Dataset> {
     if let Some(n) = cfg.val_subset {
         ds.val = ds.val.subset(n, cfg.seed ^ 0x5eed);
     }
+    // Every image header of both splits before the first epoch (unreadable, not an image, over
+    // the pixel limit), not at the batch that would need it.
+    data::folder::check_images(&ds.train)?;
+    data::folder::check_images(&ds.val)?;
     Ok(ds)
 }
 
@@ -145,7 +151,7 @@ fn run(
     val_loader: Loader,
     dir: &RunDir,
 ) -> Result<TrainSummary> {
-    let device = Device::Cpu;
+    let device = opts.device.open()?;
     let model = MixerNet::new(mcfg, cfg.seed, &device)?;
     let mut opt = AdamW::new(
         &model.params,
@@ -188,7 +194,7 @@ fn run(
         model,
         opt,
         st,
-        shards: Shards::new(cfg.shards, cfg.threads)?,
+        shards: Shards::for_device(cfg.shards, cfg.threads, &device)?,
         train_loader,
         val_loader,
         dir,
@@ -804,6 +810,7 @@ fn progress_bar(enabled: bool, len: usize, epoch: usize, total: usize) -> Progre
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn a_solver_on_a_model_without_a_fixed_point_is_an_error() {
