@@ -13,7 +13,7 @@ use crate::models::implicit::{fixed_point, norm};
 #[derive(Clone, Debug, Serialize)]
 pub struct FixedPointTrace {
     pub module: String,
-    /// residuals[k] = ‖x_{k+1} − x_k‖ / ‖x_{k+1}‖ for k = 0..K−1.
+    /// `residuals[k]` = ‖x_{k+1} − x_k‖ / ‖x_{k+1}‖ for k = 0..K−1.
     pub residuals: Vec<f64>,
     /// Geometric-mean contraction ratio over the trace (≈ Lip(F) along the path).
     pub contraction: f64,

@@ -1,6 +1,6 @@
 //! Standard output of the subcommands.
 //!
-//! Result lines go through [`outln!`] instead of `println!`, which panics (with a backtrace) when a
+//! Result lines go through `outln!` instead of `println!`, which panics (with a backtrace) when a
 //! write fails: when the reader of a pipe has gone (`imixer models | head -1`) or the file that
 //! stdout is redirected to cannot take more (`> /dev/full`, a full disk). Here a failed write is a
 //! [`StdoutError`] that the command returns like any other error, and `main` sorts it out:

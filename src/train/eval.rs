@@ -15,7 +15,7 @@ pub struct EvalReport {
     pub top1: f64,
     pub top5: f64,
     pub per_class_accuracy: Vec<f64>,
-    /// confusion[true][predicted].
+    /// `confusion[true][predicted]`.
     pub confusion: Vec<Vec<usize>>,
 }
 
