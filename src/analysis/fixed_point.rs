@@ -72,6 +72,11 @@ pub fn compare_solvers(
     m: usize,
     max_iter: usize,
 ) -> Result<Vec<SolverComparison>> {
+    for &tol in tols {
+        Solver::Anderson { m, tol, max_iter }
+            .validate()
+            .map_err(candle_core::Error::Msg)?;
+    }
     let mut ctx = ForwardCtx::eval();
     let y = imlp.fc1.forward(z, Axis::Channels)?;
     let map = imlp.fixed_map(Axis::Channels, &mut ctx)?;

@@ -28,13 +28,13 @@ pub struct DynamicsArgs {
     #[arg(long, default_value_t = 160)]
     pub channel_hidden: usize,
     /// Frobenius radius of the symmetric weights W_s, W_c.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = non_negative_f64)]
     pub radius: f64,
     /// Frobenius radius of the symmetry-breaking W2 of the asymmetric block.
-    #[arg(long, default_value_t = 6.0)]
+    #[arg(long, default_value_t = 6.0, value_parser = non_negative_f64)]
     pub asym_radius: f64,
-    /// Integration time.
-    #[arg(long, default_value_t = 10.0)]
+    /// Integration time (0 < t ≤ 10000).
+    #[arg(long, default_value_t = 10.0, value_parser = integration_time)]
     pub time: f64,
     /// Initial states per block.
     #[arg(long, default_value_t = 4)]
@@ -43,6 +43,44 @@ pub struct DynamicsArgs {
     pub seed: u64,
     #[arg(long, default_value = "runs/dynamics")]
     pub out: PathBuf,
+}
+
+/// Largest `--time`: the adaptive integrator's step count grows with it.
+pub const MAX_TIME: f64 = 1e4;
+
+fn integration_time(s: &str) -> Result<f64, String> {
+    let t = positive_f64(s)?;
+    if t > MAX_TIME {
+        return Err(format!("{t} exceeds the limit {MAX_TIME}"));
+    }
+    Ok(t)
+}
+
+/// A finite number > 0 (a command-line value parser).
+pub(crate) fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(v) => Err(format!("{v} must be a finite number > 0")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A whole number ≥ 1 (a command-line value parser).
+pub(crate) fn positive_usize(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(v) => Ok(v),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A finite number ≥ 0 (a command-line value parser).
+pub(crate) fn non_negative_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(v) => Err(format!("{v} must be a finite number ≥ 0")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// (title, curve names, curves) of one figure panel.

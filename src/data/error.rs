@@ -15,11 +15,11 @@ pub type Result<T> = std::result::Result<T, DataError>;
 #[derive(Debug, Error)]
 pub enum DataError {
     /// The OS refused to read a file or list a directory.
-    #[error("cannot read {}: {source}. {hint}", path.display())]
+    #[error("cannot read {}: {error}. {hint}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        /// Shown in the message, not chained as a `source` (a report would print it twice).
+        error: std::io::Error,
         hint: String,
     },
     /// A file or directory the dataset needs does not exist.
@@ -37,11 +37,11 @@ pub enum DataError {
         hint: String,
     },
     /// The `image` crate could not decode a picture of an image-folder dataset.
-    #[error("cannot decode image {}: {source}. Re-save it as PNG/JPEG or remove it from the folder", path.display())]
+    #[error("cannot decode image {}: {error}. Re-save it as PNG/JPEG or remove it from the folder", path.display())]
     Decode {
         path: PathBuf,
-        #[source]
-        source: image::ImageError,
+        /// Shown in the message, not chained as a `source` (a report would print it twice).
+        error: image::ImageError,
     },
     /// A transform, loader or mixup setting is invalid.
     #[error("invalid configuration: {0}")]
@@ -58,7 +58,7 @@ impl DataError {
     pub(crate) fn io(path: &Path, source: std::io::Error, hint: impl Into<String>) -> Self {
         DataError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
             hint: hint.into(),
         }
     }
@@ -77,5 +77,20 @@ impl DataError {
             problem: problem.into(),
             hint: hint.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_os_error_is_reported_once() {
+        let os = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let text = os.to_string();
+        let e = anyhow::Error::from(DataError::io(Path::new("/data/x"), os, "Check it"));
+        let report = format!("{e:#}");
+        assert_eq!(report.matches(&text).count(), 1, "{report}");
+        assert!(report.contains("/data/x") && report.contains("Check it"));
     }
 }

@@ -14,20 +14,43 @@ use super::{download_hint, Dataset, DatasetKind};
 /// File extensions (case-insensitive) treated as images.
 pub const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
-/// Decode one image file to 8-bit RGB.
-///
-/// The format is sniffed from the content first (a JPEG saved as `.png` still loads), falling back
-/// to the extension.
-pub fn decode_image(path: &Path) -> Result<RawImage> {
-    let reader = image::ImageReader::open(path)
+/// Default of the largest image decoded, in pixels (8192 × 8192): a small PNG can declare a
+/// huge canvas, and decoding it costs width × height × channels bytes per loader worker.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 1 << 26;
+
+/// Environment variable that raises (or lowers) [`DEFAULT_MAX_IMAGE_PIXELS`].
+pub const MAX_IMAGE_PIXELS_ENV: &str = "IMIXER_MAX_IMAGE_PIXELS";
+
+/// The decoded-image limit in pixels (`IMIXER_MAX_IMAGE_PIXELS`, else the default).
+pub fn max_image_pixels() -> u64 {
+    std::env::var(MAX_IMAGE_PIXELS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_MAX_IMAGE_PIXELS)
+}
+
+fn open_image(path: &Path) -> Result<image::ImageReader<std::io::BufReader<fs::File>>> {
+    image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
-        .map_err(|e| DataError::io(path, e, "Check that the file exists and is readable"))?;
-    let img = reader.decode().map_err(|source| DataError::Decode {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let rgb = img.to_rgb8();
-    let (w, h) = rgb.dimensions();
+        .map_err(|e| DataError::io(path, e, "Check that the file exists and is readable"))
+}
+
+/// Width and height of an image file from its header alone, checked against the pixel limit.
+pub fn image_dimensions(path: &Path) -> Result<(u32, u32)> {
+    let (w, h) = open_image(path)?
+        .into_dimensions()
+        .map_err(|error| DataError::Decode {
+            path: path.to_path_buf(),
+            error,
+        })?;
+    let limit = max_image_pixels();
+    if u64::from(w) * u64::from(h) > limit {
+        return Err(DataError::format(
+            path,
+            format!("image is {w}×{h}, more than the limit of {limit} pixels"),
+            format!("Shrink it, remove it, or set {MAX_IMAGE_PIXELS_ENV}=N to raise the limit"),
+        ));
+    }
     if w == 0 || h == 0 {
         return Err(DataError::format(
             path,
@@ -35,7 +58,44 @@ pub fn decode_image(path: &Path) -> Result<RawImage> {
             "Remove the file from the dataset",
         ));
     }
+    Ok((w, h))
+}
+
+/// Decode one image file to 8-bit RGB.
+///
+/// The format is sniffed from the content first (a JPEG saved as `.png` still loads), falling back
+/// to the extension. Images over the pixel limit ([`max_image_pixels`]) are refused from their
+/// header, before anything is decoded.
+pub fn decode_image(path: &Path) -> Result<RawImage> {
+    let (w, h) = image_dimensions(path)?;
+    let mut reader = open_image(path)?;
+    // The header said w × h; the decoder may not allocate much beyond that (16-bit RGBA).
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    limits.max_alloc = Some(u64::from(w) * u64::from(h) * 8 + (1 << 20));
+    reader.limits(limits);
+    let img = reader.decode().map_err(|error| DataError::Decode {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let rgb = img.to_rgb8();
+    let (w, h) = rgb.dimensions();
     RawImage::new(w as usize, h as usize, 3, rgb.into_raw())
+}
+
+/// Whether `path` is a directory: `Ok(false)` when nothing is there, an error naming it when
+/// the OS refuses to say (permissions), so that an unreadable folder is not reported missing.
+pub(crate) fn is_directory(path: &Path) -> Result<bool> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(m.is_dir()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(DataError::io(
+            path,
+            e,
+            "Check the permissions of the folder and of every folder above it",
+        )),
+    }
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -59,16 +119,60 @@ fn is_image(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// All image files below `dir`, recursively, sorted.
-fn collect_images(dir: &Path) -> Result<Vec<PathBuf>> {
+fn canonical(path: &Path) -> Result<PathBuf> {
+    fs::canonicalize(path).map_err(|e| {
+        DataError::io(
+            path,
+            e,
+            "Check that the folder (or the link's target) exists and is readable",
+        )
+    })
+}
+
+/// All image files below the class folder `dir`, recursively, sorted.
+///
+/// Symbolic links:
+/// - a link to a file counts as that file (symlink farms work);
+/// - every folder is scanned once, by its canonical path: a link back to a folder already seen
+///   (`l -> .`, a loop) adds nothing;
+/// - a link to a folder inside the split but outside this class (`up -> ../../train`) or to a
+///   folder above this class is an error: its images would be trained under the wrong label.
+///   Links to folders elsewhere (outside the split) are followed.
+fn collect_images(dir: &Path, split_root: &Path) -> Result<Vec<PathBuf>> {
+    let class_root = canonical(dir)?;
+    let mut visited = std::collections::HashSet::from([class_root.clone()]);
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for p in read_dir_sorted(&d)? {
-            if p.is_dir() {
+            let link = fs::symlink_metadata(&p)
+                .map_err(|e| DataError::io(&p, e, "Check the directory permissions"))?
+                .file_type()
+                .is_symlink();
+            if !is_directory(&p)? {
+                if is_image(&p) {
+                    out.push(p);
+                }
+                continue;
+            }
+            let target = canonical(&p)?;
+            if link {
+                let other_class = !target.starts_with(&class_root)
+                    && (target.starts_with(split_root) || class_root.starts_with(&target));
+                if other_class {
+                    return Err(DataError::format(
+                        &p,
+                        format!(
+                            "links to {}, outside its class folder {} (its images would get this class's label)",
+                            target.display(),
+                            dir.display()
+                        ),
+                        "Replace the link by the images it should contribute, or remove it",
+                    ));
+                }
+            }
+            if visited.insert(target) {
                 stack.push(p);
-            } else if is_image(&p) {
-                out.push(p);
             }
         }
     }
@@ -78,11 +182,20 @@ fn collect_images(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Class names of a split directory: its sorted, non-hidden sub-folder names.
 pub fn class_names(split_dir: &Path) -> Result<Vec<String>> {
-    let names: Vec<String> = read_dir_sorted(split_dir)?
-        .into_iter()
-        .filter(|p| p.is_dir())
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
+    let mut names = Vec::new();
+    for p in read_dir_sorted(split_dir)? {
+        if !is_directory(&p)? {
+            continue;
+        }
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+            return Err(DataError::format(
+                &p,
+                "class folder name is not valid UTF-8",
+                "Rename the folder (class names are stored as UTF-8 text in checkpoints)",
+            ));
+        };
+        names.push(name.to_string());
+    }
     if names.is_empty() {
         return Err(DataError::format(
             split_dir,
@@ -107,11 +220,12 @@ pub fn scan_split(split_dir: &Path, classes: &[String]) -> Result<Split> {
             "Every split must have one folder per class, with the same names as train/",
         ));
     }
+    let split_root = canonical(split_dir)?;
     let mut paths = Vec::new();
     let mut labels = Vec::new();
     for (label, class) in classes.iter().enumerate() {
         let class_dir = split_dir.join(class);
-        let files = collect_images(&class_dir)?;
+        let files = collect_images(&class_dir, &split_root)?;
         if files.is_empty() {
             return Err(DataError::format(
                 &class_dir,
@@ -125,28 +239,47 @@ pub fn scan_split(split_dir: &Path, classes: &[String]) -> Result<Split> {
     Split::new(Samples::Files(paths), labels)
 }
 
+/// Reads the header of every image of a file-backed split (in parallel), so that an unreadable
+/// file, a non-image or an image over the pixel limit is found before training starts rather
+/// than at the batch that needs it. Returns the first problem in split order.
+pub fn check_images(split: &Split) -> Result<()> {
+    use rayon::prelude::*;
+    let Samples::Files(paths) = &split.samples else {
+        return Ok(());
+    };
+    match paths
+        .par_iter()
+        .find_map_first(|p| image_dimensions(p).err())
+    {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// Load `root/train` and `root/val` (falling back to `root/test`).
 pub fn load_folder(root: &Path) -> Result<Dataset> {
     let kind = DatasetKind::Folder;
     let train_dir = root.join("train");
-    if !train_dir.is_dir() {
+    if !is_directory(&train_dir)? {
         return Err(DataError::missing(
             "training folder",
             &train_dir,
             download_hint(kind),
         ));
     }
-    let val_dir = ["val", "test"]
-        .iter()
-        .map(|d| root.join(d))
-        .find(|p| p.is_dir())
-        .ok_or_else(|| {
-            DataError::missing(
-                "validation folder (val/ or test/)",
-                &root.join("val"),
-                download_hint(kind),
-            )
-        })?;
+    let mut val_dir = None;
+    for d in ["val", "test"] {
+        if val_dir.is_none() && is_directory(&root.join(d))? {
+            val_dir = Some(root.join(d));
+        }
+    }
+    let val_dir = val_dir.ok_or_else(|| {
+        DataError::missing(
+            "validation folder (val/ or test/)",
+            &root.join("val"),
+            download_hint(kind),
+        )
+    })?;
     let classes = class_names(&train_dir)?;
     let train = scan_split(&train_dir, &classes)?;
     let val = scan_split(&val_dir, &classes)?;
@@ -257,5 +390,133 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("train") && e.contains("not found"), "{e}");
+    }
+
+    #[test]
+    fn symlinks_never_loop_duplicate_or_relabel() {
+        use std::os::unix::fs::symlink;
+        let root = tempfile::tempdir().unwrap();
+        build(root.path(), "val");
+        let dog = root.path().join("train/dog");
+        // Two links back to the class folder: a loop that used to hang the scan and count every
+        // image dozens of times.
+        symlink(".", dog.join("l")).unwrap();
+        fs::create_dir_all(dog.join("sub")).unwrap();
+        symlink("..", dog.join("sub/back")).unwrap();
+        // A file link counts as one more image.
+        symlink(dog.join("a.png"), dog.join("alias.png")).unwrap();
+        let ds = load_dataset(DatasetKind::Folder, root.path()).unwrap();
+        assert_eq!(ds.train.labels, vec![0, 0, 1, 1, 1, 2, 2]);
+        // A link into another class (here: up to the split, which holds every class) is an
+        // error naming it.
+        symlink("../../train", dog.join("up")).unwrap();
+        let e = load_dataset(DatasetKind::Folder, root.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("up") && e.contains("outside its class folder"),
+            "{e}"
+        );
+        fs::remove_file(dog.join("up")).unwrap();
+        symlink("../cat", dog.join("cats")).unwrap();
+        assert!(load_dataset(DatasetKind::Folder, root.path()).is_err());
+        fs::remove_file(dog.join("cats")).unwrap();
+        // A folder outside the split is followed.
+        let elsewhere = tempfile::tempdir().unwrap();
+        save_rgb(&elsewhere.path().join("x.png"), 3, 3, &pixels(3, 3, 9));
+        symlink(elsewhere.path(), dog.join("more")).unwrap();
+        let ds = load_dataset(DatasetKind::Folder, root.path()).unwrap();
+        assert_eq!(ds.train.labels.iter().filter(|&&l| l == 1).count(), 4);
+    }
+
+    #[test]
+    fn a_non_utf8_class_name_is_named_as_such() {
+        use std::os::unix::ffi::OsStrExt;
+        let root = tempfile::tempdir().unwrap();
+        build(root.path(), "val");
+        let odd = std::ffi::OsStr::from_bytes(b"caf\xe9");
+        fs::create_dir_all(root.path().join("train").join(odd)).unwrap();
+        let e = load_dataset(DatasetKind::Folder, root.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not valid UTF-8"), "{e}");
+    }
+
+    /// A PNG signature and IHDR chunk declaring `w × h`, with nothing after it.
+    fn png_header(w: u32, h: u32) -> Vec<u8> {
+        fn crc32(bytes: &[u8]) -> u32 {
+            let mut c = !0u32;
+            for &b in bytes {
+                c ^= u32::from(b);
+                for _ in 0..8 {
+                    c = if c & 1 != 0 {
+                        (c >> 1) ^ 0xEDB8_8320
+                    } else {
+                        c >> 1
+                    };
+                }
+            }
+            !c
+        }
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut chunk = |kind: &[u8], data: &[u8]| {
+            let mut body = kind.to_vec();
+            body.extend_from_slice(data);
+            png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            png.extend_from_slice(&body);
+            png.extend_from_slice(&crc32(&body).to_be_bytes());
+        };
+        let mut ihdr = w.to_be_bytes().to_vec();
+        ihdr.extend_from_slice(&h.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        chunk(b"IHDR", &ihdr);
+        // The decoder reads the header up to the first image-data chunk.
+        chunk(b"IDAT", &[0x78, 0x01]);
+        chunk(b"IEND", &[]);
+        png
+    }
+
+    #[test]
+    fn images_over_the_pixel_limit_are_refused_from_their_header() {
+        let root = tempfile::tempdir().unwrap();
+        build(root.path(), "val");
+        let big = root.path().join("val/cat/huge.png");
+        fs::write(&big, png_header(10_000, 10_000)).unwrap();
+        let e = decode_image(&big).unwrap_err().to_string();
+        assert!(
+            e.contains("huge.png") && e.contains("10000×10000") && e.contains(MAX_IMAGE_PIXELS_ENV),
+            "{e}"
+        );
+        // The header pass finds it (and a corrupt file) before any training.
+        let ds = load_dataset(DatasetKind::Folder, root.path()).unwrap();
+        check_images(&ds.train).unwrap();
+        let e = check_images(&ds.val).unwrap_err().to_string();
+        assert!(e.contains("huge.png"), "{e}");
+        fs::write(&big, b"not a png").unwrap();
+        let e = check_images(&ds.val).unwrap_err().to_string();
+        assert!(e.contains("huge.png") && e.contains("decode"), "{e}");
+    }
+
+    #[test]
+    fn a_folder_the_os_refuses_to_examine_is_not_reported_missing() {
+        // A mode-000 parent gives EACCES (not testable as root, who may read anything); a path
+        // through a regular file gives ENOTDIR. Either way the OS refused, nothing is missing.
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("not-a-dir");
+        fs::write(&file, "x").unwrap();
+        for kind in [DatasetKind::Folder, DatasetKind::FashionMnist] {
+            let e = load_dataset(kind, &file.join("sub"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("cannot read") && !e.contains("not found"), "{e}");
+        }
+        // The same below the data directory (its train/ is a regular file here).
+        fs::create_dir_all(root.path().join("data")).unwrap();
+        fs::write(root.path().join("data/val"), "x").unwrap();
+        fs::create_dir_all(root.path().join("data/train/a")).unwrap();
+        let e = load_dataset(DatasetKind::Folder, &root.path().join("data"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not found"), "a file is not a folder: {e}");
     }
 }

@@ -135,7 +135,8 @@ pub fn default_data_dir(kind: DatasetKind) -> PathBuf {
 
 /// Load both splits of a dataset of `kind` from `dir`.
 pub fn load_dataset(kind: DatasetKind, dir: &Path) -> Result<Dataset> {
-    if !dir.is_dir() {
+    // An unreadable path (a mode-000 parent) is an error naming it, not "not found".
+    if !folder::is_directory(dir)? {
         return Err(DataError::missing(
             format!("{kind} data directory"),
             dir,
