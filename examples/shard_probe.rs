@@ -20,6 +20,7 @@ fn main() -> Result<()> {
     imixer::cli::set_threads(threads);
     let cfg = registry::lookup(&name).map_err(anyhow::Error::msg)?;
     let timing = Timing {
+        device: candle_core::Device::Cpu,
         threads,
         shards,
         warmup: 3,
