@@ -662,6 +662,8 @@ fn train_one_epoch(
         out: out.to_path_buf(),
         epochs: 1,
         cooldown_epochs: 0,
+        // The CIFAR and folder recipes warm up for 5 and 20 epochs: longer than this run.
+        warmup_epochs: 0.5,
         batch_size: 8,
         eval_batch_size: 16,
         workers: 1,
