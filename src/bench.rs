@@ -65,6 +65,7 @@ pub struct BenchResult {
     pub cpu: String,
     pub isa: &'static str,
     pub kernels: &'static str,
+    pub precision: &'static str,
     /// iMixer runs: the iMLP solver and its iteration count.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub solver: Option<String>,
@@ -227,6 +228,7 @@ pub fn run_model(
         cpu: cpu_model(),
         isa: crate::kernels::isa().name(),
         kernels: crate::kernels::kernel_path().name(),
+        precision: crate::kernels::precision().name(),
         solver: imixer.map(|m| match &m.solver {
             Solver::Unrolled => "unrolled".to_string(),
             Solver::Picard { .. } => "picard".to_string(),

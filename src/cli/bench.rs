@@ -7,6 +7,9 @@ use crate::config::{Family, IMixerConfig, Solver};
 
 #[derive(Args)]
 pub struct BenchArgs {
+    /// Matmul precision: fp32 or bf16 (bfloat16 matmul inputs, f32 accumulation).
+    #[arg(long, default_value = "fp32")]
+    pub precision: crate::kernels::Precision,
     /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -61,6 +64,7 @@ fn list(arg: &str, all: &[&str]) -> Vec<String> {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    crate::kernels::set_precision(a.precision);
     super::set_threads(a.threads);
     let n_iter = a.n_iter.unwrap_or(IMixerConfig::default().n_iter);
     let solver = Solver::from_name(&a.solver, 0.0, n_iter, a.anderson_m)
@@ -81,10 +85,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let families: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
     if !a.json {
         println!(
-            "{}; fused kernels: {}, kernel path: {}",
+            "{}; fused kernels: {}, kernel path: {}, precision: {}",
             crate::bench::cpu_model(),
             crate::kernels::isa().name(),
-            crate::kernels::kernel_path().name()
+            crate::kernels::kernel_path().name(),
+            crate::kernels::precision().name()
         );
     }
     for config in list(&a.config, &["fmnist-tiny", "cifar-s", "s16-224"]) {

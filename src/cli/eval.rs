@@ -15,6 +15,9 @@ use crate::MixerNet;
 
 #[derive(Args)]
 pub struct EvalArgs {
+    /// Matmul precision: fp32 (default) or bf16 (bfloat16 matmul inputs, f32 accumulation).
+    #[arg(long, default_value = "fp32")]
+    pub precision: crate::kernels::Precision,
     /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -111,6 +114,7 @@ pub fn eval_transform(
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
+    crate::kernels::set_precision(a.precision);
     super::set_threads(a.threads);
     let (net, saved_classes, saved_tf) = load_for_inference(
         &a.checkpoint,

@@ -20,6 +20,9 @@ use crate::models::{AnyMlp, Block};
 
 #[derive(Args)]
 pub struct InspectArgs {
+    /// Matmul precision: fp32 (default) or bf16 (bfloat16 matmul inputs, f32 accumulation).
+    #[arg(long, default_value = "fp32")]
+    pub precision: crate::kernels::Precision,
     /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -104,6 +107,7 @@ fn batch(
 }
 
 pub fn run(a: InspectArgs) -> Result<()> {
+    crate::kernels::set_precision(a.precision);
     super::set_threads(0);
     let (net, _, saved_tf) = load_for_inference(
         &a.checkpoint,

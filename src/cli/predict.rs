@@ -13,6 +13,9 @@ use crate::train::eval::rank;
 
 #[derive(Args)]
 pub struct PredictArgs {
+    /// Matmul precision: fp32 (default) or bf16 (bfloat16 matmul inputs, f32 accumulation).
+    #[arg(long, default_value = "fp32")]
+    pub precision: crate::kernels::Precision,
     /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -36,6 +39,7 @@ pub struct PredictArgs {
 }
 
 pub fn run(a: PredictArgs) -> Result<()> {
+    crate::kernels::set_precision(a.precision);
     let (net, saved_classes, saved_tf) = load_for_inference(
         &a.checkpoint,
         a.model.as_deref(),

@@ -144,6 +144,10 @@ pub struct TrainArgs {
     /// the shard count, never on --threads.
     #[arg(long)]
     pub shards: Option<usize>,
+    /// Matmul precision: fp32 (default, golden-exact) or bf16 (bfloat16 matmul inputs with f32
+    /// accumulation; weights, optimizer state, LayerNorm, loss and spectral norms stay f32).
+    #[arg(long)]
+    pub precision: Option<crate::kernels::Precision>,
     /// Print the final metrics as one JSON object on stdout (no progress bars).
     #[arg(long)]
     pub json: bool,
@@ -217,7 +221,8 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         drop_path,
         workers,
         threads,
-        shards
+        shards,
+        precision
     );
     set_opt!(data_dir, save_every_steps, train_subset, val_subset);
     if let Some(m) = &a.model {

@@ -92,6 +92,66 @@ impl Isa {
     }
 }
 
+/// The precision of the matmuls (`--precision`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32 (golden-exact with the reference).
+    #[default]
+    Fp32,
+    /// Autocast in PyTorch's sense: every model matmul (forward and backward) takes bfloat16
+    /// inputs and accumulates in f32; weights, optimizer state, LayerNorm statistics, the loss
+    /// and the spectral-norm power iteration and σ stay f32, and so do the matmul outputs.
+    Bf16,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "fp32" | "f32" => Ok(Self::Fp32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!(
+                "precision {other:?} is not one of `fp32` (the default) or `bf16`"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fp32 => "fp32",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s)
+    }
+}
+
+static PRECISION: AtomicU8 = AtomicU8::new(0);
+
+/// The current matmul precision (f32 unless [`set_precision`] said otherwise).
+#[inline]
+pub fn precision() -> Precision {
+    match PRECISION.load(Ordering::Relaxed) {
+        1 => Precision::Bf16,
+        _ => Precision::Fp32,
+    }
+}
+
+/// Sets the matmul precision of every following op in the process. The first switch to bf16
+/// says once how this CPU runs it.
+pub fn set_precision(p: Precision) {
+    let before = PRECISION.swap(u8::from(p == Precision::Bf16), Ordering::Relaxed);
+    if p == Precision::Bf16 && before == 0 {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| eprintln!("{}", crate::kernels::bf16::how_this_cpu_runs_it()));
+    }
+}
+
 const UNSET: u8 = 0;
 
 static PATH: AtomicU8 = AtomicU8::new(UNSET);

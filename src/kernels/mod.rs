@@ -13,12 +13,15 @@
 //! same source with 16-lane registers ([`simd_kernel!`]). Both compilations evaluate the same
 //! floating-point operations in the same order, so they give the same bits.
 
+pub mod bf16;
 pub mod cpu;
 pub mod dispatch;
 mod simd;
 
 pub(crate) use simd::simd_kernel;
 
+pub use bf16::matmul;
 pub use dispatch::{
-    fused, fused_calls, init_from_env, isa, kernel_path, set_isa, set_kernel_path, Isa, KernelPath,
+    fused, fused_calls, init_from_env, isa, kernel_path, precision, set_isa, set_kernel_path,
+    set_precision, Isa, KernelPath, Precision,
 };

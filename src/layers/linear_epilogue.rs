@@ -23,7 +23,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use super::bias::{bias_gelu, ColumnSums, ScaleWithColumnSums};
 use super::gelu::{gelu, gelu_in_place, gelu_in_place_with_derivative};
 use crate::kernels::cpu::{dispatch, par_output, Float, SliceKernel, PAR_CHUNK};
-use crate::kernels::fused;
+use crate::kernels::{bf16, fused, matmul};
 
 /// x Wᵀ + b + r along the last axis of x (…, in) for W (out, in), b (out), r (…, out); either
 /// addend may be absent. CPU runs one fused op; other devices the candle composition.
@@ -70,7 +70,7 @@ fn linear_with(
     }
     let x2 = x.reshape((rows, in_f))?;
     if !fused(x) {
-        let mut y = x2.matmul(&w.t()?)?;
+        let mut y = matmul(&x2, &w.t()?)?;
         if let Some(b) = b {
             y = y.broadcast_add(b)?;
         }
@@ -79,6 +79,14 @@ fn linear_with(
         }
         return y.reshape(out_dims);
     }
+    // bf16 precision: the fused op multiplies bf16-valued operands (exact products, f32 sums)
+    // and keeps them for its backward, as autocast keeps the bf16 casts.
+    let (x2, w) = if bf16::active_for(x) {
+        (bf16::rounded_operand(&x2)?, bf16::rounded_operand(w)?)
+    } else {
+        (x2, w.clone())
+    };
+    let w = &w;
     let (addend, w, c) = match (b, r) {
         (None, None) => return x2.matmul(&w.t()?)?.reshape(out_dims),
         (Some(b), None) => (Addend::Bias, w.contiguous()?, b.clone()),
@@ -333,8 +341,8 @@ impl CustomOp3 for LinearEpilogue {
         } else {
             w.clone()
         };
-        let dx = g.matmul(&weight)?;
-        let dw = g.t()?.matmul(x)?;
+        let dx = matmul(&g, &weight)?;
+        let dw = matmul(&g.t()?, x)?;
         Ok(match self.addend {
             Addend::Bias => (Some(dx), Some(dw), Some(bias_grad()?)),
             Addend::Residual => (Some(dx), Some(dw), Some(g)),
@@ -372,7 +380,7 @@ impl LinearEpilogue {
             }
             None => None,
         };
-        Ok((Some(dz.matmul(w)?), Some(dz.t()?.matmul(x)?), db))
+        Ok((Some(matmul(&dz, w)?), Some(matmul(&dz.t()?, x)?), db))
     }
 }
 

@@ -62,6 +62,9 @@ pub struct TrainConfig {
     /// written before this knob existed meant one shard.
     #[serde(default = "one_shard")]
     pub shards: usize,
+    /// Matmul precision: `fp32` (golden-exact) or `bf16` (bfloat16 matmul inputs, f32
+    /// accumulation, f32 weights and optimizer state: `kernels::Precision`). Part of the result.
+    pub precision: crate::kernels::Precision,
     pub train_transform: TrainTransform,
     pub eval_transform: EvalTransform,
     /// Mixup/CutMix and label smoothing (`prob = 0` or both alphas 0: smoothing only).
@@ -128,6 +131,7 @@ impl TrainConfig {
             workers: 1,
             threads: 0,
             shards: 2,
+            precision: crate::kernels::Precision::Fp32,
             train_transform: TrainTransform {
                 random_erase: 0.25,
                 ..TrainTransform::small(28, 1, 0)

@@ -152,6 +152,7 @@ fn run(
     dir: &RunDir,
 ) -> Result<TrainSummary> {
     let device = opts.device.open()?;
+    crate::kernels::set_precision(cfg.precision);
     let model = MixerNet::new(mcfg, cfg.seed, &device)?;
     let mut opt = AdamW::new(
         &model.params,

@@ -1,0 +1,200 @@
+//! bfloat16 matmul inputs with f32 accumulation ([`crate::kernels::Precision::Bf16`]).
+//!
+//! On CUDA the operands are cast to bf16 and candle runs cuBLAS's bf16 GEMM (tensor cores), the
+//! product cast back to f32. On the CPU the operands are rounded to the nearest bf16 (round to
+//! nearest even, PyTorch's and `half`'s rounding) and multiplied by the f32 gemm. The product of two
+//! bf16 values is exact in f32 (8 + 8 significant bits fit in 24), so this computes exactly what a
+//! bf16 unit with f32 accumulation computes, up to the order of the f32 additions.
+//!
+//! Why the CPU does not hand these matmuls to its bf16 units: on the Xeon (Sapphire Rapids family,
+//! AVX512-BF16, no AMX exposed) this was measured on, oneDNN 2.6's bf16 matmul
+//! (`brg:avx512_core_bf16`) ran at 74–144 GFLOP/s on the Mixer shapes against 217–260 GFLOP/s for
+//! its own f32 matmul and ≈ 200 for gemm's AVX-512 f32 kernels (BENCHMARKS.md, "bf16 on the CPU"):
+//! one `vdpbf16ps` per cycle does no more multiply-adds than two f32 FMAs, and the conversions
+//! come on top. AMX tiles would pay; a CPU that exposes them is where a oneDNN path belongs.
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::cpu::{contiguous, PAR_CHUNK};
+use super::dispatch::{fused, precision, Precision};
+use super::simd_kernel;
+
+/// `x` rounded to the nearest bfloat16 (ties to even), as an f32. NaN stays a quiet NaN with its
+/// sign, ±∞ stays ±∞, and values beyond bf16's largest finite value round to ±∞ — the same
+/// results as `half::bf16::from_f32(x).to_f32()`.
+#[inline(always)]
+pub fn round_to_bf16(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) & 0xFFFF_0000;
+    let quiet_nan = (bits | 0x0040_0000) & 0xFFFF_0000;
+    f32::from_bits(if x.is_nan() { quiet_nan } else { rounded })
+}
+
+simd_kernel! {
+    /// out[i] = round_to_bf16(x[i]).
+    fn round_block(x: &[f32], out: &mut [f32]) {
+        for (o, &x) in out.iter_mut().zip(x) {
+            *o = round_to_bf16(x);
+        }
+    }
+}
+
+/// `x` rounded to bf16 values, in parallel blocks.
+pub fn round_slice(x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(PAR_CHUNK)
+        .zip(x.par_chunks(PAR_CHUNK))
+        .for_each(|(o, x)| round_block(x, o));
+    out
+}
+
+/// The bf16 rounding of an f32 CPU tensor as one op, without a backward (for operands inside a
+/// backward pass, where no graph is recorded).
+struct RoundToBf16;
+
+impl CustomOp1 for RoundToBf16 {
+    fn name(&self) -> &'static str {
+        "imixer-round-to-bf16"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        match s {
+            CpuStorage::F32(v) => Ok((
+                CpuStorage::F32(round_slice(contiguous(v, l)?)),
+                l.shape().clone(),
+            )),
+            _ => candle_core::bail!("{}: only f32 tensors", self.name()),
+        }
+    }
+
+    /// The gradient of a cast to bf16 and back, as autocast's: the incoming gradient rounded.
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&RoundToBf16)?))
+    }
+}
+
+/// An f32 operand of a bf16 matmul computed in f32: `t` with bf16 values. On the fused path one
+/// rounding pass ([`RoundToBf16`]); elsewhere candle's two casts. Either way the gradient is the
+/// cast's: the incoming gradient rounded to bf16, as under autocast.
+pub fn rounded_operand(t: &Tensor) -> Result<Tensor> {
+    if fused(t) && t.dtype() == DType::F32 {
+        return t.contiguous()?.apply_op1(RoundToBf16);
+    }
+    t.to_dtype(DType::BF16)?.to_dtype(t.dtype())
+}
+
+/// Whether matmuls on `t` take bf16 inputs now.
+pub fn active_for(t: &Tensor) -> bool {
+    precision() == Precision::Bf16 && t.dtype() == DType::F32
+}
+
+/// a · b at the current [`precision`]: f32 as candle computes it, or bf16 inputs with f32
+/// accumulation (see the module doc), the result in `a`'s dtype.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !active_for(a) {
+        return a.matmul(b);
+    }
+    if a.device().is_cpu() {
+        rounded_operand(a)?.matmul(&rounded_operand(b)?)
+    } else {
+        a.to_dtype(DType::BF16)?
+            .matmul(&b.to_dtype(DType::BF16)?)?
+            .to_dtype(DType::F32)
+    }
+}
+
+/// The one-line note printed when bf16 is first selected: what runs the matmuls on this CPU.
+pub fn how_this_cpu_runs_it() -> String {
+    let units = bf16_units();
+    format!(
+        "precision bf16: matmul inputs rounded to bfloat16, products accumulated in f32 by the \
+         f32 gemm{}",
+        match units {
+            Some(u) => format!(
+                " (this CPU has {u}; its bf16 matmuls measured slower than f32 FMA on AVX512-BF16 \
+                 without AMX, see BENCHMARKS.md)"
+            ),
+            None => " (this CPU has no bf16 matrix units)".to_string(),
+        }
+    )
+}
+
+/// The CPU's bf16 matrix units, as `lscpu` names them (read from `/proc/cpuinfo`: the standard
+/// library's AMX detection is not stable Rust).
+fn bf16_units() -> Option<&'static str> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = info
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    ["amx_bf16", "avx512_bf16"]
+        .into_iter()
+        .find(|unit| flags.contains(unit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn rounding_equals_candles_bf16_cast() -> Result<()> {
+        let mut xs: Vec<f32> = (0..20_000)
+            .map(|i| ((i as f32) * 0.731).sin() * 10f32.powi(i % 20 - 10))
+            .collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            -f32::MAX,
+            f32::MIN_POSITIVE,
+            1e-40,
+            -1e-42,
+            1.0 + f32::EPSILON,
+            // Exactly halfway between two bf16 values: ties go to the even one.
+            f32::from_bits(0x3F80_8000),
+            f32::from_bits(0x3F81_8000),
+        ]);
+        let t = Tensor::from_vec(xs.clone(), xs.len(), &Device::Cpu)?;
+        let cast: Vec<f32> = t.to_dtype(DType::BF16)?.to_dtype(DType::F32)?.to_vec1()?;
+        let ours = round_slice(&xs);
+        for ((x, c), o) in xs.iter().zip(&cast).zip(&ours) {
+            assert_eq!(c.to_bits(), o.to_bits(), "x = {x:e}");
+        }
+        assert!(round_to_bf16(f32::NAN).is_nan());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod linear_tests {
+    use super::*;
+    use crate::kernels::set_precision;
+    use crate::layers::linear_epilogue::linear_epilogue;
+    use crate::params::seeded_normal;
+    use candle_core::Device;
+
+    /// Under bf16 a linear layer equals the f32 product of the bf16-rounded operands, and differs
+    /// from the f32 layer.
+    #[test]
+    fn bf16_linear_multiplies_rounded_operands() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = seeded_normal(1, &[7, 33], 1.0, DType::F32, &dev)?;
+        let w = seeded_normal(2, &[5, 33], 1.0, DType::F32, &dev)?;
+        let round = |t: &Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
+        let want = round(&x)?.matmul(&round(&w)?.t()?)?;
+        let fp32 = x.matmul(&w.t()?)?;
+        set_precision(Precision::Bf16);
+        let got = linear_epilogue(&x, &w, None, None);
+        set_precision(Precision::Fp32);
+        let got = got?;
+        let d = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.max_all()?.to_scalar() };
+        assert!(d(&got, &want)? < 1e-5, "{}", d(&got, &want)?);
+        assert!(d(&got, &fp32)? > 1e-4, "bf16 did not change the product");
+        Ok(())
+    }
+}
