@@ -111,6 +111,9 @@ mod tests {
     #[test]
     fn cuda_without_the_feature_names_the_fix() {
         let e = open("cuda:0").unwrap_err().to_string();
-        assert!(e.contains("built without CUDA support") && e.contains("--features cuda"), "{e}");
+        assert!(
+            e.contains("built without CUDA support") && e.contains("--features cuda"),
+            "{e}"
+        );
     }
 }

@@ -74,6 +74,12 @@ impl CustomOp1 for RoundToBf16 {
     }
 }
 
+/// `t` rounded to bf16 values (f32 CPU tensors), outside any recorded graph: for operands
+/// inside a backward pass or of an op that rounds internally.
+pub fn round_no_grad(t: &Tensor) -> Result<Tensor> {
+    t.contiguous()?.apply_op1_no_bwd(&RoundToBf16)
+}
+
 /// An f32 operand of a bf16 matmul computed in f32: `t` with bf16 values. On the fused path one
 /// rounding pass ([`RoundToBf16`]); elsewhere candle's two casts. Either way the gradient is the
 /// cast's: the incoming gradient rounded to bf16, as under autocast.

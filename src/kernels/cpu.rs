@@ -175,6 +175,11 @@ pub trait Float:
             }
         }
     }
+    /// `v` rounded to bf16 values, for the types bf16 precision applies to (f32); `None` for
+    /// the others, whose matmuls stay in their own precision.
+    fn bf16_rounded(_v: &[Self]) -> Option<Vec<Self>> {
+        None
+    }
     /// `v` as candle CPU storage of this dtype (a kernel's side result kept for a backward).
     fn into_storage(v: Vec<Self>) -> CpuStorage;
     /// The elements of `s` when it holds this dtype.
@@ -225,6 +230,9 @@ impl Float for f32 {
     }
     fn into_storage(v: Vec<Self>) -> CpuStorage {
         CpuStorage::F32(v)
+    }
+    fn bf16_rounded(v: &[Self]) -> Option<Vec<Self>> {
+        Some(super::bf16::round_slice(v))
     }
     /// Eight rows in eight AVX registers, transposed by [`transpose_8x8_avx`].
     #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]

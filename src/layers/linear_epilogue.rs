@@ -79,16 +79,8 @@ fn linear_with(
         }
         return y.reshape(out_dims);
     }
-    // bf16 precision: the fused op multiplies bf16-valued operands (exact products, f32 sums)
-    // and keeps them for its backward, as autocast keeps the bf16 casts.
-    let (x2, w) = if bf16::active_for(x) {
-        (bf16::rounded_operand(&x2)?, bf16::rounded_operand(w)?)
-    } else {
-        (x2, w.clone())
-    };
-    let w = &w;
     let (addend, w, c) = match (b, r) {
-        (None, None) => return x2.matmul(&w.t()?)?.reshape(out_dims),
+        (None, None) => return matmul(&x2, &w.t()?)?.reshape(out_dims),
         (Some(b), None) => (Addend::Bias, w.contiguous()?, b.clone()),
         (None, Some(r)) => (Addend::Residual, w.contiguous()?, r.reshape((rows, out_f))?),
         (Some(b), Some(r)) => (
@@ -103,6 +95,7 @@ fn linear_with(
         in_f,
         out_f,
         activation,
+        bf16: bf16::active_for(x),
         derivative: OnceLock::new(),
     };
     x2.contiguous()?
@@ -168,6 +161,11 @@ struct LinearEpilogue {
     in_f: usize,
     out_f: usize,
     activation: Activation,
+    /// bf16 precision: every product of this op (forward and backward) multiplies operands
+    /// rounded to bf16, rounded into temporaries when needed, so that the graph keeps only the
+    /// f32 inputs (the rounding's gradient is taken as the identity, autocast's cast backward
+    /// without its rounding of the gradient).
+    bf16: bool,
     /// GELU′ at every output, written by the forward for the backward
     /// ([`Activation::GeluKeepingDerivative`]).
     derivative: OnceLock<CpuStorage>,
@@ -231,6 +229,16 @@ impl SliceKernel for LinearEpilogue {
         if rows == 0 || out_f == 0 || in_f == 0 {
             return dst;
         }
+        // bf16: the gemm reads rounded copies of x and W (dropped right after).
+        let rounded = if self.bf16 {
+            T::bf16_rounded(x).zip(T::bf16_rounded(w))
+        } else {
+            None
+        };
+        let (x, w) = match &rounded {
+            Some((x, w)) => (x.as_slice(), w.as_slice()),
+            None => (x, w),
+        };
         let threads = candle_core::utils::get_num_threads();
         let parallelism = if threads > 1 {
             gemm::Parallelism::Rayon(threads)
@@ -326,6 +334,12 @@ impl CustomOp3 for LinearEpilogue {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = grad.contiguous()?;
+        // bf16: the gradient matmuls multiply rounded operands too.
+        let (x, w) = &if self.bf16 {
+            (bf16::round_no_grad(x)?, bf16::round_no_grad(w)?)
+        } else {
+            (x.clone(), w.clone())
+        };
         match self.activation {
             Activation::Identity => {}
             Activation::Gelu => {
@@ -341,8 +355,9 @@ impl CustomOp3 for LinearEpilogue {
         } else {
             w.clone()
         };
-        let dx = matmul(&g, &weight)?;
-        let dw = matmul(&g.t()?, x)?;
+        let gm = self.matmul_operand(&g)?;
+        let dx = gm.matmul(&weight)?;
+        let dw = gm.t()?.matmul(x)?;
         Ok(match self.addend {
             Addend::Bias => (Some(dx), Some(dw), Some(bias_grad()?)),
             Addend::Residual => (Some(dx), Some(dw), Some(g)),
@@ -355,6 +370,15 @@ impl CustomOp3 for LinearEpilogue {
 }
 
 impl LinearEpilogue {
+    /// A gradient as a matmul operand: rounded to bf16 under bf16 precision.
+    fn matmul_operand(&self, g: &Tensor) -> Result<Tensor> {
+        if self.bf16 {
+            bf16::round_no_grad(g)
+        } else {
+            Ok(g.clone())
+        }
+    }
+
     /// Backward of GELU(x Wᵀ + b) from the kept GELU′: ∂z = g ⊙ GELU′ (with ∂b = Σ_rows ∂z in
     /// the same pass), ∂x = ∂z W, ∂W = ∂zᵀ x.
     fn gelu_bwd(
@@ -380,7 +404,8 @@ impl LinearEpilogue {
             }
             None => None,
         };
-        Ok((Some(matmul(&dz, w)?), Some(matmul(&dz.t()?, x)?), db))
+        let dz = self.matmul_operand(&dz)?;
+        Ok((Some(dz.matmul(w)?), Some(dz.t()?.matmul(x)?), db))
     }
 }
 
