@@ -55,7 +55,7 @@ mod tests {
     simd_kernel! {
         fn scaled_sum<T: Float>(x: &[T], y: &mut [T], a: T) -> usize {
             for (y, &x) in y.iter_mut().zip(x) {
-                *y = *y + a * x.exp();
+                *y += a * x.exp();
             }
             x.len()
         }
