@@ -61,17 +61,6 @@ fn max_difference(a: &[f32], b: &[f32]) -> f32 {
     })
 }
 
-fn families() -> [Family; 6] {
-    [
-        Family::Mixer,
-        Family::VanillaMixer,
-        Family::IMixer,
-        Family::ParaMixer,
-        Family::SymMixer,
-        Family::AsymMixer,
-    ]
-}
-
 #[test]
 fn every_implementation_of_a_training_pass_agrees() -> Result<()> {
     let dev = Device::Cpu;
@@ -83,7 +72,7 @@ fn every_implementation_of_a_training_pass_agrees() -> Result<()> {
             "this CPU has no AVX-512: only the AVX2 kernels and the portable path are compared"
         );
     }
-    for family in families() {
+    for family in Family::ALL {
         let mut cfg = tiny_model(family, 28, 1, 4);
         if family == Family::AsymMixer {
             cfg.lambda = 0.1;
