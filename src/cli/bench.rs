@@ -3,6 +3,8 @@
 use anyhow::Result;
 use clap::Args;
 
+use super::output::outln;
+
 use crate::config::{Family, IMixerConfig, Solver};
 
 #[derive(Args)]
@@ -84,13 +86,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let families: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
     if !a.json {
-        println!(
+        outln!(
             "{}; fused kernels: {}, kernel path: {}, precision: {}",
             crate::bench::cpu_model(),
             crate::kernels::isa().name(),
             crate::kernels::kernel_path().name(),
             crate::kernels::precision().name()
-        );
+        )?;
     }
     for config in list(&a.config, &["fmnist-tiny", "cifar-s", "s16-224"]) {
         for family in list(&a.family, &families) {
@@ -98,12 +100,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
             for mode in list(&a.mode, &["train", "infer"]) {
                 let r = crate::bench::run(&config, family, &imixer, &mode, &timing)?;
                 if a.json {
-                    println!("{}", serde_json::to_string(&r)?);
+                    outln!("{}", serde_json::to_string(&r)?)?;
                 } else {
-                    println!(
+                    outln!(
                         "{:<12} {:<13} {:<6} threads {} shards {}  median {:8.1} ms  {:8.1} img/s  {:6.1} GFLOP/s  peak RSS {:7.1} MiB",
                         r.config, r.family, r.mode, r.threads, r.shards, r.median_ms, r.img_per_s, r.gflops, r.peak_rss_mb
-                    );
+                    )?;
                 }
             }
         }

@@ -10,7 +10,7 @@
 //!
 //! Inside the fused path, [`dispatch::Isa`] picks the vector width at run time: the build targets
 //! x86-64-v3 (AVX2 + FMA), and on CPUs with AVX-512 the hot loops run a second compilation of the
-//! same source with 16-lane registers ([`simd_kernel!`]). Both compilations evaluate the same
+//! same source with 16-lane registers (`simd_kernel!`). Both compilations evaluate the same
 //! floating-point operations in the same order, so they give the same bits.
 
 pub mod bf16;
