@@ -59,7 +59,8 @@ impl std::fmt::Display for DeviceSpec {
 
 impl DeviceSpec {
     /// Opens the device: a clear error when this build has no CUDA support or the GPU cannot be
-    /// opened (never a panic).
+    /// opened. A panic inside the driver bindings is caught and becomes the same error (the
+    /// default panic hook may still print its message first).
     pub fn open(self) -> Result<Device, DeviceError> {
         match self {
             Self::Cpu => Ok(Device::Cpu),

@@ -8,8 +8,8 @@
 //!
 //! Why the CPU does not hand these matmuls to its bf16 units: on the Xeon (Sapphire Rapids family,
 //! AVX512-BF16, no AMX exposed) this was measured on, oneDNN 2.6's bf16 matmul
-//! (`brg:avx512_core_bf16`) ran at 74–144 GFLOP/s on the Mixer shapes against 217–260 GFLOP/s for
-//! its own f32 matmul and ≈ 200 for gemm's AVX-512 f32 kernels (BENCHMARKS.md, "bf16 on the CPU"):
+//! (`brg:avx512_core_bf16`, 2 threads) ran at 103–143 GFLOP/s on the Mixer shapes against
+//! 225–260 GFLOP/s for its own f32 matmul (BENCHMARKS.md, "bf16 on the CPU"):
 //! one `vdpbf16ps` per cycle does no more multiply-adds than two f32 FMAs, and the conversions
 //! come on top. AMX tiles would pay; a CPU that exposes them is where a oneDNN path belongs.
 
@@ -49,8 +49,8 @@ pub fn round_slice(x: &[f32]) -> Vec<f32> {
     out
 }
 
-/// The bf16 rounding of an f32 CPU tensor as one op, without a backward (for operands inside a
-/// backward pass, where no graph is recorded).
+/// The bf16 rounding of an f32 CPU tensor as one op. Its backward rounds the incoming gradient
+/// (autocast's cast backward); [`round_no_grad`] applies it without recording a graph.
 struct RoundToBf16;
 
 impl CustomOp1 for RoundToBf16 {
@@ -83,7 +83,7 @@ pub fn round_no_grad(t: &Tensor) -> Result<Tensor> {
 /// An f32 operand of a bf16 matmul computed in f32: `t` with bf16 values. On the fused path one
 /// rounding pass ([`RoundToBf16`]); elsewhere candle's two casts. Either way the gradient is the
 /// cast's: the incoming gradient rounded to bf16, as under autocast.
-pub fn rounded_operand(t: &Tensor) -> Result<Tensor> {
+fn rounded_operand(t: &Tensor) -> Result<Tensor> {
     if fused(t) && t.dtype() == DType::F32 {
         return t.contiguous()?.apply_op1(RoundToBf16);
     }
@@ -117,11 +117,11 @@ pub fn how_this_cpu_runs_it() -> String {
         "precision bf16: matmul inputs rounded to bfloat16, products accumulated in f32 by the \
          f32 gemm{}",
         match units {
-            Some(u) => format!(
-                " (this CPU has {u}; its bf16 matmuls measured slower than f32 FMA on AVX512-BF16 \
-                 without AMX, see BENCHMARKS.md)"
-            ),
-            None => " (this CPU has no bf16 matrix units)".to_string(),
+            Some("amx_bf16") => " (this CPU has AMX-BF16 tiles, which imixer does not use yet)",
+            Some(_) =>
+                " (this CPU has AVX512-BF16, measured slower than f32 FMA without AMX: \
+                        see BENCHMARKS.md)",
+            None => " (this CPU has no bf16 units)",
         }
     )
 }

@@ -19,7 +19,8 @@ pub enum KernelPath {
     Portable,
 }
 
-/// The vector instruction set the fused CPU kernels run with.
+/// The vector instruction set imixer's fused CPU kernels run with (gemm, which does the matmuls,
+/// picks its own microkernels from the CPU's features).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// The build's baseline (x86-64-v3: 8-lane f32 AVX2 with FMA; the compiler's choice elsewhere).
