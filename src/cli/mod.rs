@@ -8,6 +8,7 @@ mod inspect;
 mod models;
 pub mod output;
 mod predict;
+mod sweep;
 mod train;
 
 use anyhow::Result;
@@ -41,6 +42,8 @@ pub enum Command {
     Dynamics(dynamics::DynamicsArgs),
     /// Energy MetaFormer: a 3-layer Hopfield denoiser with monotone energy descent.
     EnergyDemo(energy_demo::EnergyDemoArgs),
+    /// Train a grid of settings × seeds side by side (resumable) and summarise it as mean ± std.
+    Sweep(sweep::SweepArgs),
     /// Time train/inference steps on the PyTorch-baseline configurations.
     Bench(bench::BenchArgs),
 }
@@ -85,6 +88,7 @@ pub fn main() -> Result<()> {
     match cli.command {
         Command::Models(a) => models::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Sweep(a) => sweep::run(a),
         Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Predict(a) => predict::run(a),

@@ -9,7 +9,6 @@ use clap::Args;
 
 use super::output::outln;
 use crate::data::transforms::SpatialAug;
-use crate::data::DatasetKind;
 use crate::train::config::SchedUnit;
 use crate::train::trainer::Interrupted;
 use crate::train::{train, RunOptions, TrainConfig};
@@ -25,7 +24,7 @@ pub struct TrainArgs {
     pub model: Option<String>,
     /// fashion-mnist (default), mnist, cifar10, cifar100 or folder.
     #[arg(long)]
-    pub dataset: Option<DatasetKind>,
+    pub dataset: Option<crate::data::DatasetKind>,
     /// Data directory (default: /usr/share/datasets/fashion-mnist for Fashion-MNIST).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -83,6 +82,10 @@ pub struct TrainArgs {
     /// --solver-tol with implicit gradients).
     #[arg(long)]
     pub solver: Option<String>,
+    /// Paper-2 models: weight λ of the symmetry-breaking term λ·Σ‖W2‖² (overrides the model's;
+    /// `asymmixer_*` names default to 0.1).
+    #[arg(long)]
+    pub lambda: Option<f64>,
     /// Relative residual tolerance of the picard/anderson solver.
     #[arg(long, default_value_t = 1e-4)]
     pub solver_tol: f64,
@@ -166,40 +169,22 @@ fn parse_sched(s: &str) -> Result<SchedUnit, String> {
 
 /// defaults(dataset) → TOML file → flags.
 pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
-    let file: Option<toml::Table> = match &a.config {
-        Some(p) => Some(
-            toml::from_str(
-                &std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read config {}", p.display()))?,
-            )
-            .with_context(|| format!("{} is not valid TOML", p.display()))?,
-        ),
-        None => None,
+    let file: toml::Table = match &a.config {
+        Some(p) => toml::from_str(
+            &std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config {}", p.display()))?,
+        )
+        .with_context(|| format!("{} is not valid TOML", p.display()))?,
+        None => toml::Table::new(),
     };
-    let file_dataset = file
-        .as_ref()
-        .and_then(|t| t.get("dataset"))
-        .and_then(|v| v.as_str())
-        .map(|s| s.parse::<DatasetKind>());
-    let dataset = match (a.dataset, file_dataset) {
-        (Some(d), _) => d,
-        (None, Some(d)) => d?,
-        (None, None) => DatasetKind::FashionMnist,
-    };
-    let mut c = TrainConfig::defaults_for(dataset);
-    if let Some(table) = file {
-        let mut base = toml::Table::try_from(&c)?;
-        for (k, v) in table {
-            merge(&mut base, k, v);
-        }
-        c = toml::Value::Table(base).try_into().with_context(|| {
-            format!(
-                "{}: unknown or mistyped field (see `imixer train --help`)",
-                a.config.as_ref().unwrap().display()
-            )
-        })?;
-    }
-    c.dataset = dataset;
+    let mut c = TrainConfig::from_table(a.dataset, file).with_context(|| {
+        format!(
+            "{}: unknown or mistyped field (see `imixer train --help`)",
+            a.config
+                .as_ref()
+                .map_or("the training config".into(), |p| p.display().to_string())
+        )
+    })?;
     macro_rules! set {
         ($($field:ident),*) => { $( if let Some(v) = a.$field.clone() { c.$field = v; } )* };
     }
@@ -224,7 +209,7 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         shards,
         precision
     );
-    set_opt!(data_dir, save_every_steps, train_subset, val_subset);
+    set_opt!(data_dir, save_every_steps, train_subset, val_subset, lambda);
     if let Some(m) = &a.model {
         c.model = m.clone();
         c.model_config = None;
@@ -282,20 +267,6 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         c.eval_transform.crop_pct = v;
     }
     Ok(c)
-}
-
-/// Deep-merges a TOML value into a table (nested tables merge key by key).
-fn merge(base: &mut toml::Table, key: String, value: toml::Value) {
-    match (base.get_mut(&key), value) {
-        (Some(toml::Value::Table(b)), toml::Value::Table(v)) => {
-            for (k, v) in v {
-                merge(b, k, v);
-            }
-        }
-        (_, v) => {
-            base.insert(key, v);
-        }
-    }
 }
 
 /// Exit status of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
@@ -398,7 +369,7 @@ mod tests {
         let c = resolved(&["--config", file]);
         assert_eq!((c.epochs, c.train_transform.hflip), (3, 0.25));
         // Fields the file leaves out keep the data set's defaults.
-        let defaults = TrainConfig::defaults_for(DatasetKind::FashionMnist);
+        let defaults = TrainConfig::defaults_for(crate::data::DatasetKind::FashionMnist);
         assert_eq!(c.train_transform.spatial, defaults.train_transform.spatial);
         let c = resolved(&["--config", file, "--epochs", "5", "--hflip", "0"]);
         assert_eq!((c.epochs, c.train_transform.hflip), (5, 0.0));

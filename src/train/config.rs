@@ -31,6 +31,9 @@ pub struct TrainConfig {
     /// iMixer only: override the iMLP solver (`unrolled` = reference; `picard`/`anderson` solve
     /// the fixed point to a tolerance with implicit gradients).
     pub solver: Option<crate::config::Solver>,
+    /// Paper-2 models only: override the model's λ, the weight of the symmetry-breaking term
+    /// λ·Σ‖W2‖² (the registry sets 0.1 for `asymmixer_*`; sweeps vary it at any size).
+    pub lambda: Option<f64>,
     pub dataset: DatasetKind,
     /// Data directory (default: the dataset's standard location).
     pub data_dir: Option<PathBuf>,
@@ -113,6 +116,7 @@ impl TrainConfig {
             model_config: None,
             drop_path: 0.0,
             solver: None,
+            lambda: None,
             dataset,
             data_dir: None,
             out: PathBuf::from("runs/latest"),
@@ -194,6 +198,30 @@ impl TrainConfig {
         c
     }
 
+    /// A configuration from a TOML table of any of its fields (an `imixer train --config` file,
+    /// one run of a sweep): the defaults of `dataset` — else of the data set the table names,
+    /// else Fashion-MNIST — deep-merged with the table. A misspelt or mistyped field is an error
+    /// naming it.
+    pub fn from_table(dataset: Option<DatasetKind>, table: toml::Table) -> anyhow::Result<Self> {
+        let named = match table.get("dataset") {
+            Some(v) => Some(
+                v.as_str()
+                    .ok_or_else(|| anyhow::anyhow!("dataset must be a string, not {v}"))?
+                    .parse::<DatasetKind>()
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            None => None,
+        };
+        let dataset = dataset.or(named).unwrap_or(DatasetKind::FashionMnist);
+        let mut base = toml::Table::try_from(TrainConfig::defaults_for(dataset))?;
+        for (k, v) in table {
+            merge_toml(&mut base, k, v);
+        }
+        let mut c: TrainConfig = toml::Value::Table(base).try_into()?;
+        c.dataset = dataset;
+        Ok(c)
+    }
+
     /// Total epochs run (cosine + cool-down).
     pub fn total_epochs(&self) -> usize {
         self.epochs + self.cooldown_epochs
@@ -222,6 +250,12 @@ impl TrainConfig {
             if !v.is_finite() || v < 0.0 {
                 return Err(format!("{name} = {v} must be finite and ≥ 0"));
             }
+        }
+        if self.lambda.is_some_and(|l| !l.is_finite() || l < 0.0) {
+            return Err(format!(
+                "lambda = {} must be finite and ≥ 0",
+                self.lambda.unwrap_or_default()
+            ));
         }
         if self.clip_grad.is_some_and(|c| !c.is_finite() || c <= 0.0) {
             return Err("clip_grad must be finite and > 0".into());
@@ -267,6 +301,20 @@ impl TrainConfig {
             m.validate().map_err(|e| format!("model_config: {e}"))?;
         }
         Ok(())
+    }
+}
+
+/// Deep-merges a TOML value into a table (nested tables merge key by key).
+pub fn merge_toml(base: &mut toml::Table, key: String, value: toml::Value) {
+    match (base.get_mut(&key), value) {
+        (Some(toml::Value::Table(b)), toml::Value::Table(v)) => {
+            for (k, v) in v {
+                merge_toml(b, k, v);
+            }
+        }
+        (_, v) => {
+            base.insert(key, v);
+        }
     }
 }
 

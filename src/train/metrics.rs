@@ -31,6 +31,10 @@ pub struct EpochMetrics {
     /// The same per iMLP block (picard/anderson modes), in block order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub solver_blocks: Vec<BlockSolverStats>,
+    /// Block-averaged weight symmetry after the epoch (`analysis::symmetry::summary`): how far
+    /// each MLP is from the gradient of an energy, tracked over training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_symmetry: Option<crate::analysis::symmetry::SymmetrySummary>,
 }
 
 /// One iMLP block's fixed-point solves over an epoch. Each data-parallel shard of a batch solves
@@ -196,6 +200,7 @@ mod tests {
             solver_mean_iters: None,
             solver_max_residual: None,
             solver_blocks: Vec::new(),
+            weight_symmetry: None,
         }
     }
 

@@ -88,6 +88,16 @@ pub fn resolve_model(cfg: &TrainConfig, num_classes: usize) -> Result<ModelConfi
         );
         m.imixer.solver = solver.clone();
     }
+    if let Some(lambda) = cfg.lambda {
+        // λ weighs the ‖W2‖² term of the paper-2 blocks; on other families it would be ignored.
+        anyhow::ensure!(
+            m.family.is_paper2(),
+            "--lambda applies to paper-2 models (vanillamixer, paramixer, symmixer, asymmixer), but {} is a {} model",
+            cfg.model_config.as_ref().map_or(cfg.model.as_str(), |_| "the custom model"),
+            m.family
+        );
+        m.lambda = lambda;
+    }
     m.validate().map_err(anyhow::Error::msg)?;
     Ok(m)
 }
@@ -317,7 +327,7 @@ impl RunDir {
             })?;
             let saved: TrainConfig = toml::from_str(&saved)
                 .with_context(|| format!("cannot parse {}", saved_path.display()))?;
-            let differences = config_differences(&comparable(&saved), &comparable(cfg));
+            let differences = result_differences(&saved, cfg);
             if !differences.is_empty() {
                 bail!(
                     "--resume: the configuration differs from the one saved in {} ({}); resume with the same settings",
@@ -395,6 +405,12 @@ fn is_atomic_temp(name: &str) -> bool {
 
 /// The settings of a config that make a run what it is: the compute and loader threads do not
 /// change results, and the run directory is the one being resumed however it is spelled.
+/// The settings in which two configurations differ in a way that changes the result (paths are
+/// compared canonically; `out`, threads and loader workers do not count).
+pub fn result_differences(saved: &TrainConfig, now: &TrainConfig) -> Vec<String> {
+    config_differences(&comparable(saved), &comparable(now))
+}
+
 fn comparable(c: &TrainConfig) -> TrainConfig {
     let canonical = |p: &Option<PathBuf>| {
         p.as_ref()
@@ -686,6 +702,7 @@ impl Run<'_> {
             solver_mean_iters: (totals.solves > 0).then_some(totals.mean_iterations),
             solver_max_residual: (totals.solves > 0).then_some(totals.max_residual),
             solver_blocks: progress.solver_blocks,
+            weight_symmetry: Some(crate::analysis::symmetry::summary(&self.model)?),
         };
         if totals.unconverged > 0 {
             eprintln!(
