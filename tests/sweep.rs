@@ -88,6 +88,14 @@ fn results_statistics_and_skipping_finished_runs() {
         .find(|l| l["id"] == "model-symmixer_n4_28_seed-0")
         .unwrap();
     assert!((sym["metrics"]["token_cosine"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+    // The history starts at the initial weights (epoch −1), then one row per epoch.
+    let h = l["history"].as_array().unwrap();
+    assert_eq!(
+        (h.len(), &h[0]["epoch"], &h[1]["epoch"]),
+        (2, &(-1.0).into(), &0.0.into())
+    );
+    assert!(h[0]["token_cosine"].as_f64().unwrap() < 0.99);
+    assert!(h[0].get("val_top1").is_none());
     assert!(l["metrics"]["token_cosine"].as_f64().unwrap() < 0.99);
     assert!(l["metrics"]["w2_w1_ratio"].as_f64().unwrap() > 0.0);
 

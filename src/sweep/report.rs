@@ -82,7 +82,8 @@ fn draw(path: &Path, p: &PlotSpec, planned: &[PlannedRun], results: &[RunResult]
         if series.is_empty() {
             return Ok(false);
         }
-        error_bars(path, &title, "epoch", &p.y, p.log_x, &series, &[])?;
+        let xlabel = "epoch (−1: the initial weights)";
+        error_bars(path, &title, xlabel, &p.y, p.log_x, &series, &[])?;
         return Ok(true);
     }
     // Runs that vary x form lines (one per combination of their other fields); runs without x

@@ -7,8 +7,13 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use candle_core::Device;
+
 use super::plan::{describe, value_text, PlannedRun};
+use crate::analysis::symmetry::SymmetrySummary;
 use crate::train::metrics::{read_history, EpochMetrics};
+use crate::train::TrainConfig;
+use crate::MixerNet;
 
 /// One line of `results.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -22,8 +27,30 @@ pub struct RunResult {
     /// Final metrics: the last epoch's (`final_val_top1`, `train_loss`, `token_cosine`, …),
     /// `best_val_top1`, `train_seconds` and `params`.
     pub metrics: BTreeMap<String, f64>,
-    /// Per epoch: `epoch`, the validation/training numbers and the weight symmetry.
+    /// Per epoch: `epoch`, the validation/training numbers and the weight symmetry; first a row
+    /// with `epoch` −1 holding the symmetry of the initial weights (where training starts from).
     pub history: Vec<BTreeMap<String, f64>>,
+}
+
+/// The symmetry numbers of a summary, by name.
+fn symmetry_row(s: &SymmetrySummary) -> impl Iterator<Item = (String, f64)> {
+    [
+        ("token_cosine", s.token_cosine),
+        ("channel_cosine", s.channel_cosine),
+        ("w2_w1_ratio", s.w2_w1_ratio),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+}
+
+/// The weight symmetry of a run's initial model, rebuilt from its seed (the head, the only part
+/// that depends on the class count, is zero-initialised after the blocks, so 10 classes give
+/// the same block weights as any other count).
+fn initial_symmetry(run: &PlannedRun) -> Result<SymmetrySummary> {
+    let cfg = TrainConfig::from_table(None, run.table.clone())?;
+    let model = crate::train::trainer::resolve_model(&cfg, 10)?;
+    let net = MixerNet::new(&model, cfg.seed, &Device::Cpu)?;
+    Ok(crate::analysis::symmetry::summary(&net)?)
 }
 
 /// The numbers of one epoch, by name.
@@ -37,15 +64,7 @@ fn epoch_row(m: &EpochMetrics) -> BTreeMap<String, f64> {
         ("train_acc".into(), m.train_acc),
     ]);
     if let Some(s) = &m.weight_symmetry {
-        for (k, v) in [
-            ("token_cosine", s.token_cosine),
-            ("channel_cosine", s.channel_cosine),
-            ("w2_w1_ratio", s.w2_w1_ratio),
-        ] {
-            if let Some(v) = v {
-                r.insert(k.into(), v);
-            }
-        }
+        r.extend(symmetry_row(s));
     }
     r
 }
@@ -82,13 +101,17 @@ impl RunResult {
         if let Some(p) = params {
             metrics.insert("params".into(), p);
         }
+        let mut init: BTreeMap<String, f64> = symmetry_row(&initial_symmetry(run)?).collect();
+        init.insert("epoch".into(), -1.0);
         Ok(RunResult {
             id: run.id.clone(),
             setting: run.setting_id.clone(),
             settings: run.settings.clone(),
             seed: run.seed,
             metrics,
-            history: history.iter().map(epoch_row).collect(),
+            history: std::iter::once(init)
+                .chain(history.iter().map(epoch_row))
+                .collect(),
         })
     }
 }
