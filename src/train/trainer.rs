@@ -183,6 +183,18 @@ fn run(
         );
         st
     } else {
+        if cfg.cooldown_epochs > 0 {
+            // The image-folder recipe adds 10 cool-down epochs: say so, since `--epochs 1` then
+            // runs 11 epochs.
+            eprintln!(
+                "schedule: {} cosine epochs ({} of warm-up), then {} cool-down epochs at min lr {:e}: {} epochs in all (--cooldown-epochs 0 drops them)",
+                cfg.epochs,
+                cfg.warmup_epochs,
+                cfg.cooldown_epochs,
+                cfg.min_lr,
+                cfg.total_epochs()
+            );
+        }
         RunState::start()
     };
     // Metrics of epochs the checkpoint does not cover (an epoch finished after the last save)
