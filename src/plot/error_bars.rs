@@ -80,7 +80,11 @@ pub fn error_bars(
     }
     let xpad = ((x1 - x0) * 0.05).max(0.25);
     let ypad = ((y1 - y0) * 0.08).max(1e-6);
-    let (x0, x1, y0, y1) = (x0 - xpad, x1 + xpad, y0 - ypad, y1 + ypad);
+    // Headroom for the legend (upper right), so that it covers no data: about one line of the
+    // 540-px figure per entry.
+    let entries = (series.len() + bands.len()) as f64;
+    let legend = (y1 - y0 + 2.0 * ypad) * (0.05 * entries + 0.04);
+    let (x0, x1, y0, y1) = (x0 - xpad, x1 + xpad, y0 - ypad, y1 + ypad + legend);
     let xdesc = match (log_x, has_zero) {
         (true, true) => format!("{xlabel} (log scale; 0 drawn at the left end)"),
         (true, false) => format!("{xlabel} (log scale)"),
@@ -162,7 +166,7 @@ pub fn error_bars(
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
