@@ -8,7 +8,7 @@ use candle_core::Device;
 use clap::Args;
 
 use super::output::outln;
-use crate::data::{self, DatasetKind, EvalTransform, Loader, LoaderConfig};
+use crate::data::{self, DatasetKind, EvalTransform, Interpolation, Loader, LoaderConfig};
 use crate::train::eval::evaluate;
 use crate::train::state;
 use crate::MixerNet;
@@ -37,6 +37,10 @@ pub struct EvalArgs {
     /// Centre-crop fraction (default: the run's setting, else 1 for ≤ 32 px and 0.875 above).
     #[arg(long)]
     pub crop_pct: Option<f64>,
+    /// Filter of the resize before the centre crop: bilinear or bicubic (default: the run's
+    /// setting, else bilinear for ≤ 32 px and bicubic above, as timm evaluates these models).
+    #[arg(long, value_name = "bilinear|bicubic")]
+    pub interpolation: Option<Interpolation>,
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
     /// Where to write the confusion-matrix PNG (default: next to the checkpoint).
@@ -94,21 +98,33 @@ pub fn load_for_inference(
     Ok((net, classes, eval_tf))
 }
 
-/// The eval transform for a model: the run's (resized to the model), else a sensible default.
+/// The eval transform for a model: the run's (resized to the model), else a sensible default
+/// (native-size models: no resize margin, bilinear; larger ones: the papers' crop_pct 0.875 and
+/// bicubic). The flags override either.
 pub fn eval_transform(
     net: &MixerNet,
     saved: Option<EvalTransform>,
     crop_pct: Option<f64>,
+    interpolation: Option<Interpolation>,
 ) -> EvalTransform {
     let (size, chans) = (net.config.img_size, net.config.in_chans);
+    let native = size <= 32;
     let mut t = saved.unwrap_or_else(|| EvalTransform {
-        crop_pct: if size <= 32 { 1.0 } else { 0.875 },
+        crop_pct: if native { 1.0 } else { 0.875 },
+        interpolation: if native {
+            Interpolation::Bilinear
+        } else {
+            Interpolation::Bicubic
+        },
         ..EvalTransform::spec(size, chans)
     });
     t.image_size = size;
     t.in_chans = chans;
     if let Some(c) = crop_pct {
         t.crop_pct = c;
+    }
+    if let Some(i) = interpolation {
+        t.interpolation = i;
     }
     t
 }
@@ -145,7 +161,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         },
         dir.display()
     );
-    let tf = eval_transform(&net, saved_tf, a.crop_pct);
+    let tf = eval_transform(&net, saved_tf, a.crop_pct, a.interpolation);
     let loader = Loader::new(Arc::new(split), tf, LoaderConfig::eval(a.batch_size))?;
     let shards = crate::train::Shards::for_device(a.shards, a.threads, net.device())?;
     let report = evaluate(&net, &shards, &loader, classes.len())?;

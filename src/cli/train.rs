@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::output::outln;
 use crate::data::transforms::SpatialAug;
-use crate::data::DatasetKind;
+use crate::data::{DatasetKind, Interpolation, TrainInterpolation};
 use crate::train::config::SchedUnit;
 use crate::train::trainer::Interrupted;
 use crate::train::{train, RunOptions, TrainConfig};
@@ -105,6 +105,11 @@ pub struct TrainArgs {
     /// Random-erasing probability (pixel mode).
     #[arg(long)]
     pub reprob: Option<f64>,
+    /// Filter of the training resize and of RandAugment's rotate/shear/translate: bilinear,
+    /// bicubic, or random (timm: a uniform draw between the two at every use). Default: random
+    /// for image folders and Food-101, bilinear for the native-size 28/32-px data sets.
+    #[arg(long, value_name = "bilinear|bicubic|random")]
+    pub train_interpolation: Option<TrainInterpolation>,
     /// Mixup alpha (0 disables).
     #[arg(long)]
     pub mixup: Option<f64>,
@@ -123,6 +128,10 @@ pub struct TrainArgs {
     /// Evaluation centre-crop fraction (timm crop_pct; 1 = no resize margin).
     #[arg(long)]
     pub crop_pct: Option<f64>,
+    /// Filter of the evaluation resize: bilinear or bicubic. Default: bicubic for image folders
+    /// and Food-101 (timm's eval of these models), bilinear for the native-size data sets.
+    #[arg(long, value_name = "bilinear|bicubic")]
+    pub interpolation: Option<Interpolation>,
     /// Train on a random subset of this many images.
     #[arg(long)]
     pub train_subset: Option<usize>,
@@ -281,6 +290,12 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     if let Some(v) = a.crop_pct {
         c.eval_transform.crop_pct = v;
     }
+    if let Some(v) = a.train_interpolation {
+        c.train_transform.interpolation = v;
+    }
+    if let Some(v) = a.interpolation {
+        c.eval_transform.interpolation = v;
+    }
     Ok(c)
 }
 
@@ -387,6 +402,38 @@ mod tests {
         let folder = ["--dataset", "folder", "--crop-padding", "4"];
         let spatial = resolved(&folder).train_transform.spatial;
         assert_eq!(spatial, SpatialAug::RandomCrop { padding: 4 });
+    }
+
+    #[test]
+    fn interpolation_defaults_per_data_set_and_flags() {
+        let folder = resolved(&["--dataset", "folder"]);
+        assert_eq!(
+            folder.train_transform.interpolation,
+            TrainInterpolation::Random
+        );
+        assert_eq!(folder.eval_transform.interpolation, Interpolation::Bicubic);
+        let fmnist = resolved(&[]);
+        assert_eq!(
+            fmnist.train_transform.interpolation,
+            TrainInterpolation::Bilinear
+        );
+        assert_eq!(fmnist.eval_transform.interpolation, Interpolation::Bilinear);
+        let c = resolved(&[
+            "--dataset",
+            "folder",
+            "--train-interpolation",
+            "bicubic",
+            "--interpolation",
+            "bilinear",
+        ]);
+        assert_eq!(
+            c.train_transform.interpolation,
+            TrainInterpolation::Bicubic
+        );
+        assert_eq!(c.eval_transform.interpolation, Interpolation::Bilinear);
+        let cli = Cli::try_parse_from(["imixer-train", "--interpolation", "random"]);
+        let e = cli.err().expect("random is a train-only choice").to_string();
+        assert!(e.contains("random") && e.contains("bicubic"), "{e}");
     }
 
     #[test]

@@ -31,7 +31,9 @@ pub use error::{DataError, Result};
 pub use loader::{Batch, Loader, LoaderConfig, LoaderIter};
 pub use mix::{smooth_targets, Mixup, MixupConfig};
 pub use split::{RawImage, Samples, Split};
-pub use transforms::{EvalTransform, Image, TrainTransform, Transform};
+pub use transforms::{
+    EvalTransform, Image, Interpolation, TrainInterpolation, TrainTransform, Transform,
+};
 
 /// The dataset formats `imixer` can read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

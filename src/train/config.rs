@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ModelConfig;
-use crate::data::{DatasetKind, EvalTransform, MixupConfig, TrainTransform};
+use crate::data::{DatasetKind, EvalTransform, Interpolation, MixupConfig, TrainTransform};
 
 /// When the learning-rate schedule advances.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +138,7 @@ impl TrainConfig {
             },
             eval_transform: EvalTransform {
                 crop_pct: 1.0,
+                interpolation: Interpolation::Bilinear,
                 ..EvalTransform::spec(28, 1)
             },
             mixup: MixupConfig {
@@ -172,6 +173,7 @@ impl TrainConfig {
                 };
                 c.eval_transform = EvalTransform {
                     crop_pct: 1.0,
+                    interpolation: Interpolation::Bilinear,
                     ..EvalTransform::spec(32, 3)
                 };
                 c.mixup = MixupConfig::spec(classes);
