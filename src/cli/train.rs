@@ -426,13 +426,13 @@ mod tests {
             "--interpolation",
             "bilinear",
         ]);
-        assert_eq!(
-            c.train_transform.interpolation,
-            TrainInterpolation::Bicubic
-        );
+        assert_eq!(c.train_transform.interpolation, TrainInterpolation::Bicubic);
         assert_eq!(c.eval_transform.interpolation, Interpolation::Bilinear);
         let cli = Cli::try_parse_from(["imixer-train", "--interpolation", "random"]);
-        let e = cli.err().expect("random is a train-only choice").to_string();
+        let e = cli
+            .err()
+            .expect("random is a train-only choice")
+            .to_string();
         assert!(e.contains("random") && e.contains("bicubic"), "{e}");
     }
 

@@ -288,7 +288,12 @@ impl TrainTransform {
                 // timm draws the crop, then the filter
                 let (top, left, h, w) = rrc_params(rng, img.width, img.height, scale, ratio);
                 let filter = self.interpolation.pick(rng);
-                resize(&crop(&img, top as isize, left as isize, h, w), size, size, filter)
+                resize(
+                    &crop(&img, top as isize, left as isize, h, w),
+                    size,
+                    size,
+                    filter,
+                )
             }
             SpatialAug::RandomCrop { padding } => {
                 let filter = self.interpolation.pick(rng);
@@ -652,8 +657,14 @@ mod tests {
     fn configs_without_interpolation_stay_bilinear() {
         let mut train = toml::Table::try_from(TrainTransform::spec(24, 3)).unwrap();
         let mut eval = toml::Table::try_from(EvalTransform::spec(224, 3)).unwrap();
-        assert_eq!(train.remove("interpolation").unwrap().as_str(), Some("random"));
-        assert_eq!(eval.remove("interpolation").unwrap().as_str(), Some("bicubic"));
+        assert_eq!(
+            train.remove("interpolation").unwrap().as_str(),
+            Some("random")
+        );
+        assert_eq!(
+            eval.remove("interpolation").unwrap().as_str(),
+            Some("bicubic")
+        );
         let train: TrainTransform = toml::Value::Table(train).try_into().unwrap();
         let eval: EvalTransform = toml::Value::Table(eval).try_into().unwrap();
         assert_eq!(train.interpolation, TrainInterpolation::Bilinear);

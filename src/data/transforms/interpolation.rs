@@ -168,7 +168,10 @@ mod tests {
             TrainInterpolation::Bilinear.pick(&mut rng),
             Interpolation::Bilinear
         );
-        assert_eq!(rng, before, "a fixed filter must leave the stream untouched");
+        assert_eq!(
+            rng, before,
+            "a fixed filter must leave the stream untouched"
+        );
         let picks: Vec<Interpolation> = (0..200)
             .map(|_| TrainInterpolation::Random.pick(&mut rng))
             .collect();

@@ -146,7 +146,8 @@ pub fn apply_op<R: Rng + ?Sized>(
             f_op(img, f)
         }
         ShearX | ShearY | TranslateXRel | TranslateYRel => {
-            let (max, warp): (f64, fn(&RawImage, f64, &[u8], Interpolation) -> RawImage) = match op {
+            let (max, warp): (f64, fn(&RawImage, f64, &[u8], Interpolation) -> RawImage) = match op
+            {
                 ShearX => (0.3, shear_x),
                 ShearY => (0.3, shear_y),
                 TranslateXRel => (TRANSLATE_PCT, translate_x_rel),
@@ -399,7 +400,12 @@ mod tests {
             for (w, h) in [(1, 1), (2, 1), (0, 0)] {
                 let tiny = RawImage::filled(w, h, c, &[9]);
                 for op in RAND_TRANSFORMS.iter().chain(&RAND_INCREASING_TRANSFORMS) {
-                    assert_eq!(apply_op(*op, &tiny, 7.0, TrainInterpolation::Random, &mut rng).data.len(), w * h * c);
+                    assert_eq!(
+                        apply_op(*op, &tiny, 7.0, TrainInterpolation::Random, &mut rng)
+                            .data
+                            .len(),
+                        w * h * c
+                    );
                 }
             }
         }
@@ -424,10 +430,17 @@ mod tests {
         for c in [1, 3] {
             let img = test_image(c);
             for op in identity_ops {
-                assert_eq!(apply_op(op, &img, 0.0, TrainInterpolation::Bicubic, &mut rng), img, "{op:?}");
+                assert_eq!(
+                    apply_op(op, &img, 0.0, TrainInterpolation::Bicubic, &mut rng),
+                    img,
+                    "{op:?}"
+                );
             }
             // …and these are not identities at magnitude 0 in timm either
-            assert_ne!(apply_op(PosterizeIncreasing, &img, 0.0, BILINEAR, &mut rng), img); // keeps 4 bits
+            assert_ne!(
+                apply_op(PosterizeIncreasing, &img, 0.0, BILINEAR, &mut rng),
+                img
+            ); // keeps 4 bits
             assert_ne!(apply_op(Invert, &img, 0.0, BILINEAR, &mut rng), img);
             assert_ne!(apply_op(Solarize, &img, 0.0, BILINEAR, &mut rng), img); // threshold 0
         }
@@ -446,6 +459,9 @@ mod tests {
         assert!(changed >= 15, "{changed}");
         // p0 never applies anything
         let off = RandAugment::parse("rand-m9-p0").unwrap();
-        assert_eq!(off.apply(&img, BILINEAR, &mut ChaCha8Rng::seed_from_u64(5)), img);
+        assert_eq!(
+            off.apply(&img, BILINEAR, &mut ChaCha8Rng::seed_from_u64(5)),
+            img
+        );
     }
 }
