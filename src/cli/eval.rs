@@ -27,8 +27,10 @@ pub struct EvalArgs {
     /// Model name, for reference checkpoints that carry no configuration.
     #[arg(long)]
     pub model: Option<String>,
+    /// fashion-mnist, mnist, cifar10, cifar100 (binary or python version), folder or food101.
     #[arg(long, default_value = "fashion-mnist")]
     pub dataset: DatasetKind,
+    /// Data directory (default: as for `imixer train`).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Evaluate the training split instead of the held-out one.
@@ -211,4 +213,53 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+
+    fn net(img_size: usize) -> MixerNet {
+        let cfg = ModelConfig {
+            img_size,
+            patch_size: img_size / 2,
+            embed_dim: 8,
+            depth: 1,
+            num_classes: 3,
+            ..ModelConfig::default()
+        };
+        MixerNet::new(&cfg, 0, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn unconfigured_checkpoints_get_timm_eval_interpolation_and_flags_override() {
+        let small = eval_transform(&net(32), None, None, None);
+        assert_eq!(
+            (small.crop_pct, small.interpolation),
+            (1.0, Interpolation::Bilinear)
+        );
+        let big = eval_transform(&net(64), None, None, None);
+        assert_eq!(
+            (big.crop_pct, big.interpolation),
+            (0.875, Interpolation::Bicubic)
+        );
+        let forced = eval_transform(&net(64), None, Some(1.0), Some(Interpolation::Bilinear));
+        assert_eq!(
+            (forced.crop_pct, forced.interpolation),
+            (1.0, Interpolation::Bilinear)
+        );
+        // A run's stored transform wins over the size-based default, the flag over both.
+        let saved = EvalTransform {
+            interpolation: Interpolation::Bilinear,
+            ..EvalTransform::spec(224, 3)
+        };
+        let t = eval_transform(&net(64), Some(saved.clone()), None, None);
+        assert_eq!(
+            (t.image_size, t.interpolation),
+            (64, Interpolation::Bilinear)
+        );
+        let t = eval_transform(&net(64), Some(saved), None, Some(Interpolation::Bicubic));
+        assert_eq!(t.interpolation, Interpolation::Bicubic);
+    }
 }

@@ -20,13 +20,15 @@ pub struct TrainArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Registered model name (see `imixer models`); default per data set (paramixer_n4_28 for
-    /// Fashion-MNIST/MNIST, imixer_s4_32 for CIFAR, imixer_s16_224 for folders).
+    /// Fashion-MNIST/MNIST, imixer_s4_32 for CIFAR, imixer_s16_224 for folders and Food-101).
     #[arg(long)]
     pub model: Option<String>,
-    /// fashion-mnist (default), mnist, cifar10, cifar100 or folder.
+    /// fashion-mnist (default), mnist, cifar10, cifar100 (binary or python version, detected
+    /// from the files), folder or food101 (its own images/ + meta/ layout).
     #[arg(long)]
     pub dataset: Option<DatasetKind>,
-    /// Data directory (default: /usr/share/datasets/fashion-mnist for Fashion-MNIST).
+    /// Data directory (default: /usr/share/datasets/fashion-mnist for Fashion-MNIST, data/ for
+    /// CIFAR and Food-101, which may hold the extracted folder, data/images for folders).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// TOML file with any training-config field (flags override it).

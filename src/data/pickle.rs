@@ -228,7 +228,7 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn new(&mut self, obj: Object) -> Result<Id> {
+    fn alloc(&mut self, obj: Object) -> Result<Id> {
         self.spend(1)?;
         self.objects.push(obj);
         Ok(self.objects.len() - 1)
@@ -243,7 +243,7 @@ impl<'a> Parser<'a> {
     }
 
     fn push_new(&mut self, obj: Object) -> Result<()> {
-        let id = self.new(obj)?;
+        let id = self.alloc(obj)?;
         self.push(id)
     }
 
@@ -310,7 +310,7 @@ impl<'a> Parser<'a> {
     }
 
     fn extend_dict(&mut self, items: Vec<Id>) -> Result<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return fail("SETITEMS with a key but no value");
         }
         let dict = self.top()?;
@@ -479,8 +479,8 @@ impl<'a> Parser<'a> {
             GLOBAL => {
                 let module = self.line()?;
                 let name = self.line()?;
-                let module = self.new(Object::Text(module))?;
-                let name = self.new(Object::Text(name))?;
+                let module = self.alloc(Object::Text(module))?;
+                let name = self.alloc(Object::Text(name))?;
                 self.push_new(Object::Global { module, name })?
             }
             STACK_GLOBAL => {

@@ -93,6 +93,9 @@ pub const RAND_INCREASING_TRANSFORMS: [AugOp; 15] = [
     TranslateYRel,
 ];
 
+/// A geometric op of `ops`: image, signed argument, fill, filter.
+type Warp = fn(&RawImage, f64, &[u8], Interpolation) -> RawImage;
+
 /// timm `_randomly_negate`: `-v if random.random() > 0.5 else v`.
 fn randomly_negate<R: Rng + ?Sized>(v: f64, rng: &mut R) -> f64 {
     if rng.gen::<f64>() > 0.5 {
@@ -146,8 +149,7 @@ pub fn apply_op<R: Rng + ?Sized>(
             f_op(img, f)
         }
         ShearX | ShearY | TranslateXRel | TranslateYRel => {
-            let (max, warp): (f64, fn(&RawImage, f64, &[u8], Interpolation) -> RawImage) = match op
-            {
+            let (max, warp): (f64, Warp) = match op {
                 ShearX => (0.3, shear_x),
                 ShearY => (0.3, shear_y),
                 TranslateXRel => (TRANSLATE_PCT, translate_x_rel),
