@@ -754,6 +754,38 @@ fn every_data_format_trains() {
     );
     assert_eq!(classes.len(), 100);
 
+    // CIFAR-10 python version (torchvision's download), pointed at the parent folder: the
+    // format is detected from the files; no batches.meta, so the standard names.
+    let c10py = root.join("c10py");
+    write_cifar10_python(&c10py, 8, 10);
+    let classes = train_one_epoch(
+        DatasetKind::Cifar10,
+        &c10py,
+        &root.join("out-c10py"),
+        rgb.clone(),
+    );
+    assert_eq!(classes[0], "airplane");
+
+    // CIFAR-100 python version, pointed at the directory itself.
+    let c100py = write_cifar100_python(&root.join("c100py"), 48, 12);
+    let classes = train_one_epoch(
+        DatasetKind::Cifar100,
+        &c100py,
+        &root.join("out-c100py"),
+        rgb.clone(),
+    );
+    assert_eq!(classes.len(), 100);
+
+    // Food-101's own layout (images/ + meta/ lists), JPEGs of assorted sizes.
+    let food = write_food101(&root.join("food"), &["apple_pie", "ramen", "waffles"], 6, 2);
+    let classes = train_one_epoch(
+        DatasetKind::Food101,
+        food.parent().unwrap(),
+        &root.join("out-food"),
+        rgb.clone(),
+    );
+    assert_eq!(classes, ["apple_pie", "ramen", "waffles"]);
+
     // Image folder, PNG and JPEG of assorted sizes (resized/cropped to 32×32).
     let f = root.join("folder");
     write_image_folder(&f, &["cat", "dog", "fish"], 6, 2);

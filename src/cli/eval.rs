@@ -8,7 +8,7 @@ use candle_core::Device;
 use clap::Args;
 
 use super::output::outln;
-use crate::data::{self, DatasetKind, EvalTransform, Loader, LoaderConfig};
+use crate::data::{self, DatasetKind, EvalTransform, Interpolation, Loader, LoaderConfig};
 use crate::train::eval::evaluate;
 use crate::train::state;
 use crate::MixerNet;
@@ -27,8 +27,10 @@ pub struct EvalArgs {
     /// Model name, for reference checkpoints that carry no configuration.
     #[arg(long)]
     pub model: Option<String>,
+    /// fashion-mnist, mnist, cifar10, cifar100 (binary or python version), folder or food101.
     #[arg(long, default_value = "fashion-mnist")]
     pub dataset: DatasetKind,
+    /// Data directory (default: as for `imixer train`).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Evaluate the training split instead of the held-out one.
@@ -37,6 +39,10 @@ pub struct EvalArgs {
     /// Centre-crop fraction (default: the run's setting, else 1 for ≤ 32 px and 0.875 above).
     #[arg(long)]
     pub crop_pct: Option<f64>,
+    /// Filter of the resize before the centre crop: bilinear or bicubic (default: the run's
+    /// setting, else bilinear for ≤ 32 px and bicubic above, as timm evaluates these models).
+    #[arg(long, value_name = "bilinear|bicubic")]
+    pub interpolation: Option<Interpolation>,
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
     /// Where to write the confusion-matrix PNG (default: next to the checkpoint).
@@ -94,21 +100,33 @@ pub fn load_for_inference(
     Ok((net, classes, eval_tf))
 }
 
-/// The eval transform for a model: the run's (resized to the model), else a sensible default.
+/// The eval transform for a model: the run's (resized to the model), else a sensible default
+/// (native-size models: no resize margin, bilinear; larger ones: the papers' crop_pct 0.875 and
+/// bicubic). The flags override either.
 pub fn eval_transform(
     net: &MixerNet,
     saved: Option<EvalTransform>,
     crop_pct: Option<f64>,
+    interpolation: Option<Interpolation>,
 ) -> EvalTransform {
     let (size, chans) = (net.config.img_size, net.config.in_chans);
+    let native = size <= 32;
     let mut t = saved.unwrap_or_else(|| EvalTransform {
-        crop_pct: if size <= 32 { 1.0 } else { 0.875 },
+        crop_pct: if native { 1.0 } else { 0.875 },
+        interpolation: if native {
+            Interpolation::Bilinear
+        } else {
+            Interpolation::Bicubic
+        },
         ..EvalTransform::spec(size, chans)
     });
     t.image_size = size;
     t.in_chans = chans;
     if let Some(c) = crop_pct {
         t.crop_pct = c;
+    }
+    if let Some(i) = interpolation {
+        t.interpolation = i;
     }
     t
 }
@@ -145,7 +163,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         },
         dir.display()
     );
-    let tf = eval_transform(&net, saved_tf, a.crop_pct);
+    let tf = eval_transform(&net, saved_tf, a.crop_pct, a.interpolation);
     let loader = Loader::new(Arc::new(split), tf, LoaderConfig::eval(a.batch_size))?;
     let shards = crate::train::Shards::for_device(a.shards, a.threads, net.device())?;
     let report = evaluate(&net, &shards, &loader, classes.len())?;
@@ -195,4 +213,53 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+
+    fn net(img_size: usize) -> MixerNet {
+        let cfg = ModelConfig {
+            img_size,
+            patch_size: img_size / 2,
+            embed_dim: 8,
+            depth: 1,
+            num_classes: 3,
+            ..ModelConfig::default()
+        };
+        MixerNet::new(&cfg, 0, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn unconfigured_checkpoints_get_timm_eval_interpolation_and_flags_override() {
+        let small = eval_transform(&net(32), None, None, None);
+        assert_eq!(
+            (small.crop_pct, small.interpolation),
+            (1.0, Interpolation::Bilinear)
+        );
+        let big = eval_transform(&net(64), None, None, None);
+        assert_eq!(
+            (big.crop_pct, big.interpolation),
+            (0.875, Interpolation::Bicubic)
+        );
+        let forced = eval_transform(&net(64), None, Some(1.0), Some(Interpolation::Bilinear));
+        assert_eq!(
+            (forced.crop_pct, forced.interpolation),
+            (1.0, Interpolation::Bilinear)
+        );
+        // A run's stored transform wins over the size-based default, the flag over both.
+        let saved = EvalTransform {
+            interpolation: Interpolation::Bilinear,
+            ..EvalTransform::spec(224, 3)
+        };
+        let t = eval_transform(&net(64), Some(saved.clone()), None, None);
+        assert_eq!(
+            (t.image_size, t.interpolation),
+            (64, Interpolation::Bilinear)
+        );
+        let t = eval_transform(&net(64), Some(saved), None, Some(Interpolation::Bicubic));
+        assert_eq!(t.interpolation, Interpolation::Bicubic);
+    }
 }

@@ -87,7 +87,7 @@ fn batch(
         let split = ds.val.subset(args.images, 0);
         let loader = Loader::new(
             Arc::new(split),
-            eval_transform(net, saved_tf, None),
+            eval_transform(net, saved_tf, None, None),
             LoaderConfig::eval(args.images),
         )?;
         let b = loader.batch(0, 0)?;

@@ -28,6 +28,10 @@ pub struct PredictArgs {
     /// Class names, comma-separated (when the checkpoint has none).
     #[arg(long)]
     pub classes: Option<String>,
+    /// Filter of the resize before the centre crop: bilinear or bicubic (default: the run's
+    /// setting, else bilinear for ≤ 32 px models and bicubic above).
+    #[arg(long, value_name = "bilinear|bicubic")]
+    pub interpolation: Option<crate::data::Interpolation>,
     /// How many classes to print per image.
     #[arg(long, default_value_t = 5)]
     pub top: usize,
@@ -57,7 +61,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
             classes.len()
         );
     }
-    let tf = eval_transform(&net, saved_tf, None);
+    let tf = eval_transform(&net, saved_tf, None, a.interpolation);
     for path in &a.images {
         let img =
             image::open(path).with_context(|| format!("cannot decode image {}", path.display()))?;

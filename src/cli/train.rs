@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::output::outln;
 use crate::data::transforms::SpatialAug;
+use crate::data::{DatasetKind, Interpolation, TrainInterpolation};
 use crate::train::config::SchedUnit;
 use crate::train::trainer::Interrupted;
 use crate::train::{train, RunOptions, TrainConfig};
@@ -19,13 +20,15 @@ pub struct TrainArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Registered model name (see `imixer models`); default per data set (paramixer_n4_28 for
-    /// Fashion-MNIST/MNIST, imixer_s4_32 for CIFAR, imixer_s16_224 for folders).
+    /// Fashion-MNIST/MNIST, imixer_s4_32 for CIFAR, imixer_s16_224 for folders and Food-101).
     #[arg(long)]
     pub model: Option<String>,
-    /// fashion-mnist (default), mnist, cifar10, cifar100 or folder.
+    /// fashion-mnist (default), mnist, cifar10, cifar100 (binary or python version, detected
+    /// from the files), folder or food101 (its own images/ + meta/ layout).
     #[arg(long)]
-    pub dataset: Option<crate::data::DatasetKind>,
-    /// Data directory (default: /usr/share/datasets/fashion-mnist for Fashion-MNIST).
+    pub dataset: Option<DatasetKind>,
+    /// Data directory (default: /usr/share/datasets/fashion-mnist for Fashion-MNIST, data/ for
+    /// CIFAR and Food-101, which may hold the extracted folder, data/images for folders).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// TOML file with any training-config field (flags override it).
@@ -108,6 +111,11 @@ pub struct TrainArgs {
     /// Random-erasing probability (pixel mode).
     #[arg(long)]
     pub reprob: Option<f64>,
+    /// Filter of the training resize and of RandAugment's rotate/shear/translate: bilinear,
+    /// bicubic, or random (timm: a uniform draw between the two at every use). Default: random
+    /// for image folders and Food-101, bilinear for the native-size 28/32-px data sets.
+    #[arg(long, value_name = "bilinear|bicubic|random")]
+    pub train_interpolation: Option<TrainInterpolation>,
     /// Mixup alpha (0 disables).
     #[arg(long)]
     pub mixup: Option<f64>,
@@ -126,6 +134,10 @@ pub struct TrainArgs {
     /// Evaluation centre-crop fraction (timm crop_pct; 1 = no resize margin).
     #[arg(long)]
     pub crop_pct: Option<f64>,
+    /// Filter of the evaluation resize: bilinear or bicubic. Default: bicubic for image folders
+    /// and Food-101 (timm's eval of these models), bilinear for the native-size data sets.
+    #[arg(long, value_name = "bilinear|bicubic")]
+    pub interpolation: Option<Interpolation>,
     /// Train on a random subset of this many images.
     #[arg(long)]
     pub train_subset: Option<usize>,
@@ -266,6 +278,12 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     if let Some(v) = a.crop_pct {
         c.eval_transform.crop_pct = v;
     }
+    if let Some(v) = a.train_interpolation {
+        c.train_transform.interpolation = v;
+    }
+    if let Some(v) = a.interpolation {
+        c.eval_transform.interpolation = v;
+    }
     Ok(c)
 }
 
@@ -361,6 +379,38 @@ mod tests {
     }
 
     #[test]
+    fn interpolation_defaults_per_data_set_and_flags() {
+        let folder = resolved(&["--dataset", "folder"]);
+        assert_eq!(
+            folder.train_transform.interpolation,
+            TrainInterpolation::Random
+        );
+        assert_eq!(folder.eval_transform.interpolation, Interpolation::Bicubic);
+        let fmnist = resolved(&[]);
+        assert_eq!(
+            fmnist.train_transform.interpolation,
+            TrainInterpolation::Bilinear
+        );
+        assert_eq!(fmnist.eval_transform.interpolation, Interpolation::Bilinear);
+        let c = resolved(&[
+            "--dataset",
+            "folder",
+            "--train-interpolation",
+            "bicubic",
+            "--interpolation",
+            "bilinear",
+        ]);
+        assert_eq!(c.train_transform.interpolation, TrainInterpolation::Bicubic);
+        assert_eq!(c.eval_transform.interpolation, Interpolation::Bilinear);
+        let cli = Cli::try_parse_from(["imixer-train", "--interpolation", "random"]);
+        let e = cli
+            .err()
+            .expect("random is a train-only choice")
+            .to_string();
+        assert!(e.contains("random") && e.contains("bicubic"), "{e}");
+    }
+
+    #[test]
     fn flags_override_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("run.toml");
@@ -369,7 +419,7 @@ mod tests {
         let c = resolved(&["--config", file]);
         assert_eq!((c.epochs, c.train_transform.hflip), (3, 0.25));
         // Fields the file leaves out keep the data set's defaults.
-        let defaults = TrainConfig::defaults_for(crate::data::DatasetKind::FashionMnist);
+        let defaults = TrainConfig::defaults_for(DatasetKind::FashionMnist);
         assert_eq!(c.train_transform.spatial, defaults.train_transform.spatial);
         let c = resolved(&["--config", file, "--epochs", "5", "--hflip", "0"]);
         assert_eq!((c.epochs, c.train_transform.hflip), (5, 0.0));
