@@ -122,6 +122,7 @@ fn forged_checkpoints_are_clean_errors_in_every_command() {
         &run_ckpt,
         &model,
         None,
+        None,
         &RunState::start(),
         &toml::to_string(&train_cfg).unwrap(),
         &classes,

@@ -11,6 +11,7 @@ use super::output::outln;
 use crate::data::transforms::SpatialAug;
 use crate::data::DatasetKind;
 use crate::train::config::SchedUnit;
+use crate::train::lr_scale::LrScale;
 use crate::train::trainer::Interrupted;
 use crate::train::{train, RunOptions, TrainConfig};
 
@@ -50,11 +51,25 @@ pub struct TrainArgs {
     /// Linear warm-up length in epochs.
     #[arg(long)]
     pub warmup_epochs: Option<f64>,
+    /// Images per batch (per micro-batch with --grad-accum); an lr not given is rescaled to it.
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Peak learning rate.
-    #[arg(long)]
+    /// Peak learning rate, used as given (default: derived from the data set's --lr-base at the
+    /// run's global batch).
+    #[arg(long, conflicts_with_all = ["lr_base", "lr_base_size", "lr_base_scale"])]
     pub lr: Option<f64>,
+    /// Base learning rate at a global batch of --lr-base-size (timm): lr = lr_base · ratio,
+    /// ratio = batch·grad_accum / lr_base_size, or its square root with --lr-base-scale sqrt.
+    /// Default per data set: 5e-3 at 64 (Fashion-MNIST/MNIST), 1e-3 at 128 (CIFAR), 5e-4 at 512
+    /// linear (image folders, paper 2). Any --lr-base* flag replaces an lr of --config.
+    #[arg(long)]
+    pub lr_base: Option<f64>,
+    /// The global batch at which --lr-base holds.
+    #[arg(long)]
+    pub lr_base_size: Option<usize>,
+    /// linear or sqrt (default: timm's rule, sqrt for AdamW; linear for image folders).
+    #[arg(long)]
+    pub lr_base_scale: Option<LrScale>,
     /// Final learning rate of the cosine.
     #[arg(long)]
     pub min_lr: Option<f64>,
@@ -148,6 +163,20 @@ pub struct TrainArgs {
     /// accumulation; weights, optimizer state, LayerNorm, loss and spectral norms stay f32).
     #[arg(long)]
     pub precision: Option<crate::kernels::Precision>,
+    /// Fine-tune: start from this checkpoint's weights (an imixer run's, or a reference
+    /// state_dict file) with a fresh optimizer and schedule. The head is re-initialised when its
+    /// class count differs from the data set's; without --model (or a model in --config) the
+    /// checkpoint's own model configuration is used.
+    #[arg(long)]
+    pub initial_checkpoint: Option<PathBuf>,
+    /// Keep an exponential moving average of the weights (timm ModelEmaV2), updated every
+    /// optimizer step, evaluated every epoch (val_*_ema in metrics.jsonl), saved in the
+    /// checkpoints as ema.* tensors; best.safetensors is then picked by the EMA's top-1.
+    #[arg(long)]
+    pub model_ema: bool,
+    /// EMA decay per optimizer step (default 0.9998, timm's).
+    #[arg(long)]
+    pub model_ema_decay: Option<f64>,
     /// Print the final metrics as one JSON object on stdout (no progress bars).
     #[arg(long)]
     pub json: bool,
@@ -187,6 +216,11 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         (None, None) => DatasetKind::FashionMnist,
     };
     let mut c = TrainConfig::defaults_for(dataset);
+    // Whether anything chose the model: else a fine-tune takes the checkpoint's.
+    let model_chosen = a.model.is_some()
+        || file
+            .as_ref()
+            .is_some_and(|t| t.contains_key("model") || t.contains_key("model_config"));
     if let Some(table) = file {
         let mut base = toml::Table::try_from(&c)?;
         for (k, v) in table {
@@ -211,7 +245,6 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         cooldown_epochs,
         warmup_epochs,
         batch_size,
-        lr,
         min_lr,
         warmup_lr,
         weight_decay,
@@ -224,7 +257,28 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         shards,
         precision
     );
-    set_opt!(data_dir, save_every_steps, train_subset, val_subset);
+    set_opt!(
+        data_dir,
+        save_every_steps,
+        train_subset,
+        val_subset,
+        initial_checkpoint
+    );
+    // The lr is resolved from the final batch (`TrainConfig::peak_lr`): a given --lr is used as
+    // is, and any --lr-base* flag means "derive it", over an lr of the config file.
+    if a.lr.is_some() {
+        c.lr = a.lr;
+    }
+    if a.lr_base.is_some() || a.lr_base_size.is_some() || a.lr_base_scale.is_some() {
+        c.lr = None;
+    }
+    set!(lr_base, lr_base_size, model_ema_decay);
+    if a.lr_base_scale.is_some() {
+        c.lr_base_scale = a.lr_base_scale;
+    }
+    if a.model_ema {
+        c.model_ema = true;
+    }
     if let Some(m) = &a.model {
         c.model = m.clone();
         c.model_config = None;
@@ -280,6 +334,22 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(v) = a.crop_pct {
         c.eval_transform.crop_pct = v;
+    }
+    if let (Some(path), false) = (&c.initial_checkpoint, model_chosen) {
+        if let Some(m) = crate::train::finetune::stored_model_config(path)? {
+            eprintln!(
+                "fine-tuning the model stored in {} ({}, {}×{}×{} images, patch {}, D {}, depth {})",
+                path.display(),
+                m.family,
+                m.img_size,
+                m.img_size,
+                m.in_chans,
+                m.patch_size,
+                m.embed_dim,
+                m.depth
+            );
+            c.model_config = Some(m);
+        }
     }
     Ok(c)
 }
