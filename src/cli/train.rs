@@ -475,6 +475,67 @@ mod tests {
     }
 
     #[test]
+    fn the_lr_is_resolved_after_every_flag() {
+        // The image-folder default follows --batch-size (paper 2: 5e-4 · batch / 512).
+        let folder = resolved(&["--dataset", "folder"]);
+        assert_eq!((folder.lr, folder.peak_lr()), (None, 1.25e-4));
+        let c = resolved(&["--dataset", "folder", "--batch-size", "256"]);
+        assert_eq!(c.peak_lr(), 2.5e-4);
+        let c = resolved(&["--dataset", "folder", "--batch-size", "64", "--grad-accum", "8"]);
+        assert_eq!(c.peak_lr(), 5e-4);
+        // An explicit --lr wins over any batch.
+        let c = resolved(&["--dataset", "folder", "--batch-size", "256", "--lr", "1e-3"]);
+        assert_eq!(c.peak_lr(), 1e-3);
+        // The timm flags.
+        let c = resolved(&["--lr-base", "0.1", "--lr-base-size", "256", "--batch-size", "1024"]);
+        assert_eq!((c.lr_scale(), c.peak_lr()), (LrScale::Sqrt, 0.2));
+        let args = ["--lr-base-scale", "linear", "--lr-base", "0.1", "--lr-base-size", "256"];
+        let c = resolved(&[&args[..], &["--batch-size", "1024"]].concat());
+        assert_eq!(c.peak_lr(), 0.4);
+        // --lr and --lr-base* contradict each other.
+        let both = ["imixer-train", "--lr", "1e-3", "--lr-base", "0.1"];
+        assert!(Cli::try_parse_from(both).is_err());
+        // An lr in the config file wins over the default rule; a --lr-base* flag over the file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("run.toml");
+        std::fs::write(&file, "lr = 0.003\n").unwrap();
+        let file = file.to_str().unwrap();
+        let c = resolved(&["--config", file, "--batch-size", "256"]);
+        assert_eq!(c.peak_lr(), 0.003);
+        let c = resolved(&["--config", file, "--lr-base-size", "128"]);
+        assert_eq!((c.lr, c.peak_lr()), (None, 5e-3 * 0.5f64.powf(0.5)));
+    }
+
+    #[test]
+    fn ema_and_fine_tuning_flags_reach_the_config() {
+        let c = resolved(&["--model-ema", "--model-ema-decay", "0.99"]);
+        assert!(c.model_ema);
+        assert_eq!(c.model_ema_decay, 0.99);
+        let c = resolved(&[]);
+        assert!(!c.model_ema && c.initial_checkpoint.is_none());
+        // Fine-tuning without --model takes the checkpoint's model configuration.
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = dir.path().join("src.safetensors");
+        let mut cfg = crate::registry::lookup("mixer_n4_28").unwrap();
+        cfg.num_classes = 7;
+        crate::MixerNet::new(&cfg, 0, &candle_core::Device::Cpu)
+            .unwrap()
+            .save(&ckpt)
+            .unwrap();
+        let path = ckpt.to_str().unwrap();
+        let c = resolved(&["--initial-checkpoint", path]);
+        assert_eq!(c.initial_checkpoint.as_deref(), Some(ckpt.as_path()));
+        assert_eq!(c.model_config, Some(cfg));
+        // A chosen model stays.
+        let c = resolved(&["--initial-checkpoint", path, "--model", "imixer_n4_28"]);
+        assert_eq!((c.model.as_str(), c.model_config), ("imixer_n4_28", None));
+        let cli = Cli::try_parse_from(["t", "--initial-checkpoint", "/nonexistent/x.safetensors"])
+            .unwrap();
+        let err = format!("{:#}", resolve(&cli.train).unwrap_err());
+        assert!(err.contains("/nonexistent/x.safetensors"), "{err}");
+    }
+
+    #[test]
     fn typos_inside_nested_tables_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("run.toml");

@@ -252,9 +252,9 @@ impl TrainConfig {
     /// How the peak lr came about, for the run's log.
     pub fn lr_origin(&self) -> String {
         match self.lr {
-            Some(lr) => format!("lr {lr:e} (given)"),
+            Some(lr) => format!("lr {lr:.4e} (given)"),
             None => format!(
-                "lr {:e} from lr_base {:e} at batch {} scaled to the global batch {} ({})",
+                "lr {:.4e} from lr_base {:e} at batch {} scaled to the global batch {} ({})",
                 self.peak_lr(),
                 self.lr_base,
                 self.lr_base_size,

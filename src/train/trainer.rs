@@ -968,6 +968,28 @@ mod tests {
         assert!(config_differences(&now, &now).is_empty());
     }
 
+    #[test]
+    fn a_run_saved_with_its_lr_given_resumes_under_the_derived_default() {
+        // A folder run saved before lr_base existed: the lr computed from the default batch.
+        let now = TrainConfig::defaults_for(crate::data::DatasetKind::Folder);
+        let mut table = toml::Table::try_from(&now).unwrap();
+        for k in ["lr_base", "lr_base_size", "lr_base_scale", "model_ema", "model_ema_decay"] {
+            table.remove(k);
+        }
+        table.insert("lr".into(), toml::Value::Float(5e-4 * 128.0 / 512.0));
+        let saved: TrainConfig = toml::from_str(&table.to_string()).unwrap();
+        assert_ne!(saved, now);
+        assert!(config_differences(&comparable(&saved), &comparable(&now)).is_empty());
+        // Another batch is another lr, and both differences are named.
+        let bigger = TrainConfig {
+            batch_size: 256,
+            ..now
+        };
+        let diff = config_differences(&comparable(&saved), &comparable(&bigger));
+        assert_eq!(diff.len(), 2, "{diff:?}");
+        assert!(diff[0].starts_with("batch_size") && diff[1].starts_with("lr:"), "{diff:?}");
+    }
+
     fn in_dir(out: &Path) -> TrainConfig {
         TrainConfig {
             out: out.to_path_buf(),
