@@ -459,6 +459,9 @@ fn eval_prints_its_results_even_when_the_confusion_png_cannot_be_written() {
             "eval",
             "--checkpoint",
             &s(&ckpt),
+            // A bare model names no data set.
+            "--dataset",
+            "fashion-mnist",
             "--data-dir",
             &s(&data),
             "--confusion-png",
