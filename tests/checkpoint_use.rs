@@ -25,7 +25,12 @@ fn s(p: &Path) -> String {
 }
 
 /// One short epoch of a tiny model on `data` (format `kind`) into `out`.
-fn one_epoch(kind: DatasetKind, data: &Path, out: &Path, model: imixer::ModelConfig) -> TrainConfig {
+fn one_epoch(
+    kind: DatasetKind,
+    data: &Path,
+    out: &Path,
+    model: imixer::ModelConfig,
+) -> TrainConfig {
     let cfg = TrainConfig {
         model_config: Some(model),
         dataset: kind,
@@ -85,7 +90,14 @@ fn eval_and_inspect_trust_the_checkpoint_and_refuse_data_that_does_not_fit() {
 
     // No --dataset, no --data-dir: the run's CIFAR-10 from the run's directory.
     let o = run_bin(
-        &["eval", "--checkpoint", &best, "--json", "--confusion-png", &png],
+        &[
+            "eval",
+            "--checkpoint",
+            &best,
+            "--json",
+            "--confusion-png",
+            &png,
+        ],
         LIMIT,
     )
     .ok("eval with the checkpoint's data set");
@@ -114,10 +126,21 @@ fn eval_and_inspect_trust_the_checkpoint_and_refuse_data_that_does_not_fit() {
         run_bin(&args, LIMIT)
     };
     let o = eval_on("fashion-mnist", &idx, &[]).failed("CIFAR-10 model on Fashion-MNIST");
-    for needle in [&best, "32×32×3", "fashion-mnist", "1-channel", "copied into RGB", "--adapt-images"] {
+    for needle in [
+        &best,
+        "32×32×3",
+        "fashion-mnist",
+        "1-channel",
+        "copied into RGB",
+        "--adapt-images",
+    ] {
         assert!(o.stderr.contains(needle), "no {needle:?} in: {}", o.stderr);
     }
-    assert!(o.stdout.trim().is_empty(), "no result on failure: {}", o.stdout);
+    assert!(
+        o.stdout.trim().is_empty(),
+        "no result on failure: {}",
+        o.stdout
+    );
     // Converting the images knowingly still meets the classes: other names, same count.
     let o = eval_on("mnist", &idx, &["--adapt-images"]).failed("CIFAR-10 model on MNIST");
     for needle in ["\"thing0\"", "\"0\"", "classes"] {
@@ -238,7 +261,11 @@ fn fine_tuning_keeps_the_weights_and_resets_the_head_for_new_classes() {
         let got = values(&tuned, &e.name);
         if e.name.starts_with("head.") {
             assert_eq!(e.var.dims()[0], 3, "{}", e.name);
-            assert!(got.iter().all(|v| *v == 0), "{} is not fresh (+0.0)", e.name);
+            assert!(
+                got.iter().all(|v| *v == 0),
+                "{} is not fresh (+0.0)",
+                e.name
+            );
             heads += 1;
         } else {
             assert_eq!(got, values(&src, &e.name), "{} not carried over", e.name);
@@ -284,7 +311,10 @@ fn fine_tuning_keeps_the_weights_and_resets_the_head_for_new_classes() {
     let saved: TrainConfig =
         toml::from_str(&fs::read_to_string(out2.join("config.toml")).unwrap()).unwrap();
     let model = saved.model_config.expect("the checkpoint's model recorded");
-    assert_eq!((model.img_size, model.patch_size, model.embed_dim), (28, 7, 32));
+    assert_eq!(
+        (model.img_size, model.patch_size, model.embed_dim),
+        (28, 7, 32)
+    );
 
     // Another token count: a clear error before any run directory exists.
     let out3 = root.join("ft-tokens");
@@ -298,10 +328,19 @@ fn fine_tuning_keeps_the_weights_and_resets_the_head_for_new_classes() {
     )
     .unwrap_err()
     .to_string();
-    for needle in ["16 tokens", "49 tokens", "img_size 28 / patch 7", "best.safetensors"] {
+    for needle in [
+        "16 tokens",
+        "49 tokens",
+        "img_size 28 / patch 7",
+        "best.safetensors",
+    ] {
         assert!(err.contains(needle), "no {needle:?} in: {err}");
     }
-    assert!(!out3.exists(), "a refused fine-tune left {}", out3.display());
+    assert!(
+        !out3.exists(),
+        "a refused fine-tune left {}",
+        out3.display()
+    );
     // A missing checkpoint is named.
     let err = train(
         &TrainConfig {

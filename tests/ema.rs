@@ -86,8 +86,15 @@ fn the_ema_is_evaluated_saved_and_resumed_bit_identically() {
             averaged += 1;
         }
     }
-    assert!(copied >= 4 && averaged >= 5, "{copied} copied, {averaged} averaged");
-    let ema_count = f.tensors.keys().filter(|k| k.starts_with(EMA_PREFIX)).count();
+    assert!(
+        copied >= 4 && averaged >= 5,
+        "{copied} copied, {averaged} averaged"
+    );
+    let ema_count = f
+        .tensors
+        .keys()
+        .filter(|k| k.starts_with(EMA_PREFIX))
+        .count();
     assert_eq!(ema_count, model_names.len());
 
     // metrics.jsonl carries the EMA's numbers; best is picked by the EMA's top-1.
@@ -114,20 +121,28 @@ fn the_ema_is_evaluated_saved_and_resumed_bit_identically() {
     MixerNet::load(&best, None, &Device::Cpu).unwrap();
     let fb = read(&best, &Device::Cpu).unwrap();
     assert!(fb.tensors.contains_key("ema.stem.proj.weight"));
-    assert!(fb.tensors.keys().all(|k| !k.starts_with(TRAIN_STATE_PREFIX)));
+    assert!(fb
+        .tensors
+        .keys()
+        .all(|k| !k.starts_with(TRAIN_STATE_PREFIX)));
 
     // The EMA only watches: the raw training is bit for bit that of a run without it.
     let summary_plain = train(&cfg(&data, &plain, false), &RunOptions::default()).unwrap();
     let (diff, model, _) = tensor_differences(&last_a, &plain.join("last.safetensors"));
     let ema_only: Vec<&String> = diff.iter().filter(|d| !d.starts_with(EMA_PREFIX)).collect();
-    assert!(ema_only.is_empty(), "raw training changed by the EMA: {ema_only:?}");
+    assert!(
+        ema_only.is_empty(),
+        "raw training changed by the EMA: {ema_only:?}"
+    );
     assert!(model > 0);
     assert_eq!(summary_plain.final_val_top1, summary_a.final_val_top1);
     assert!(metrics(&plain)[0].get("val_top1_ema").is_none());
 
     // Interrupted at step 3 (epoch 0) and step 3 + 8 = 11 (epoch 1), then finished.
     let cfg_b = cfg(&data, &b, true);
-    let err = train(&cfg_b, &stop_after(3, false)).unwrap_err().to_string();
+    let err = train(&cfg_b, &stop_after(3, false))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("stopped after 3 steps"), "{err}");
     let err = train(&cfg_b, &stop_after(8, true)).unwrap_err().to_string();
     assert!(err.contains("stopped after 8 steps"), "{err}");
@@ -153,6 +168,8 @@ fn the_ema_is_evaluated_saved_and_resumed_bit_identically() {
     }
 
     // A run cannot switch its EMA on or off when resumed.
-    let err = train(&cfg(&data, &b, false), &resumed).unwrap_err().to_string();
+    let err = train(&cfg(&data, &b, false), &resumed)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("model_ema"), "{err}");
 }

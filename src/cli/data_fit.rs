@@ -47,9 +47,12 @@ pub fn choose(
     let trained_on_it = trained.is_some_and(|t| t.dataset == kind);
     let dir = match (flag_dir, trained) {
         (Some(d), _) => d.to_path_buf(),
-        (None, Some(TrainedOn {
-            data_dir: Some(d), ..
-        })) if trained_on_it => d.clone(),
+        (
+            None,
+            Some(TrainedOn {
+                data_dir: Some(d), ..
+            }),
+        ) if trained_on_it => d.clone(),
         _ => data::default_data_dir(kind),
     };
     Ok(DataChoice {
@@ -143,7 +146,12 @@ mod tests {
         Split::new(Samples::Files(Vec::new()), Vec::new()).unwrap()
     }
 
-    fn dataset(kind: DatasetKind, channels: usize, size: Option<usize>, classes: &[&str]) -> Dataset {
+    fn dataset(
+        kind: DatasetKind,
+        channels: usize,
+        size: Option<usize>,
+        classes: &[&str],
+    ) -> Dataset {
         Dataset {
             kind,
             train: empty(),
@@ -182,7 +190,10 @@ mod tests {
         assert_eq!(c.dir, data::default_data_dir(DatasetKind::Mnist));
         assert!(!c.trained_on_it);
         let c = choose(None, Some(Path::new("other")), Some(&run), ckpt).unwrap();
-        assert_eq!((c.dir.as_path(), c.trained_on_it), (Path::new("other"), true));
+        assert_eq!(
+            (c.dir.as_path(), c.trained_on_it),
+            (Path::new("other"), true)
+        );
         let err = choose(None, None, None, ckpt).unwrap_err().to_string();
         assert!(err.contains(CKPT) && err.contains("--dataset"), "{err}");
     }
@@ -201,14 +212,24 @@ mod tests {
         let err = check_images(&cifar_model, &fmnist, &choice, false, ckpt)
             .unwrap_err()
             .to_string();
-        for needle in [CKPT, "32×32×3", "fashion-mnist", "1-channel", "copied into RGB", "--adapt-images"] {
+        for needle in [
+            CKPT,
+            "32×32×3",
+            "fashion-mnist",
+            "1-channel",
+            "copied into RGB",
+            "--adapt-images",
+        ] {
             assert!(err.contains(needle), "no {needle:?} in: {err}");
         }
         // Same channels, other size.
         let err = check_images(&model(32, 1, 10), &fmnist, &choice, false, ckpt)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("28×28 images") && err.contains("resized to 32×32"), "{err}");
+        assert!(
+            err.contains("28×28 images") && err.contains("resized to 32×32"),
+            "{err}"
+        );
         // The run's own data set, --adapt-images, or a fitting one pass.
         let own = DataChoice {
             trained_on_it: true,
@@ -222,12 +243,18 @@ mod tests {
         let err = check_classes(&model(28, 1, 100), None, &fmnist, &choice, ckpt)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("100 classes") && err.contains("has 10"), "{err}");
+        assert!(
+            err.contains("100 classes") && err.contains("has 10"),
+            "{err}"
+        );
         let digits: Vec<String> = (0..10).map(|i| i.to_string()).collect();
         let err = check_classes(&model(28, 1, 10), Some(&digits), &fmnist, &choice, ckpt)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("\"0\"") && err.contains("\"T-shirt/top\""), "{err}");
+        assert!(
+            err.contains("\"0\"") && err.contains("\"T-shirt/top\""),
+            "{err}"
+        );
         let names = fmnist.classes.clone();
         check_classes(&model(28, 1, 10), Some(&names), &fmnist, &choice, ckpt).unwrap();
         check_classes(&model(28, 1, 10), None, &fmnist, &choice, ckpt).unwrap();

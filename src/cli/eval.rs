@@ -7,8 +7,8 @@ use anyhow::Result;
 use candle_core::Device;
 use clap::Args;
 
-use super::output::outln;
 use super::data_fit::{self, TrainedOn};
+use super::output::outln;
 use crate::data::{self, DatasetKind, EvalTransform, Loader, LoaderConfig};
 use crate::train::eval::evaluate;
 use crate::train::state;

@@ -414,8 +414,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if a.json {
         outln!("{}", serde_json::to_string(&summary)?)?;
     } else {
+        // With --model-ema the EMA's top-1 picks best (as in timm).
+        let (ema, best) = match summary.final_val_top1_ema {
+            Some(t) => (format!(", EMA top-1 {t:.4}"), "best EMA"),
+            None => (String::new(), "best"),
+        };
         eprintln!(
-            "done: {} ({} params) val top-1 {:.4} top-5 {:.4} (best {:.4} at epoch {:?}) in {:.0} s; run in {}",
+            "done: {} ({} params) val top-1 {:.4} top-5 {:.4}{ema} ({best} {:.4} at epoch {:?}) in {:.0} s; run in {}",
             summary.model,
             summary.params,
             summary.final_val_top1,
@@ -481,15 +486,36 @@ mod tests {
         assert_eq!((folder.lr, folder.peak_lr()), (None, 1.25e-4));
         let c = resolved(&["--dataset", "folder", "--batch-size", "256"]);
         assert_eq!(c.peak_lr(), 2.5e-4);
-        let c = resolved(&["--dataset", "folder", "--batch-size", "64", "--grad-accum", "8"]);
+        let c = resolved(&[
+            "--dataset",
+            "folder",
+            "--batch-size",
+            "64",
+            "--grad-accum",
+            "8",
+        ]);
         assert_eq!(c.peak_lr(), 5e-4);
         // An explicit --lr wins over any batch.
         let c = resolved(&["--dataset", "folder", "--batch-size", "256", "--lr", "1e-3"]);
         assert_eq!(c.peak_lr(), 1e-3);
         // The timm flags.
-        let c = resolved(&["--lr-base", "0.1", "--lr-base-size", "256", "--batch-size", "1024"]);
+        let c = resolved(&[
+            "--lr-base",
+            "0.1",
+            "--lr-base-size",
+            "256",
+            "--batch-size",
+            "1024",
+        ]);
         assert_eq!((c.lr_scale(), c.peak_lr()), (LrScale::Sqrt, 0.2));
-        let args = ["--lr-base-scale", "linear", "--lr-base", "0.1", "--lr-base-size", "256"];
+        let args = [
+            "--lr-base-scale",
+            "linear",
+            "--lr-base",
+            "0.1",
+            "--lr-base-size",
+            "256",
+        ];
         let c = resolved(&[&args[..], &["--batch-size", "1024"]].concat());
         assert_eq!(c.peak_lr(), 0.4);
         // --lr and --lr-base* contradict each other.

@@ -42,7 +42,13 @@ impl ModelEma {
     /// One update after an optimizer step of `model`.
     pub fn update(&self, model: &MixerNet) -> Result<()> {
         let (keep, take) = (self.decay, 1.0 - self.decay);
-        for (e, m) in self.model.params.entries().iter().zip(model.params.entries()) {
+        for (e, m) in self
+            .model
+            .params
+            .entries()
+            .iter()
+            .zip(model.params.entries())
+        {
             debug_assert_eq!(e.name, m.name);
             let now = m.var.as_tensor();
             let next = match e.kind {
@@ -126,7 +132,11 @@ mod tests {
                     Kind::Param => 0.75 * s + 0.5,
                     Kind::Buffer => 2.0,
                 };
-                assert!((g - want).abs() <= 1e-6 * want.abs().max(1.0), "{}: {g} vs {want}", e.name);
+                assert!(
+                    (g - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "{}: {g} vs {want}",
+                    e.name
+                );
             }
         }
         // A second step toward 2: the gap to 2 shrinks by the decay again.
@@ -142,13 +152,27 @@ mod tests {
         assert_eq!(tensors.len(), model.params.entries().len());
         let other = ModelEma::new(&model, 0.75).unwrap();
         other.restore(&tensors, Path::new("x.safetensors")).unwrap();
-        for (a, b) in other.model.params.entries().iter().zip(ema.model.params.entries()) {
-            assert_eq!(values(a.var.as_tensor()), values(b.var.as_tensor()), "{}", a.name);
+        for (a, b) in other
+            .model
+            .params
+            .entries()
+            .iter()
+            .zip(ema.model.params.entries())
+        {
+            assert_eq!(
+                values(a.var.as_tensor()),
+                values(b.var.as_tensor()),
+                "{}",
+                a.name
+            );
         }
         let err = other
             .restore(&HashMap::new(), Path::new("x.safetensors"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("x.safetensors") && err.contains("--model-ema"), "{err}");
+        assert!(
+            err.contains("x.safetensors") && err.contains("--model-ema"),
+            "{err}"
+        );
     }
 }

@@ -27,6 +27,25 @@ pub struct Loaded {
     pub head_reset_from: Option<usize>,
 }
 
+impl Loaded {
+    /// What the run tells its user about the start from `path` (for `num_classes` classes).
+    pub fn describe(&self, path: &Path, num_classes: usize) -> String {
+        let head = match self.head_reset_from {
+            None => String::new(),
+            Some(0) => format!(
+                "; it has no classifier head: the head is initialised afresh for {num_classes} classes"
+            ),
+            Some(k) => format!(
+                "; its head has {k} classes, the data set {num_classes}: the head is re-initialised"
+            ),
+        };
+        format!(
+            "fine-tuning from {} (weights only: fresh optimizer and schedule){head}",
+            path.display()
+        )
+    }
+}
+
 /// The model configuration stored in an imixer checkpoint (None for a reference file).
 pub fn stored_model_config(path: &Path) -> Result<Option<ModelConfig>> {
     let bytes = std::fs::read(path)
@@ -76,8 +95,10 @@ pub fn load_initial_weights(model: &MixerNet, path: &Path) -> Result<Loaded> {
             );
         }
     }
-    let shapes: HashMap<&str, &[usize]> =
-        weights.iter().map(|(k, t)| (k.as_str(), t.dims())).collect();
+    let shapes: HashMap<&str, &[usize]> = weights
+        .iter()
+        .map(|(k, t)| (k.as_str(), t.dims()))
+        .collect();
     if let Some(file_tokens) = token_count(stored.as_ref(), &shapes, model) {
         if file_tokens != cfg.num_tokens() {
             let theirs = match &stored {
@@ -211,7 +232,10 @@ mod tests {
             assert_eq!(loaded.head_reset_from, Some(10));
             for n in HEAD {
                 assert_eq!(values(&new, n), values(&fresh, n), "{n}");
-                assert!(values(&new, n).iter().all(|v| *v == 0.0), "timm zero-inits {n}");
+                assert!(
+                    values(&new, n).iter().all(|v| *v == 0.0),
+                    "timm zero-inits {n}"
+                );
             }
             assert_eq!(
                 values(&new, "stem.proj.weight"),
@@ -236,14 +260,26 @@ mod tests {
         let target = model(Family::Mixer, 28, 4, 10, 2);
         let before = values(&target, "stem.proj.weight");
         let err = load_initial_weights(&target, &p).unwrap_err().to_string();
-        for needle in ["16 tokens", "49 tokens", "img_size 28 / patch 7", "src.safetensors"] {
+        for needle in [
+            "16 tokens",
+            "49 tokens",
+            "img_size 28 / patch 7",
+            "src.safetensors",
+        ] {
             assert!(err.contains(needle), "no {needle:?} in: {err}");
         }
-        assert_eq!(values(&target, "stem.proj.weight"), before, "model unchanged");
+        assert_eq!(
+            values(&target, "stem.proj.weight"),
+            before,
+            "model unchanged"
+        );
         // Without a stored configuration the count is read off the token-MLP shapes.
         checkpoint::write(&p, &src.state_dict(), &HashMap::new()).unwrap();
         let err = load_initial_weights(&target, &p).unwrap_err().to_string();
-        assert!(err.contains("16 tokens") && err.contains("49 tokens"), "{err}");
+        assert!(
+            err.contains("16 tokens") && err.contains("49 tokens"),
+            "{err}"
+        );
         src.save(&p).unwrap();
         let err = load_initial_weights(&model(Family::ParaMixer, 28, 7, 10, 2), &p)
             .unwrap_err()

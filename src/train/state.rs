@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, CONFIG_KEY, TRAIN_STATE_PREFIX};
 use super::ema::ModelEma;
+use crate::checkpoint::{self, CONFIG_KEY, TRAIN_STATE_PREFIX};
 use crate::optim::AdamW;
 use crate::MixerNet;
 

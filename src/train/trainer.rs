@@ -148,21 +148,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
     // A resumed run takes every weight from `last`; the initial checkpoint only seeds a fresh one.
     if let (Some(path), false) = (&cfg.initial_checkpoint, opts.resume) {
         let loaded = finetune::load_initial_weights(&model, path)?;
-        let head = match loaded.head_reset_from {
-            None => String::new(),
-            Some(0) => format!(
-                "; it has no classifier head: the head is initialised afresh for {} classes",
-                mcfg.num_classes
-            ),
-            Some(k) => format!(
-                "; its head has {k} classes, the data set {}: the head is re-initialised",
-                mcfg.num_classes
-            ),
-        };
-        eprintln!(
-            "fine-tuning from {} (weights only: fresh optimizer and schedule){head}",
-            path.display()
-        );
+        eprintln!("{}", loaded.describe(path, mcfg.num_classes));
     }
     if cfg.lr.is_none() {
         eprintln!("{}", cfg.lr_origin());
@@ -198,9 +184,10 @@ fn run(
     )?;
     // The EMA starts at the run's initial weights (timm builds it after loading them); a resume
     // overwrites it with the saved average.
-    let ema = match cfg.model_ema {
-        true => Some(ModelEma::new(&model, cfg.model_ema_decay)?),
-        false => None,
+    let ema = if cfg.model_ema {
+        Some(ModelEma::new(&model, cfg.model_ema_decay)?)
+    } else {
+        None
     };
     let st = if opts.resume {
         let st = state::restore(&dir.last, &model, &mut opt, ema.as_ref(), &device)?;
@@ -457,9 +444,10 @@ fn comparable(c: &TrainConfig) -> TrainConfig {
         lr_base: defaults.lr_base,
         lr_base_size: defaults.lr_base_size,
         lr_base_scale: defaults.lr_base_scale,
-        model_ema_decay: match c.model_ema {
-            true => c.model_ema_decay,
-            false => defaults.model_ema_decay,
+        model_ema_decay: if c.model_ema {
+            c.model_ema_decay
+        } else {
+            defaults.model_ema_decay
         },
         ..c.clone()
     }
@@ -973,7 +961,13 @@ mod tests {
         // A folder run saved before lr_base existed: the lr computed from the default batch.
         let now = TrainConfig::defaults_for(crate::data::DatasetKind::Folder);
         let mut table = toml::Table::try_from(&now).unwrap();
-        for k in ["lr_base", "lr_base_size", "lr_base_scale", "model_ema", "model_ema_decay"] {
+        for k in [
+            "lr_base",
+            "lr_base_size",
+            "lr_base_scale",
+            "model_ema",
+            "model_ema_decay",
+        ] {
             table.remove(k);
         }
         table.insert("lr".into(), toml::Value::Float(5e-4 * 128.0 / 512.0));
@@ -987,7 +981,10 @@ mod tests {
         };
         let diff = config_differences(&comparable(&saved), &comparable(&bigger));
         assert_eq!(diff.len(), 2, "{diff:?}");
-        assert!(diff[0].starts_with("batch_size") && diff[1].starts_with("lr:"), "{diff:?}");
+        assert!(
+            diff[0].starts_with("batch_size") && diff[1].starts_with("lr:"),
+            "{diff:?}"
+        );
     }
 
     fn in_dir(out: &Path) -> TrainConfig {
