@@ -22,6 +22,16 @@ pub const CONFIG_KEY: &str = "imixer.model_config";
 /// Prefix of the non-model tensors a training checkpoint carries (optimizer moments).
 pub const TRAIN_STATE_PREFIX: &str = "optimizer.";
 
+/// Prefix of the model-EMA weights a checkpoint of a `--model-ema` run carries, each under
+/// `ema.` + its reference name (`ema.stem.proj.weight`); the plain names stay the raw weights,
+/// so the file still loads as a model.
+pub const EMA_PREFIX: &str = "ema.";
+
+/// Whether a tensor of a checkpoint belongs to the model (not optimizer moments or EMA weights).
+pub fn is_model_tensor(name: &str) -> bool {
+    !name.starts_with(TRAIN_STATE_PREFIX) && !name.starts_with(EMA_PREFIX)
+}
+
 /// Tensors and string metadata of one safetensors file.
 pub struct TensorFile {
     pub tensors: HashMap<String, Tensor>,
@@ -220,7 +230,7 @@ impl MixerNet {
         let shapes: HashMap<String, Vec<usize>> = header
             .tensors()
             .into_iter()
-            .filter(|(k, _)| !k.starts_with(TRAIN_STATE_PREFIX))
+            .filter(|(k, _)| is_model_tensor(k))
             .map(|(k, info)| (k, info.shape.clone()))
             .collect();
         check_header_shapes(&config, &shapes).map_err(|e| {
@@ -235,7 +245,7 @@ impl MixerNet {
         let model = MixerNet::new(&config, 0, device)?;
         let weights: HashMap<String, Tensor> = tensors
             .into_iter()
-            .filter(|(k, _)| !k.starts_with(TRAIN_STATE_PREFIX))
+            .filter(|(k, _)| is_model_tensor(k))
             .collect();
         model
             .load_state(&weights, false)

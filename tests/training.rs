@@ -113,7 +113,7 @@ fn learns_fashion_mnist_subset() {
         batch_size: 32,
         // The tiny Mixer learns slowly at the default 2e-3 with a whole warm-up epoch (0.55 after
         // these 375 steps); 1e-2 with a short warm-up reaches ≈ 0.74.
-        lr: 1e-2,
+        lr: Some(1e-2),
         warmup_epochs: 0.3,
         sched_on: SchedUnit::Step,
         train_subset: Some(4000),
@@ -215,7 +215,7 @@ fn paramixer_cfg(out: &Path) -> TrainConfig {
         train_subset: Some(320),
         val_subset: Some(100),
         drop_path: 0.1,
-        lr: 2e-3,
+        lr: Some(2e-3),
         mixup: MixupConfig {
             prob: 1.0,
             ..MixupConfig::spec(10)
@@ -322,7 +322,7 @@ fn resume_is_bit_identical() {
         "{err}"
     );
     let changed = TrainConfig {
-        lr: 1e-3,
+        lr: Some(1e-3),
         ..cfg_b.clone()
     };
     let err = train(&changed, &resume()).unwrap_err().to_string();
@@ -550,7 +550,7 @@ fn nan_loss_is_an_error_and_keeps_the_checkpoint() {
     );
     // The kept checkpoint still resumes (with a sane learning rate).
     let cfg3 = TrainConfig {
-        lr: 2e-3,
+        lr: Some(2e-3),
         ..cfg2.clone()
     };
     fs::write(
@@ -583,7 +583,7 @@ fn continue_with_absurd_lr(first: &Path, second: &Path, subset: usize) -> (Train
     let cfg2 = TrainConfig {
         out: second.to_path_buf(),
         epochs: 3,
-        lr: 1e30,
+        lr: Some(1e30),
         warmup_epochs: 0.0,
         ..cfg
     };
@@ -803,7 +803,7 @@ fn cli_eval_predict_and_errors() {
     let run = dir.path().join("run");
     let cfg = TrainConfig {
         epochs: 2,
-        lr: 1e-2,
+        lr: Some(1e-2),
         warmup_epochs: 0.2,
         train_subset: Some(2000),
         val_subset: Some(1000),

@@ -7,6 +7,7 @@ use anyhow::Result;
 use candle_core::Device;
 use clap::Args;
 
+use super::data_fit::{self, TrainedOn};
 use super::output::outln;
 use crate::data::{self, DatasetKind, EvalTransform, Interpolation, Loader, LoaderConfig};
 use crate::train::eval::evaluate;
@@ -27,12 +28,18 @@ pub struct EvalArgs {
     /// Model name, for reference checkpoints that carry no configuration.
     #[arg(long)]
     pub model: Option<String>,
+    /// Data set to evaluate on (default: the one the run trained on, from the checkpoint):
     /// fashion-mnist, mnist, cifar10, cifar100 (binary or python version), folder or food101.
-    #[arg(long, default_value = "fashion-mnist")]
-    pub dataset: DatasetKind,
-    /// Data directory (default: as for `imixer train`).
+    #[arg(long)]
+    pub dataset: Option<DatasetKind>,
+    /// Data directory (default: the run's, for the run's data set; else the standard location).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Evaluate on a data set whose images differ from the model's input (other channels or
+    /// image size): convert them (grey copied into RGB, RGB averaged to grey, resized) instead
+    /// of refusing.
+    #[arg(long)]
+    pub adapt_images: bool,
     /// Evaluate the training split instead of the held-out one.
     #[arg(long)]
     pub train_split: bool,
@@ -60,12 +67,21 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-/// Loads a checkpoint with its class names and the run's eval transform (when stored).
+/// A checkpoint loaded for inference, with what its run saved about how to use it.
+pub struct ForInference {
+    pub net: MixerNet,
+    pub classes: Option<Vec<String>>,
+    pub eval_transform: Option<EvalTransform>,
+    /// The data set the run trained on (from its saved training config).
+    pub trained_on: Option<TrainedOn>,
+}
+
+/// Loads a checkpoint with its class names, the run's eval transform and data set (when stored).
 pub fn load_for_inference(
     path: &std::path::Path,
     model: Option<&str>,
     dev: &Device,
-) -> Result<(MixerNet, Option<Vec<String>>, Option<EvalTransform>)> {
+) -> Result<ForInference> {
     let cfg = match model {
         Some(name) => Some(crate::registry::lookup(name).map_err(anyhow::Error::msg)?),
         None => None,
@@ -81,10 +97,24 @@ pub fn load_for_inference(
             net.config.num_classes
         );
     }
-    let eval_tf = metadata
-        .get(state::TRAIN_CONFIG_KEY)
-        .and_then(|t| toml::from_str::<crate::train::TrainConfig>(t).ok())
-        .map(|c| c.eval_transform);
+    let run = match metadata.get(state::TRAIN_CONFIG_KEY) {
+        None => None,
+        Some(t) => match toml::from_str::<crate::train::TrainConfig>(t) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!(
+                    "warning: {}: the stored training config is unreadable ({e}); its data set and eval transform are not used",
+                    path.display()
+                );
+                None
+            }
+        },
+    };
+    let trained_on = run.as_ref().map(|c| TrainedOn {
+        dataset: c.dataset,
+        data_dir: c.data_dir.clone(),
+    });
+    let eval_tf = run.map(|c| c.eval_transform);
     if let Some(t) = &eval_tf {
         // The stored transform is checked at the model's size, as it will be used.
         let mut t = t.clone();
@@ -97,7 +127,12 @@ pub fn load_for_inference(
             )
         })?;
     }
-    Ok((net, classes, eval_tf))
+    Ok(ForInference {
+        net,
+        classes,
+        eval_transform: eval_tf,
+        trained_on,
+    })
 }
 
 /// The eval transform for a model: the run's (resized to the model), else a sensible default
@@ -134,24 +169,24 @@ pub fn eval_transform(
 pub fn run(a: EvalArgs) -> Result<()> {
     crate::kernels::set_precision(a.precision);
     super::set_threads(a.threads);
-    let (net, saved_classes, saved_tf) = load_for_inference(
+    let loaded = load_for_inference(
         &a.checkpoint,
         a.model.as_deref(),
         &crate::device::open(&a.device)?,
     )?;
-    let dir = a
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| data::default_data_dir(a.dataset));
-    let ds = data::load_dataset(a.dataset, &dir)?;
-    let classes = saved_classes.unwrap_or_else(|| ds.classes.clone());
-    if classes.len() != net.config.num_classes {
-        anyhow::bail!(
-            "the model has {} classes but the data set has {}",
-            net.config.num_classes,
-            classes.len()
-        );
-    }
+    let net = &loaded.net;
+    let choice = data_fit::choose(
+        a.dataset,
+        a.data_dir.as_deref(),
+        loaded.trained_on.as_ref(),
+        &a.checkpoint,
+    )?;
+    let dir = choice.dir.clone();
+    let ds = data::load_dataset(choice.kind, &dir)?;
+    data_fit::check_images(&net.config, &ds, &choice, a.adapt_images, &a.checkpoint)?;
+    let stored = loaded.classes.as_deref();
+    data_fit::check_classes(&net.config, stored, &ds, &choice, &a.checkpoint)?;
+    let classes = ds.classes.clone();
     let split = if a.train_split { ds.train } else { ds.val };
     anyhow::ensure!(
         !split.is_empty(),
@@ -163,10 +198,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
         },
         dir.display()
     );
-    let tf = eval_transform(&net, saved_tf, a.crop_pct, a.interpolation);
+    let tf = eval_transform(
+        net,
+        loaded.eval_transform.clone(),
+        a.crop_pct,
+        a.interpolation,
+    );
     let loader = Loader::new(Arc::new(split), tf, LoaderConfig::eval(a.batch_size))?;
     let shards = crate::train::Shards::for_device(a.shards, a.threads, net.device())?;
-    let report = evaluate(&net, &shards, &loader, classes.len())?;
+    let report = evaluate(net, &shards, &loader, classes.len())?;
     let png = a.confusion_png.clone().unwrap_or_else(|| {
         a.checkpoint.with_file_name(format!(
             "{}.confusion.png",
@@ -191,6 +231,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["classes"] = serde_json::to_value(&classes)?;
+        v["dataset"] = serde_json::Value::String(choice.kind.name().to_string());
+        v["data_dir"] = serde_json::Value::String(dir.display().to_string());
         v["confusion_png"] = if drawn {
             serde_json::Value::String(png.display().to_string())
         } else {
@@ -199,7 +241,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
         outln!("{v}")?;
     } else {
         outln!(
-            "images {}  loss {:.4}  top-1 {:.4}  top-5 {:.4}",
+            "{} ({})  images {}  loss {:.4}  top-1 {:.4}  top-5 {:.4}",
+            choice.kind,
+            dir.display(),
             report.images,
             report.loss,
             report.top1,

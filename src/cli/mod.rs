@@ -1,6 +1,7 @@
 //! The command-line interface: one subcommand per task, one file per subcommand.
 
 mod bench;
+mod data_fit;
 mod dynamics;
 mod energy_demo;
 mod eval;
