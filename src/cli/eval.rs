@@ -7,6 +7,7 @@ use anyhow::Result;
 use candle_core::Device;
 use clap::Args;
 
+use super::model_args::{report, ModelArgs};
 use super::output::outln;
 use crate::data::{self, DatasetKind, EvalTransform, Loader, LoaderConfig};
 use crate::train::eval::evaluate;
@@ -21,12 +22,12 @@ pub struct EvalArgs {
     /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Checkpoint (last.safetensors / best.safetensors of a run, or a reference file with --model).
+    /// Checkpoint: last.safetensors / best.safetensors of a run, a timm safetensors file, or a
+    /// PyTorch .pth / .pth.tar / .bin (zip or legacy torch.save format).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Model name, for reference checkpoints that carry no configuration.
-    #[arg(long)]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     #[arg(long, default_value = "fashion-mnist")]
     pub dataset: DatasetKind,
     #[arg(long)]
@@ -54,17 +55,16 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-/// Loads a checkpoint with its class names and the run's eval transform (when stored).
+/// Loads a checkpoint (any format, [`crate::checkpoint::load_model`]) with its class names and
+/// the run's eval transform (when stored), telling the user on stderr how the file was read.
 pub fn load_for_inference(
     path: &std::path::Path,
-    model: Option<&str>,
+    model: &ModelArgs,
     dev: &Device,
 ) -> Result<(MixerNet, Option<Vec<String>>, Option<EvalTransform>)> {
-    let cfg = match model {
-        Some(name) => Some(crate::registry::lookup(name).map_err(anyhow::Error::msg)?),
-        None => None,
-    };
-    let (net, metadata) = MixerNet::load_with_metadata(path, cfg.as_ref(), dev)?;
+    let loaded = crate::checkpoint::load_model(path, &model.spec()?, dev)?;
+    report(&loaded);
+    let (net, metadata) = (loaded.net, loaded.metadata);
     let classes = state::classes(&metadata);
     if let Some(c) = &classes {
         anyhow::ensure!(
@@ -118,7 +118,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     super::set_threads(a.threads);
     let (net, saved_classes, saved_tf) = load_for_inference(
         &a.checkpoint,
-        a.model.as_deref(),
+        &a.model,
         &crate::device::open(&a.device)?,
     )?;
     let dir = a

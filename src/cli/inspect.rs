@@ -10,6 +10,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::eval::{eval_transform, load_for_inference};
+use super::model_args::ModelArgs;
 use super::output::outln;
 use crate::analysis::fixed_point::{compare_solvers, trace, FixedPointTrace, SolverComparison};
 use crate::analysis::spectral::{sn_report, SnReport, GELU_MAX_SLOPE};
@@ -26,12 +27,11 @@ pub struct InspectArgs {
     /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Checkpoint to analyse.
+    /// Checkpoint to analyse (any format `imixer eval` reads).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Model name, for reference checkpoints that carry no configuration.
-    #[arg(long)]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Data set whose held-out images feed the fixed-point analysis (default: fashion-mnist when
     /// the model takes 28×28×1 images, else random inputs).
     #[arg(long)]
@@ -111,7 +111,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     super::set_threads(0);
     let (net, _, saved_tf) = load_for_inference(
         &a.checkpoint,
-        a.model.as_deref(),
+        &a.model,
         &crate::device::open(&a.device)?,
     )?;
     let (images, source) = batch(&a, &net, saved_tf)?;
