@@ -39,7 +39,7 @@ impl ModelSpec {
     pub fn named(name: &str) -> Result<Self> {
         let cfg = crate::registry::lookup(name).map_err(anyhow::Error::msg)?;
         Ok(Self {
-            config: Some((format!("model {name}"), cfg)),
+            config: Some((format!("the registered model {name}"), cfg)),
             ..Self::default()
         })
     }
@@ -162,7 +162,7 @@ pub fn resolve(ckpt: &Checkpoint, spec: &ModelSpec) -> Result<Resolved> {
             format!(" with {}", overridden.join(" "))
         };
         bail!(
-            "{path} does not match the {} model of {source}{with} ({} problems):\n  {}",
+            "{path} does not match the {} model from {source}{with} ({} problems):\n  {}",
             cfg.family,
             problems.len(),
             problems.join("\n  ")

@@ -65,6 +65,7 @@ pub fn read(p: &Pickle) -> Result<Contents> {
         c.ema = Some(state_dict(p, v, k)?);
     }
     let used: HashSet<&str> = model.iter().chain(&ema).map(|(k, _)| *k).collect();
+    let (mut values, mut skipped) = (Vec::new(), Vec::new());
     for &(k, v) in p.dict(root).unwrap_or(&[]) {
         let Some(key) = p.str(k) else { continue };
         if used.contains(key) {
@@ -80,12 +81,18 @@ pub fn read(p: &Pickle) -> Result<Contents> {
             }
         }
         let what = describe(p, v);
-        c.notes.push(match p.node(v) {
-            Node::Dict(_) | Node::List(_) | Node::Tuple(_) | Node::Object { .. } => {
-                format!("{key}: {what}, skipped")
+        match p.node(v) {
+            Node::Dict(_) | Node::List(_) | Node::Tuple(_) | Node::Set(_) | Node::Object { .. } => {
+                skipped.push(format!("{key} ({what})"))
             }
-            _ => format!("{key} = {what}"),
-        });
+            _ => values.push(format!("{key} = {what}")),
+        }
+    }
+    if !values.is_empty() {
+        c.notes.push(format!("also in the file: {}", values.join(", ")));
+    }
+    if !skipped.is_empty() {
+        c.notes.push(format!("skipped: {}", skipped.join(", ")));
     }
     Ok(c)
 }
@@ -145,7 +152,7 @@ fn read_args(p: &Pickle, id: Id, hints: &mut Hints, key: &str) -> String {
     let attrs = match p.node(id) {
         Node::Object { state: Some(s), .. } if p.dict(*s).is_some() => *s,
         Node::Dict(_) => id,
-        _ => return format!("{key}: {}, skipped (not plain data)", describe(p, id)),
+        _ => return format!("skipped {key} ({}): not plain data", describe(p, id)),
     };
     let get = |name: &str| p.get(attrs, name);
     let int = |name: &str| get(name).and_then(|v| p.int(v)).and_then(|v| usize::try_from(v).ok());
@@ -196,10 +203,10 @@ fn read_args(p: &Pickle, id: Id, hints: &mut Hints, key: &str) -> String {
     }
     let what = describe(p, id);
     if read.is_empty() {
-        format!("{key}: {what}, skipped (no model settings in it)")
+        format!("skipped {key} ({what}): no model settings in it")
     } else {
         format!(
-            "{key}: {what}, not unpickled; read as plain data: {}",
+            "{key} ({what}) is not unpickled, only read as data: {}",
             read.join(", ")
         )
     }
@@ -222,7 +229,7 @@ pub fn describe(p: &Pickle, id: Id) -> String {
         Node::Dict(v) => format!("a dict of {} entries", v.len()),
         Node::Global { module, name } => format!("the class {module}.{name}"),
         Node::Object { .. } => match p.class_name(id) {
-            Some(c) => format!("a {c} object"),
+            Some(c) => format!("an object of class {c}"),
             None => "an object".into(),
         },
         Node::PersistentId(_) => "a storage reference".into(),

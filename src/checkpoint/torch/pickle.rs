@@ -322,7 +322,7 @@ impl Machine {
         match &mut self.nodes[target as usize] {
             Node::Dict(d) => d.extend(pairs),
             Node::Object { items, .. } => items.extend(pairs),
-            other => bail!("SETITEM on a {} value", kind(other)),
+            other => bail!("SETITEM needs a dict, found a value of type {}", kind(other)),
         }
         Ok(())
     }
@@ -333,7 +333,7 @@ impl Machine {
         match &mut self.nodes[target as usize] {
             Node::List(l) | Node::Set(l) => l.extend(values),
             Node::Object { list, .. } => list.extend(values),
-            other => bail!("APPEND on a {} value", kind(other)),
+            other => bail!("APPEND needs a list, found a value of type {}", kind(other)),
         }
         Ok(())
     }
@@ -740,7 +740,8 @@ mod tests {
             (b"\x80\x09N.", "protocol 9"),
             (b"\x80\x02.", "without a value"),
             (b"\x80\x02NNu.", "no mark"),
-            (b"\x80\x02K\x01K\x02s.", "SETITEM on a int"),
+            (b"\x80\x02K\x01K\x02s.", "no value on the stack"),
+            (b"\x80\x02K\x00K\x01K\x02s.", "needs a dict, found a value of type int"),
             (&too_many[..], "more than"),
         ] {
             let err = format!("{:#}", parse(bytes).unwrap_err());
