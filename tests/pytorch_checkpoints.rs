@@ -374,3 +374,42 @@ fn hostile_archives_are_clear_errors() {
         assert!(err.contains(says) && err.contains(name), "{name}: {says:?} not in {err}");
     }
 }
+
+/// The official code's own state_dicts (the golden files, written by the authors' PyTorch
+/// models): the settings read off their shapes are the sidecars' and every tensor fits.
+#[test]
+fn settings_are_read_off_the_official_state_dicts() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    for family in Family::ALL {
+        let sidecar: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(golden.join(format!("{family}.json"))).unwrap(),
+        )
+        .unwrap();
+        let names: BTreeSet<String> = ["param_names", "buffer_names"]
+            .iter()
+            .flat_map(|k| sidecar[k].as_array().unwrap().iter())
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        let file = imixer::checkpoint::read(&golden.join(format!("{family}.safetensors")), &Device::Cpu)
+            .unwrap();
+        let shapes: BTreeMap<String, Vec<usize>> = names
+            .iter()
+            .map(|n| (n.clone(), file.tensors[n].dims().to_vec()))
+            .collect();
+        let hint = matches!(family, Family::ParaMixer | Family::AsymMixer).then_some(family);
+        let cfg = imixer::checkpoint::infer::infer(&shapes, hint).unwrap();
+        let c = &sidecar["config"];
+        let n = |k: &str| c[k].as_u64().unwrap() as usize;
+        assert_eq!(cfg.family, family);
+        assert_eq!(
+            (cfg.img_size, cfg.in_chans, cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.num_classes),
+            (n("img_size"), n("in_chans"), n("patch_size"), n("embed_dim"), n("num_blocks"), n("num_classes")),
+            "{family}"
+        );
+        assert_eq!((cfg.tokens_dim(), cfg.channels_dim()), (n("tokens_dim"), n("channels_dim")));
+        if family == Family::IMixer {
+            assert_eq!(cfg.imixer.hidden_ratio, sidecar["model_args"]["hidden_ratio"].as_f64().unwrap());
+        }
+        assert!(imixer::checkpoint::shapes::mismatches(&cfg, &shapes).is_empty(), "{family}");
+    }
+}
