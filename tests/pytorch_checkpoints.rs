@@ -62,13 +62,29 @@ fn reference_names(cfg: &ModelConfig) -> BTreeSet<String> {
 fn check_values(path: &Path, weights: Weights, family: Family, dtype: DType) -> Checkpoint {
     let ckpt = Checkpoint::open(path, weights).unwrap();
     let names: BTreeSet<String> = ckpt.shapes.keys().cloned().collect();
-    assert_eq!(names, reference_names(&fixture_config(family)), "{}", path.display());
+    assert_eq!(
+        names,
+        reference_names(&fixture_config(family)),
+        "{}",
+        path.display()
+    );
     let notes = ckpt.notes.clone();
     let reopened = Checkpoint::open(path, weights).unwrap();
     for (name, t) in reopened.decode(&Device::Cpu).unwrap() {
         assert_eq!(t.dtype(), dtype, "{name}");
-        let v = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(v, pattern(&name, v.len(), weights == Weights::Ema), "{name} of {}", path.display());
+        let v = t
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(
+            v,
+            pattern(&name, v.len(), weights == Weights::Ema),
+            "{name} of {}",
+            path.display()
+        );
     }
     assert!(!notes.is_empty());
     ckpt
@@ -101,7 +117,11 @@ fn the_official_training_checkpoint_reads_in_both_formats() {
         // The settings: shapes for the sizes and h_ratio, the training args for n_iter.
         let loaded = load_model(&path, &ModelSpec::default(), &Device::Cpu).unwrap();
         assert_eq!(loaded.net.config, fixture_config(Family::IMixer));
-        assert!(loaded.resolved.warnings.is_empty(), "{:?}", loaded.resolved.warnings);
+        assert!(
+            loaded.resolved.warnings.is_empty(),
+            "{:?}",
+            loaded.resolved.warnings
+        );
         // A flag beats the file's args.
         let spec = ModelSpec {
             n_iter: Some(2),
@@ -118,8 +138,16 @@ fn bare_state_dicts_half_precision_and_strided_views_read() {
     let ckpt = check_values(&para, Weights::Model, Family::ParaMixer, DType::F16);
     assert_eq!(ckpt.format, Format::TorchZip);
     // ParaMixer and AsymMixer have the same tensors: the family must be given.
-    let err = format!("{:#}", load_model(&para, &ModelSpec::default(), &Device::Cpu).err().unwrap());
-    assert!(err.contains("--family") && err.contains("paramixer_fp16.bin"), "{err}");
+    let err = format!(
+        "{:#}",
+        load_model(&para, &ModelSpec::default(), &Device::Cpu)
+            .err()
+            .unwrap()
+    );
+    assert!(
+        err.contains("--family") && err.contains("paramixer_fp16.bin"),
+        "{err}"
+    );
     let spec = ModelSpec {
         family: Some(Family::ParaMixer),
         ..ModelSpec::default()
@@ -127,7 +155,11 @@ fn bare_state_dicts_half_precision_and_strided_views_read() {
     let loaded = load_model(&para, &spec, &Device::Cpu).unwrap();
     assert_eq!(loaded.net.config, fixture_config(Family::ParaMixer));
     // Nothing tells the block repeats of a bare state_dict: assumed, and said so.
-    assert!(loaded.resolved.warnings.iter().any(|w| w.contains("n_iter")));
+    assert!(loaded
+        .resolved
+        .warnings
+        .iter()
+        .any(|w| w.contains("n_iter")));
     assert!(matches!(
         Checkpoint::open(&para, Weights::Ema),
         Err(e) if format!("{e:#}").contains("no EMA weights")
@@ -147,7 +179,10 @@ fn registry_settings_are_overridden_and_misfits_listed() {
     let path = fixture("imixer_train.pth.tar");
     let mut spec = ModelSpec::named("imixer_s16_224").unwrap();
     spec.num_classes = Some(100);
-    let err = format!("{:#}", load_model(&path, &spec, &Device::Cpu).err().unwrap());
+    let err = format!(
+        "{:#}",
+        load_model(&path, &spec, &Device::Cpu).err().unwrap()
+    );
     for says in [
         "does not match the imixer model from the registered model imixer_s16_224 with --num-classes",
         "head.weight: file has shape [5, 8], model needs [100, 512]",
@@ -179,7 +214,10 @@ fn registry_settings_are_overridden_and_misfits_listed() {
             "unexpected blocks.0.mlp_tokens.fc_sn1.bias [6]",
         ),
     ] {
-        let err = format!("{:#}", load_model(&path, &spec, &Device::Cpu).err().unwrap());
+        let err = format!(
+            "{:#}",
+            load_model(&path, &spec, &Device::Cpu).err().unwrap()
+        );
         assert!(err.contains(says), "{says:?} not in\n{err}");
     }
     let spec = ModelSpec {
@@ -188,7 +226,9 @@ fn registry_settings_are_overridden_and_misfits_listed() {
     };
     let err = format!(
         "{:#}",
-        load_model(&fixture("mixer_model_legacy_p4.pth"), &spec, &Device::Cpu).err().unwrap()
+        load_model(&fixture("mixer_model_legacy_p4.pth"), &spec, &Device::Cpu)
+            .err()
+            .unwrap()
     );
     assert!(err.contains("--n-iter does not apply to mixer"), "{err}");
 }
@@ -196,7 +236,10 @@ fn registry_settings_are_overridden_and_misfits_listed() {
 /// Names and shapes of a safetensors file.
 fn safetensors_shapes(path: &Path) -> BTreeMap<String, Vec<usize>> {
     let f = imixer::checkpoint::read(path, &Device::Cpu).unwrap();
-    f.tensors.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())).collect()
+    f.tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.dims().to_vec()))
+        .collect()
 }
 
 #[test]
@@ -206,8 +249,18 @@ fn export_writes_exactly_the_reference_state_dict() {
     let limit = Duration::from_secs(120);
     for (file, extra, family, ema) in [
         ("imixer_train.pth.tar", vec![], Family::IMixer, false),
-        ("imixer_train_legacy.pth.tar", vec!["--ema"], Family::IMixer, true),
-        ("paramixer_fp16.bin", vec!["--family", "paramixer"], Family::ParaMixer, false),
+        (
+            "imixer_train_legacy.pth.tar",
+            vec!["--ema"],
+            Family::IMixer,
+            true,
+        ),
+        (
+            "paramixer_fp16.bin",
+            vec!["--family", "paramixer"],
+            Family::ParaMixer,
+            false,
+        ),
         ("mixer_model_legacy_p4.pth", vec![], Family::Mixer, false),
     ] {
         let out = dir.path().join(format!("{file}.safetensors"));
@@ -258,14 +311,30 @@ fn export_writes_exactly_the_reference_state_dict() {
         &["a".into(), "b".into(), "c".into()],
     )
     .unwrap();
-    assert!(safetensors_shapes(&last).keys().any(|k| k.starts_with("optimizer.")));
+    assert!(safetensors_shapes(&last)
+        .keys()
+        .any(|k| k.starts_with("optimizer.")));
     let out = dir.path().join("model.safetensors");
     let s = |p: &Path| p.display().to_string();
-    run_bin(&["export", "--checkpoint", &s(&last), "--out", &s(&out)], limit).ok("export last");
-    assert_eq!(safetensors_shapes(&out), expected(&cfg).into_iter().collect::<BTreeMap<_, _>>());
+    run_bin(
+        &["export", "--checkpoint", &s(&last), "--out", &s(&out)],
+        limit,
+    )
+    .ok("export last");
+    assert_eq!(
+        safetensors_shapes(&out),
+        expected(&cfg).into_iter().collect::<BTreeMap<_, _>>()
+    );
     assert!(dir.path().join("config.json").is_file());
     let o = run_bin(
-        &["export", "--checkpoint", &s(&last), "--ema", "--out", &s(&out)],
+        &[
+            "export",
+            "--checkpoint",
+            &s(&last),
+            "--ema",
+            "--out",
+            &s(&out),
+        ],
         limit,
     )
     .failed("export --ema");
@@ -297,17 +366,27 @@ fn truncated_and_corrupted_files_are_errors() {
         let step = (bytes.len() / 150).max(1);
         for cut in (0..bytes.len()).step_by(step).chain([bytes.len() - 1]) {
             std::fs::write(&copy, &bytes[..cut]).unwrap();
-            assert!(read(&copy).is_err(), "{file} cut at {cut} of {} reads", bytes.len());
+            assert!(
+                read(&copy).is_err(),
+                "{file} cut at {cut} of {} reads",
+                bytes.len()
+            );
         }
         let zip = bytes.starts_with(b"PK");
         for at in (0..bytes.len()).step_by(step / 2 + 1) {
             let mut bad = bytes.clone();
             bad[at] ^= 0x5a;
-            std::fs::File::create(&copy).unwrap().write_all(&bad).unwrap();
+            std::fs::File::create(&copy)
+                .unwrap()
+                .write_all(&bad)
+                .unwrap();
             // The legacy format has no checksum: a flipped value byte reads as another value
             // (as it does in PyTorch); everything else must be caught.
             if let (Ok(values), true) = (read(&copy), zip) {
-                assert_eq!(values, clean, "{file}: a flipped byte at {at} went unnoticed");
+                assert_eq!(
+                    values, clean,
+                    "{file}: a flipped byte at {at} went unnoticed"
+                );
             }
         }
     }
@@ -353,25 +432,42 @@ fn hostile_archives_are_clear_errors() {
     let c = Checkpoint::open(&ok, Weights::Model).unwrap();
     assert_eq!(c.shapes["w"], [2, 2]);
     c.decode(&Device::Cpu).unwrap();
-    let short_args =
-        b"\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n)Rs.".to_vec();
+    let short_args = b"\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n)Rs.".to_vec();
     let huge_string = [&b"\x80\x02X"[..], &0xFFFF_FFF0u32.to_le_bytes(), b"abc"].concat();
     let deep = [&b"\x80\x02"[..], &[b']'; 300_000], &[b'a'; 299_999], b"."].concat();
     for (name, pickle, storages, says) in [
         ("short.pth", short_args, vec![], "0 arguments"),
         ("huge.pth", huge_string, vec![], "truncated"),
         ("deep.pth", deep, vec![], "not a state_dict"),
-        ("outside.pth", tensor(1, &[2, 2], &[2, 1]), vec![("0", &four[..])], "reaches element 5"),
-        ("broadcast.pth", tensor(0, &[200, 200], &[0, 0]), vec![("0", &four[..])], "broadcast"),
-        ("nostorage.pth", tensor(0, &[2], &[1]), vec![], "storage archive/data/0 is missing"),
+        (
+            "outside.pth",
+            tensor(1, &[2, 2], &[2, 1]),
+            vec![("0", &four[..])],
+            "reaches element 5",
+        ),
+        (
+            "broadcast.pth",
+            tensor(0, &[200, 200], &[0, 0]),
+            vec![("0", &four[..])],
+            "broadcast",
+        ),
+        (
+            "nostorage.pth",
+            tensor(0, &[2], &[1]),
+            vec![],
+            "storage archive/data/0 is missing",
+        ),
     ] {
         let p = write_zip(name, &pickle, &storages);
         let err = match Checkpoint::open(&p, Weights::Model) {
-            Ok(c) => c.decode(&Device::Cpu).err().expect(name),
+            Ok(c) => c.decode(&Device::Cpu).expect_err(name),
             Err(e) => e,
         };
         let err = format!("{err:#}");
-        assert!(err.contains(says) && err.contains(name), "{name}: {says:?} not in {err}");
+        assert!(
+            err.contains(says) && err.contains(name),
+            "{name}: {says:?} not in {err}"
+        );
     }
 }
 
@@ -390,8 +486,9 @@ fn settings_are_read_off_the_official_state_dicts() {
             .flat_map(|k| sidecar[k].as_array().unwrap().iter())
             .map(|v| v.as_str().unwrap().to_string())
             .collect();
-        let file = imixer::checkpoint::read(&golden.join(format!("{family}.safetensors")), &Device::Cpu)
-            .unwrap();
+        let file =
+            imixer::checkpoint::read(&golden.join(format!("{family}.safetensors")), &Device::Cpu)
+                .unwrap();
         let shapes: BTreeMap<String, Vec<usize>> = names
             .iter()
             .map(|n| (n.clone(), file.tensors[n].dims().to_vec()))
@@ -402,14 +499,37 @@ fn settings_are_read_off_the_official_state_dicts() {
         let n = |k: &str| c[k].as_u64().unwrap() as usize;
         assert_eq!(cfg.family, family);
         assert_eq!(
-            (cfg.img_size, cfg.in_chans, cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.num_classes),
-            (n("img_size"), n("in_chans"), n("patch_size"), n("embed_dim"), n("num_blocks"), n("num_classes")),
+            (
+                cfg.img_size,
+                cfg.in_chans,
+                cfg.patch_size,
+                cfg.embed_dim,
+                cfg.depth,
+                cfg.num_classes
+            ),
+            (
+                n("img_size"),
+                n("in_chans"),
+                n("patch_size"),
+                n("embed_dim"),
+                n("num_blocks"),
+                n("num_classes")
+            ),
             "{family}"
         );
-        assert_eq!((cfg.tokens_dim(), cfg.channels_dim()), (n("tokens_dim"), n("channels_dim")));
+        assert_eq!(
+            (cfg.tokens_dim(), cfg.channels_dim()),
+            (n("tokens_dim"), n("channels_dim"))
+        );
         if family == Family::IMixer {
-            assert_eq!(cfg.imixer.hidden_ratio, sidecar["model_args"]["hidden_ratio"].as_f64().unwrap());
+            assert_eq!(
+                cfg.imixer.hidden_ratio,
+                sidecar["model_args"]["hidden_ratio"].as_f64().unwrap()
+            );
         }
-        assert!(imixer::checkpoint::shapes::mismatches(&cfg, &shapes).is_empty(), "{family}");
+        assert!(
+            imixer::checkpoint::shapes::mismatches(&cfg, &shapes).is_empty(),
+            "{family}"
+        );
     }
 }

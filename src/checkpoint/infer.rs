@@ -97,7 +97,9 @@ pub fn infer(shapes: &BTreeMap<String, Vec<usize>>, family: Option<Family>) -> R
     let dims2 = |name: &str| -> Result<(usize, usize)> {
         match shape(name)? {
             &[a, b] => Ok((a, b)),
-            s => bail!("cannot infer the model settings: {name} has shape {s:?}, expected 2 dimensions"),
+            s => bail!(
+                "cannot infer the model settings: {name} has shape {s:?}, expected 2 dimensions"
+            ),
         }
     };
     let (d, in_chans, patch) = match shape("stem.proj.weight")? {
@@ -121,9 +123,15 @@ pub fn infer(shapes: &BTreeMap<String, Vec<usize>>, family: Option<Family>) -> R
     };
     // The token MLP maps N → N1 (SymMixer stores its one weight as fc2, shape (N1, N)).
     let (tok, ch) = if family == Family::SymMixer {
-        ("blocks.0.mlp_tokens.fc2.weight", "blocks.0.mlp_channels.fc2.weight")
+        (
+            "blocks.0.mlp_tokens.fc2.weight",
+            "blocks.0.mlp_channels.fc2.weight",
+        )
     } else {
-        ("blocks.0.mlp_tokens.fc1.weight", "blocks.0.mlp_channels.fc1.weight")
+        (
+            "blocks.0.mlp_tokens.fc1.weight",
+            "blocks.0.mlp_channels.fc1.weight",
+        )
     };
     let (tokens_dim, n) = dims2(tok)?;
     let (channels_dim, ch_d) = dims2(ch)?;
@@ -149,7 +157,11 @@ pub fn infer(shapes: &BTreeMap<String, Vec<usize>>, family: Option<Family>) -> R
         num_classes,
         mlp_ratio: (ratio(tokens_dim, d), ratio(channels_dim, d)),
         imixer,
-        lambda: if family == Family::AsymMixer { 0.1 } else { 0.0 },
+        lambda: if family == Family::AsymMixer {
+            0.1
+        } else {
+            0.0
+        },
         ..ModelConfig::default()
     })
 }
@@ -198,7 +210,9 @@ mod tests {
         assert!(err.contains("--family"), "{err}");
         let mut broken = shapes.clone();
         broken.remove("stem.proj.weight");
-        let err = infer(&broken, Some(Family::ParaMixer)).unwrap_err().to_string();
+        let err = infer(&broken, Some(Family::ParaMixer))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("stem.proj.weight is missing"), "{err}");
     }
 
@@ -208,7 +222,10 @@ mod tests {
             model: Some(m.into()),
             ..Hints::default()
         };
-        assert_eq!(hint("asymmixer_s16_224_l01").family(), Some(Family::AsymMixer));
+        assert_eq!(
+            hint("asymmixer_s16_224_l01").family(),
+            Some(Family::AsymMixer)
+        );
         assert_eq!(hint("imixer_tiny_fixture").family(), Some(Family::IMixer));
         assert_eq!(hint("resnet50").family(), None);
     }

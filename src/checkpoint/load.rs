@@ -84,7 +84,10 @@ pub fn resolve(ckpt: &Checkpoint, spec: &ModelSpec) -> Result<Resolved> {
     };
     if let Some(f) = spec.family {
         if f != cfg.family {
-            bail!("{path}: --family {f} contradicts {source} (family {})", cfg.family);
+            bail!(
+                "{path}: --family {f} contradicts {source} (family {})",
+                cfg.family
+            );
         }
     }
     if inferred {
@@ -96,7 +99,10 @@ pub fn resolve(ckpt: &Checkpoint, spec: &ModelSpec) -> Result<Resolved> {
                     cfg.n_iter = reg.n_iter;
                     cfg.lambda = reg.lambda;
                     repeats_known = true;
-                    notes.push(format!("block repeats n_iter = {} from the model name {name:?}", reg.n_iter));
+                    notes.push(format!(
+                        "block repeats n_iter = {} from the model name {name:?}",
+                        reg.n_iter
+                    ));
                 }
                 _ => {}
             }
@@ -126,11 +132,19 @@ pub fn resolve(ckpt: &Checkpoint, spec: &ModelSpec) -> Result<Resolved> {
         if let Some(r) = hints.hidden_ratio {
             let inner = (cfg.tokens_dim() as f64 * r) as usize;
             if cfg.family == Family::IMixer && inner != cfg.imlp_inner_dim() {
-                notes.push(disagree("h_ratio", r.to_string(), cfg.imixer.hidden_ratio.to_string()));
+                notes.push(disagree(
+                    "h_ratio",
+                    r.to_string(),
+                    cfg.imixer.hidden_ratio.to_string(),
+                ));
             }
         }
         if let Some(k) = hints.num_classes.filter(|&k| k != cfg.num_classes) {
-            notes.push(disagree("num_classes", k.to_string(), cfg.num_classes.to_string()));
+            notes.push(disagree(
+                "num_classes",
+                k.to_string(),
+                cfg.num_classes.to_string(),
+            ));
         }
     }
     let mut overridden = Vec::new();
@@ -148,7 +162,10 @@ pub fn resolve(ckpt: &Checkpoint, spec: &ModelSpec) -> Result<Resolved> {
     }
     if let Some(r) = spec.hidden_ratio {
         if cfg.family != Family::IMixer {
-            bail!("{path}: --hidden-ratio applies to imixer only, not {}", cfg.family);
+            bail!(
+                "{path}: --hidden-ratio applies to imixer only, not {}",
+                cfg.family
+            );
         }
         cfg.imixer.hidden_ratio = r;
         overridden.push("--hidden-ratio");

@@ -105,7 +105,10 @@ pub fn sniff(path: &Path) -> Result<Format> {
 
 /// Strips timm's `module.` (DDP) prefix, as timm's `clean_state_dict` does.
 fn strip_ddp<T>(named: Vec<(String, T)>, notes: &mut Vec<String>) -> Result<Vec<(String, T)>> {
-    let stripped = named.iter().filter(|(n, _)| n.starts_with(DDP_PREFIX)).count();
+    let stripped = named
+        .iter()
+        .filter(|(n, _)| n.starts_with(DDP_PREFIX))
+        .count();
     if stripped == 0 {
         return Ok(named);
     }
@@ -120,7 +123,9 @@ fn strip_ddp<T>(named: Vec<(String, T)>, notes: &mut Vec<String>) -> Result<Vec<
     if let Some((dup, _)) = out.iter().find(|(n, _)| !seen.insert(n.as_str())) {
         bail!("{dup} appears both with and without the DDP prefix `module.`");
     }
-    notes.push(format!("stripped the DDP prefix `module.` from {stripped} names"));
+    notes.push(format!(
+        "stripped the DDP prefix `module.` from {stripped} names"
+    ));
     Ok(out)
 }
 
@@ -133,7 +138,8 @@ impl Checkpoint {
             Format::TorchZip => Self::open_torch(path, torch::Kind::Zip, weights),
             Format::TorchLegacy => Self::open_torch(path, torch::Kind::Legacy, weights),
         };
-        let ckpt = result.with_context(|| format!("while reading {} ({format})", path.display()))?;
+        let ckpt =
+            result.with_context(|| format!("while reading {} ({format})", path.display()))?;
         if ckpt.shapes.is_empty() {
             bail!("{} holds no model weights", path.display());
         }
@@ -153,7 +159,9 @@ impl Checkpoint {
         let mut chosen: Vec<(String, (String, Vec<usize>))> = Vec::new();
         for (name, info) in header.tensors() {
             let reference = match weights {
-                Weights::Model if name.starts_with(TRAIN_STATE_PREFIX) || name.starts_with(EMA_PREFIX) => {
+                Weights::Model
+                    if name.starts_with(TRAIN_STATE_PREFIX) || name.starts_with(EMA_PREFIX) =>
+                {
                     continue
                 }
                 Weights::Model => name.clone(),
@@ -172,7 +180,10 @@ impl Checkpoint {
         }
         let mut notes = Vec::new();
         let chosen = strip_ddp(chosen, &mut notes)?;
-        let shapes = chosen.iter().map(|(r, (_, s))| (r.clone(), s.clone())).collect();
+        let shapes = chosen
+            .iter()
+            .map(|(r, (_, s))| (r.clone(), s.clone()))
+            .collect();
         let names = chosen.into_iter().map(|(r, (n, _))| (r, n)).collect();
         Ok(Self {
             path: path.to_path_buf(),
@@ -208,7 +219,11 @@ impl Checkpoint {
                 ),
             }
         };
-        notes.push(format!("read {} tensors from {}", sd.tensors.len(), sd.source));
+        notes.push(format!(
+            "read {} tensors from {}",
+            sd.tensors.len(),
+            sd.source
+        ));
         if !sd.skipped.is_empty() {
             notes.push(format!(
                 "skipped in {} (not tensors): {}",
@@ -254,7 +269,10 @@ impl Checkpoint {
             .get(CONFIG_KEY)
             .map(|json| {
                 serde_json::from_str(json).with_context(|| {
-                    format!("{} has an unreadable model configuration", self.path.display())
+                    format!(
+                        "{} has an unreadable model configuration",
+                        self.path.display()
+                    )
                 })
             })
             .transpose()

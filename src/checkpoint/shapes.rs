@@ -32,7 +32,11 @@ pub fn expected(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
             put(format!("{b}.{name}.bias"), ln.clone());
         };
         // fc1: dim → hidden, fc2: hidden → dim (weights are (out, in)).
-        let mlp = |put: &mut dyn FnMut(String, Vec<usize>), m: &str, dim: usize, hidden: usize, bias: bool| {
+        let mlp = |put: &mut dyn FnMut(String, Vec<usize>),
+                   m: &str,
+                   dim: usize,
+                   hidden: usize,
+                   bias: bool| {
             put(format!("{b}.{m}.fc1.weight"), vec![hidden, dim]);
             if bias {
                 put(format!("{b}.{m}.fc1.bias"), vec![hidden]);
@@ -91,7 +95,13 @@ pub fn expected(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 pub fn block_count<'a>(names: impl IntoIterator<Item = &'a String>) -> usize {
     names
         .into_iter()
-        .filter_map(|k| k.strip_prefix("blocks.")?.split('.').next()?.parse::<usize>().ok())
+        .filter_map(|k| {
+            k.strip_prefix("blocks.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
         .max()
         .map_or(0, |b| b + 1)
 }

@@ -116,11 +116,8 @@ pub fn eval_transform(
 pub fn run(a: EvalArgs) -> Result<()> {
     crate::kernels::set_precision(a.precision);
     super::set_threads(a.threads);
-    let (net, saved_classes, saved_tf) = load_for_inference(
-        &a.checkpoint,
-        &a.model,
-        &crate::device::open(&a.device)?,
-    )?;
+    let (net, saved_classes, saved_tf) =
+        load_for_inference(&a.checkpoint, &a.model, &crate::device::open(&a.device)?)?;
     let dir = a
         .data_dir
         .clone()

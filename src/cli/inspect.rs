@@ -109,11 +109,8 @@ fn batch(
 pub fn run(a: InspectArgs) -> Result<()> {
     crate::kernels::set_precision(a.precision);
     super::set_threads(0);
-    let (net, _, saved_tf) = load_for_inference(
-        &a.checkpoint,
-        &a.model,
-        &crate::device::open(&a.device)?,
-    )?;
+    let (net, _, saved_tf) =
+        load_for_inference(&a.checkpoint, &a.model, &crate::device::open(&a.device)?)?;
     let (images, source) = batch(&a, &net, saved_tf)?;
     let mut x = net.stem.forward(&images)?;
     let mut reports = Vec::new();

@@ -68,7 +68,11 @@ impl ModelArgs {
 /// Tells the user on stderr how the checkpoint was read: notes for what was read, renamed or
 /// skipped, warnings for settings that were assumed.
 pub fn report(loaded: &Loaded) {
-    report_lines(&loaded.file_notes, &loaded.resolved.notes, &loaded.resolved.warnings);
+    report_lines(
+        &loaded.file_notes,
+        &loaded.resolved.notes,
+        &loaded.resolved.warnings,
+    );
 }
 
 pub fn report_lines(file_notes: &[String], notes: &[String], warnings: &[String]) {

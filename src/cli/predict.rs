@@ -41,11 +41,8 @@ pub struct PredictArgs {
 
 pub fn run(a: PredictArgs) -> Result<()> {
     crate::kernels::set_precision(a.precision);
-    let (net, saved_classes, saved_tf) = load_for_inference(
-        &a.checkpoint,
-        &a.model,
-        &crate::device::open(&a.device)?,
-    )?;
+    let (net, saved_classes, saved_tf) =
+        load_for_inference(&a.checkpoint, &a.model, &crate::device::open(&a.device)?)?;
     let k = net.config.num_classes;
     let classes: Vec<String> = match (&a.classes, saved_classes) {
         (Some(c), _) => c.split(',').map(|s| s.trim().to_string()).collect(),

@@ -88,7 +88,10 @@ impl Archive {
                     .by_name(&name)
                     .with_context(|| format!("storage {name} is missing from the archive"))?;
                 if entry.compression() != zip::CompressionMethod::Stored {
-                    bail!("storage {name} is compressed ({}); PyTorch writes uncompressed archives", entry.compression());
+                    bail!(
+                        "storage {name} is compressed ({}); PyTorch writes uncompressed archives",
+                        entry.compression()
+                    );
                 }
                 let mut v = Vec::new();
                 entry
@@ -137,13 +140,18 @@ fn open_zip(file: File) -> Result<Archive> {
         let mut s = String::new();
         order.by_ref().take(16).read_to_string(&mut s).ok();
         if s.trim() != "little" {
-            bail!("the archive stores big-endian tensors ({s:?}); only little-endian files are read");
+            bail!(
+                "the archive stores big-endian tensors ({s:?}); only little-endian files are read"
+            );
         }
     }
     let pickle = {
         let entry = zip.by_name(&pkl).context("unreadable data.pkl")?;
         if entry.size() > MAX_PICKLE_BYTES {
-            bail!("data.pkl is {} bytes (more than {MAX_PICKLE_BYTES}): not a model checkpoint", entry.size());
+            bail!(
+                "data.pkl is {} bytes (more than {MAX_PICKLE_BYTES}): not a model checkpoint",
+                entry.size()
+            );
         }
         let mut bytes = Vec::new();
         entry
@@ -179,9 +187,7 @@ fn open_legacy(file: File) -> Result<Archive> {
         bail!("an unknown legacy PyTorch format version (expected {LEGACY_PROTOCOL})");
     }
     let sys = next_pickle(&mut r, "system-info")?;
-    let little = sys
-        .get(sys.root, "little_endian")
-        .and_then(|v| sys.int(v));
+    let little = sys.get(sys.root, "little_endian").and_then(|v| sys.int(v));
     if little != Some(1) {
         bail!("the file was written on a big-endian machine; only little-endian files are read");
     }
@@ -217,7 +223,11 @@ fn open_legacy(file: File) -> Result<Archive> {
         let len = numel
             .checked_mul(es)
             .filter(|&l| l <= file_len.saturating_sub(start))
-            .ok_or_else(|| anyhow::anyhow!("storage {key} claims {numel} elements: the file is truncated or corrupt"))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "storage {key} claims {numel} elements: the file is truncated or corrupt"
+                )
+            })?;
         spans.insert(key, (start, len));
         r.seek_relative(len as i64)?;
     }

@@ -46,14 +46,20 @@ pub fn read(p: &Pickle) -> Result<Contents> {
     }
     let mut c = Contents::default();
     let find = |keys: &[&'static str]| {
-        keys.iter()
-            .find_map(|k| p.get(root, k).filter(|&v| holds_tensors(p, v)).map(|v| (*k, v)))
+        keys.iter().find_map(|k| {
+            p.get(root, k)
+                .filter(|&v| holds_tensors(p, v))
+                .map(|v| (*k, v))
+        })
     };
     let model = find(&MODEL_KEYS);
     let ema = find(&EMA_KEYS);
     if model.is_none() && ema.is_none() {
         if !holds_tensors(p, root) {
-            bail!("the file holds a dict without tensors (keys: {}): no model weights", keys(p, root));
+            bail!(
+                "the file holds a dict without tensors (keys: {}): no model weights",
+                keys(p, root)
+            );
         }
         c.model = Some(state_dict(p, root, "the top level")?);
         return Ok(c);
@@ -89,7 +95,8 @@ pub fn read(p: &Pickle) -> Result<Contents> {
         }
     }
     if !values.is_empty() {
-        c.notes.push(format!("also in the file: {}", values.join(", ")));
+        c.notes
+            .push(format!("also in the file: {}", values.join(", ")));
     }
     if !skipped.is_empty() {
         c.notes.push(format!("skipped: {}", skipped.join(", ")));
@@ -112,8 +119,9 @@ fn keys(p: &Pickle, dict: Id) -> String {
 fn holds_tensors(p: &Pickle, id: Id) -> bool {
     p.dict(id).is_some_and(|d| {
         d.iter().any(|(_, v)| {
-            p.class_name(*v)
-                .is_some_and(|c| c.starts_with("torch._utils._rebuild") || c.starts_with("torch._tensor._rebuild"))
+            p.class_name(*v).is_some_and(|c| {
+                c.starts_with("torch._utils._rebuild") || c.starts_with("torch._tensor._rebuild")
+            })
         })
     })
 }
@@ -127,7 +135,8 @@ fn state_dict(p: &Pickle, dict: Id, source: &str) -> Result<StateDict> {
     let mut seen = HashSet::new();
     for &(k, v) in p.dict(dict).unwrap_or(&[]) {
         let Some(name) = p.str(k) else {
-            sd.skipped.push(format!("an entry with a {} key", describe(p, k)));
+            sd.skipped
+                .push(format!("an entry with a {} key", describe(p, k)));
             continue;
         };
         match tensor_ref(p, v).with_context(|| format!("tensor {name} of {source}"))? {
@@ -155,7 +164,11 @@ fn read_args(p: &Pickle, id: Id, hints: &mut Hints, key: &str) -> String {
         _ => return format!("skipped {key} ({}): not plain data", describe(p, id)),
     };
     let get = |name: &str| p.get(attrs, name);
-    let int = |name: &str| get(name).and_then(|v| p.int(v)).and_then(|v| usize::try_from(v).ok());
+    let int = |name: &str| {
+        get(name)
+            .and_then(|v| p.int(v))
+            .and_then(|v| usize::try_from(v).ok())
+    };
     let float = |name: &str| {
         get(name).and_then(|v| match p.node(v) {
             Node::Float(f) => Some(*f),

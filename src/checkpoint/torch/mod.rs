@@ -80,7 +80,10 @@ impl TorchFile {
                 current = Some((t.storage.key.clone(), bytes));
             }
             let bytes = current.as_ref().map_or(&[][..], |c| &c.1[..]);
-            out[i] = Some(t.to_tensor(bytes, device).with_context(|| format!("tensor {name}"))?);
+            out[i] = Some(
+                t.to_tensor(bytes, device)
+                    .with_context(|| format!("tensor {name}"))?,
+            );
         }
         Ok(tensors
             .iter()

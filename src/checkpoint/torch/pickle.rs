@@ -51,7 +51,10 @@ pub enum Node {
     Dict(Vec<(Id, Id)>),
     Set(Vec<Id>),
     /// A class or function reference (`GLOBAL module name`), never resolved.
-    Global { module: String, name: String },
+    Global {
+        module: String,
+        name: String,
+    },
     /// What calling `callable(*args)` would have made (REDUCE, NEWOBJ, INST, OBJ), with the state
     /// BUILD gave it and the items SETITEMS / APPENDS added to it.
     Object {
@@ -155,7 +158,9 @@ pub fn read(r: &mut impl BufRead) -> Result<Pickle> {
     loop {
         let at = m.pos;
         let op = m.u8(r)?;
-        if m.step(op, r).map_err(|e| e.context(format!("pickle opcode 0x{op:02x} at byte {at}")))? {
+        if m.step(op, r)
+            .map_err(|e| e.context(format!("pickle opcode 0x{op:02x} at byte {at}")))?
+        {
             break;
         }
     }
@@ -322,7 +327,10 @@ impl Machine {
         match &mut self.nodes[target as usize] {
             Node::Dict(d) => d.extend(pairs),
             Node::Object { items, .. } => items.extend(pairs),
-            other => bail!("SETITEM needs a dict, found a value of type {}", kind(other)),
+            other => bail!(
+                "SETITEM needs a dict, found a value of type {}",
+                kind(other)
+            ),
         }
         Ok(())
     }
@@ -339,7 +347,7 @@ impl Machine {
     }
 
     fn pairs(items: Vec<Id>) -> Result<Vec<(Id, Id)>> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             bail!("an odd number of items for a dict");
         }
         Ok(items.chunks_exact(2).map(|c| (c[0], c[1])).collect())
@@ -741,7 +749,10 @@ mod tests {
             (b"\x80\x02.", "without a value"),
             (b"\x80\x02NNu.", "no mark"),
             (b"\x80\x02K\x01K\x02s.", "no value on the stack"),
-            (b"\x80\x02K\x00K\x01K\x02s.", "needs a dict, found a value of type int"),
+            (
+                b"\x80\x02K\x00K\x01K\x02s.",
+                "needs a dict, found a value of type int",
+            ),
             (&too_many[..], "more than"),
         ] {
             let err = format!("{:#}", parse(bytes).unwrap_err());

@@ -266,7 +266,12 @@ impl TensorRef {
             ),
             _ => bytes,
         };
-        Ok(Tensor::from_raw_buffer(&bytes, self.dtype(), &self.shape, device)?)
+        Ok(Tensor::from_raw_buffer(
+            &bytes,
+            self.dtype(),
+            &self.shape,
+            device,
+        )?)
     }
 
     /// The candle dtype the tensor decodes to (i8 is widened to i16, bool stored as u8).
@@ -367,7 +372,9 @@ mod tests {
             assert!(err.contains(says), "{says:?}: {err}");
         }
         // An empty tensor needs no storage.
-        let e = view(0, &[0, 4], &[4, 1]).to_tensor(&[], &Device::Cpu).unwrap();
+        let e = view(0, &[0, 4], &[4, 1])
+            .to_tensor(&[], &Device::Cpu)
+            .unwrap();
         assert_eq!(e.dims(), [0, 4]);
     }
 }
