@@ -69,10 +69,22 @@ fn stop_after(n: u64, resume: bool) -> RunOptions {
 fn check_metrics(run: &Path, epochs: usize) -> Vec<serde_json::Value> {
     let lines = metrics(run);
     assert_eq!(lines.len(), epochs, "one metrics line per epoch: {lines:?}");
-    let expected: BTreeSet<&str> = METRIC_FIELDS.into_iter().collect();
+    let expected: BTreeSet<&str> = METRIC_FIELDS
+        .into_iter()
+        .chain(["weight_symmetry"])
+        .collect();
     for (e, m) in lines.iter().enumerate() {
         let keys: BTreeSet<&str> = m.as_object().unwrap().keys().map(|k| k.as_str()).collect();
         assert_eq!(keys, expected, "fields of metrics line {e}");
+        // Block-mean cosines of cos(W_out, W_inᵀ) lie in [−1, 1].
+        let sym = m["weight_symmetry"].as_object().unwrap();
+        for (k, v) in sym {
+            let v = v.as_f64().unwrap_or(f64::NAN);
+            assert!(
+                k == "w2_w1_ratio" || (-1.0..=1.0).contains(&v),
+                "{k} = {v}: {m}"
+            );
+        }
         assert_eq!(m["epoch"].as_u64(), Some(e as u64));
         for f in &METRIC_FIELDS[1..] {
             let v = m[f]

@@ -8,6 +8,7 @@ use candle_core::Device;
 use clap::Args;
 
 use super::data_fit::{self, TrainedOn};
+use super::model_args::{report, ModelArgs};
 use super::output::outln;
 use crate::data::{self, DatasetKind, EvalTransform, Interpolation, Loader, LoaderConfig};
 use crate::train::eval::evaluate;
@@ -22,12 +23,12 @@ pub struct EvalArgs {
     /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Checkpoint (last.safetensors / best.safetensors of a run, or a reference file with --model).
+    /// Checkpoint: last.safetensors / best.safetensors of a run, a timm safetensors file, or a
+    /// PyTorch .pth / .pth.tar / .bin (zip or legacy torch.save format).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Model name, for reference checkpoints that carry no configuration.
-    #[arg(long)]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Data set to evaluate on (default: the one the run trained on, from the checkpoint):
     /// fashion-mnist, mnist, cifar10, cifar100 (binary or python version), folder or food101.
     #[arg(long)]
@@ -76,17 +77,17 @@ pub struct ForInference {
     pub trained_on: Option<TrainedOn>,
 }
 
-/// Loads a checkpoint with its class names, the run's eval transform and data set (when stored).
+/// Loads a checkpoint (any format, [`crate::checkpoint::load_model`]) with its class names, the
+/// run's eval transform and data set (when stored), telling the user on stderr how the file was
+/// read.
 pub fn load_for_inference(
     path: &std::path::Path,
-    model: Option<&str>,
+    model: &ModelArgs,
     dev: &Device,
 ) -> Result<ForInference> {
-    let cfg = match model {
-        Some(name) => Some(crate::registry::lookup(name).map_err(anyhow::Error::msg)?),
-        None => None,
-    };
-    let (net, metadata) = MixerNet::load_with_metadata(path, cfg.as_ref(), dev)?;
+    let loaded = crate::checkpoint::load_model(path, &model.spec()?, dev)?;
+    report(&loaded);
+    let (net, metadata) = (loaded.net, loaded.metadata);
     let classes = state::classes(&metadata);
     if let Some(c) = &classes {
         anyhow::ensure!(
@@ -169,11 +170,7 @@ pub fn eval_transform(
 pub fn run(a: EvalArgs) -> Result<()> {
     crate::kernels::set_precision(a.precision);
     super::set_threads(a.threads);
-    let loaded = load_for_inference(
-        &a.checkpoint,
-        a.model.as_deref(),
-        &crate::device::open(&a.device)?,
-    )?;
+    let loaded = load_for_inference(&a.checkpoint, &a.model, &crate::device::open(&a.device)?)?;
     let net = &loaded.net;
     let choice = data_fit::choose(
         a.dataset,

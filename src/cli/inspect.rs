@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::data_fit::{self, TrainedOn};
 use super::eval::{eval_transform, load_for_inference};
+use super::model_args::ModelArgs;
 use super::output::outln;
 use crate::analysis::fixed_point::{compare_solvers, trace, FixedPointTrace, SolverComparison};
 use crate::analysis::spectral::{sn_report, SnReport, GELU_MAX_SLOPE};
@@ -27,12 +28,11 @@ pub struct InspectArgs {
     /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Checkpoint to analyse.
+    /// Checkpoint to analyse (any format `imixer eval` reads).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Model name, for reference checkpoints that carry no configuration.
-    #[arg(long)]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Data set whose held-out images feed the fixed-point analysis (default: the one the run
     /// trained on, from the checkpoint; else fashion-mnist when the model takes 28×28×1 images,
     /// else random inputs).
@@ -119,11 +119,7 @@ fn batch(
 pub fn run(a: InspectArgs) -> Result<()> {
     crate::kernels::set_precision(a.precision);
     super::set_threads(0);
-    let loaded = load_for_inference(
-        &a.checkpoint,
-        a.model.as_deref(),
-        &crate::device::open(&a.device)?,
-    )?;
+    let loaded = load_for_inference(&a.checkpoint, &a.model, &crate::device::open(&a.device)?)?;
     let net = loaded.net;
     let (images, source) = batch(&a, &net, loaded.eval_transform, loaded.trained_on.as_ref())?;
     let mut x = net.stem.forward(&images)?;

@@ -5,7 +5,9 @@ mod data_fit;
 mod dynamics;
 mod energy_demo;
 mod eval;
+mod export;
 mod inspect;
+mod model_args;
 mod models;
 pub mod output;
 mod predict;
@@ -37,6 +39,9 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Predict the top classes of image files.
     Predict(predict::PredictArgs),
+    /// Convert a checkpoint (PyTorch .pth / .pth.tar / .bin, timm or imixer safetensors) into a
+    /// model-only safetensors under the reference names, plus a config.json.
+    Export(export::ExportArgs),
     /// Spectral norms, fixed-point convergence and weight symmetry of a trained model.
     Inspect(inspect::InspectArgs),
     /// AsymMixer continuous-time demo: energy descent (symmetric) vs. non-descent (asymmetric).
@@ -94,6 +99,7 @@ pub fn main() -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Export(a) => export::run(a),
         Command::Dynamics(a) => dynamics::run(a),
         Command::EnergyDemo(a) => energy_demo::run(a),
     }

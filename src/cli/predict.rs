@@ -7,6 +7,7 @@ use candle_core::Tensor;
 use clap::Args;
 
 use super::eval::{eval_transform, load_for_inference};
+use super::model_args::ModelArgs;
 use super::output::outln;
 use crate::data::RawImage;
 use crate::train::eval::rank;
@@ -19,12 +20,12 @@ pub struct PredictArgs {
     /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Checkpoint of a run (class names come from it).
+    /// Checkpoint of a run (class names come from it), a timm safetensors or a PyTorch .pth /
+    /// .pth.tar / .bin file.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Model name, for reference checkpoints that carry no configuration.
-    #[arg(long)]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Class names, comma-separated (when the checkpoint has none).
     #[arg(long)]
     pub classes: Option<String>,
@@ -44,11 +45,7 @@ pub struct PredictArgs {
 
 pub fn run(a: PredictArgs) -> Result<()> {
     crate::kernels::set_precision(a.precision);
-    let loaded = load_for_inference(
-        &a.checkpoint,
-        a.model.as_deref(),
-        &crate::device::open(&a.device)?,
-    )?;
+    let loaded = load_for_inference(&a.checkpoint, &a.model, &crate::device::open(&a.device)?)?;
     let (net, saved_classes, saved_tf) = (loaded.net, loaded.classes, loaded.eval_transform);
     let k = net.config.num_classes;
     let classes: Vec<String> = match (&a.classes, saved_classes) {

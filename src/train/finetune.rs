@@ -13,7 +13,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 
-use crate::checkpoint::{self, CONFIG_KEY};
+use crate::checkpoint::{self, Checkpoint, ModelSpec, Weights};
 use crate::config::ModelConfig;
 use crate::MixerNet;
 
@@ -46,44 +46,34 @@ impl Loaded {
     }
 }
 
-/// The model configuration stored in an imixer checkpoint (None for a reference file).
+/// The model configuration of an initial checkpoint of any format (`checkpoint::open`): the one
+/// imixer stored, else the one its tensor shapes determine (a timm or PyTorch file); `None` when
+/// neither is known, so that the run's own model is used.
 pub fn stored_model_config(path: &Path) -> Result<Option<ModelConfig>> {
-    let bytes = std::fs::read(path)
+    let ckpt = Checkpoint::open(path, Weights::Model)
         .with_context(|| format!("cannot read the initial checkpoint {}", path.display()))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is not a valid safetensors file ({e}); is it truncated or of another format?",
-            path.display()
-        )
-    })?;
-    parse_config(header.metadata().as_ref(), path)
-}
-
-fn parse_config(
-    metadata: Option<&HashMap<String, String>>,
-    path: &Path,
-) -> Result<Option<ModelConfig>> {
-    let Some(json) = metadata.and_then(|m| m.get(CONFIG_KEY)) else {
-        return Ok(None);
-    };
-    let cfg: ModelConfig = serde_json::from_str(json)
-        .with_context(|| format!("{} has an unreadable model configuration", path.display()))?;
-    cfg.validate()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(Some(cfg))
+    if let Some(cfg) = ckpt.stored_config()? {
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        return Ok(Some(cfg));
+    }
+    Ok(checkpoint::load::resolve(&ckpt, &ModelSpec::default())
+        .ok()
+        .map(|r| r.config))
 }
 
 /// Loads the weights of `path` into `model` (freshly initialised from the run seed), keeping the
 /// fresh head when the class count differs. On any error the model is unchanged.
 pub fn load_initial_weights(model: &MixerNet, path: &Path) -> Result<Loaded> {
-    let file = checkpoint::read(path, model.device())
+    let ckpt = Checkpoint::open(path, Weights::Model)
         .with_context(|| format!("cannot load the initial checkpoint {}", path.display()))?;
-    let stored = parse_config(Some(&file.metadata), path)?;
-    let mut weights: HashMap<String, Tensor> = file
-        .tensors
-        .into_iter()
-        .filter(|(k, _)| checkpoint::is_model_tensor(k))
-        .collect();
+    let stored = ckpt.stored_config()?;
+    if let Some(s) = &stored {
+        s.validate()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    // The model weights only (no optimizer moments, no EMA), under reference names.
+    let mut weights: HashMap<String, Tensor> = ckpt.decode(model.device())?.into_iter().collect();
     let cfg = &model.config;
     if let Some(s) = &stored {
         if s.family != cfg.family {

@@ -1,10 +1,25 @@
-//! Safetensors checkpoints under the reference state_dict names.
+//! Checkpoints under the reference state_dict names.
 //!
-//! A file written here loads into the reference with `load_state_dict` (same names, layouts and
-//! dtypes), and a reference file loads here by name. Our files also carry the model configuration
-//! (and, for training checkpoints, the run state) in the safetensors metadata. Writes are atomic:
-//! a temporary file in the same directory, fsync, then rename — a crash never leaves a
-//! half-written checkpoint behind.
+//! imixer writes safetensors: a file written here loads into the reference with
+//! `load_state_dict` (same names, layouts and dtypes). Our files also carry the model
+//! configuration (and, for training checkpoints, the run state) in the safetensors metadata.
+//! Writes are atomic: a temporary file in the same directory, fsync, then rename — a crash never
+//! leaves a half-written checkpoint behind.
+//!
+//! Reading takes any of imixer's files, timm's safetensors, and PyTorch `torch.save` files
+//! ([`torch`]): [`open`] tells the format by content and picks the model or EMA weights,
+//! [`infer`] reads the model settings off the tensor shapes when the file stores none,
+//! [`shapes`] checks a configuration against every tensor, and [`load::load_model`] is the one
+//! entry point every command loads a model through.
+
+pub mod infer;
+pub mod load;
+pub mod open;
+pub mod shapes;
+pub mod torch;
+
+pub use load::{load_model, Loaded, ModelSpec, Resolved};
+pub use open::{Checkpoint, Format, Weights};
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -192,8 +207,8 @@ impl MixerNet {
         write(path, &self.state_dict(), &meta)
     }
 
-    /// Loads a model from one of our checkpoints (configuration from the metadata), or from a
-    /// reference state_dict file when `config` is given.
+    /// Loads a model from any checkpoint ([`load_model`]): `config` when given, else the
+    /// configuration the file stores, else the one its tensor shapes show.
     pub fn load(path: &Path, config: Option<&ModelConfig>, device: &Device) -> Result<Self> {
         Ok(Self::load_with_metadata(path, config, device)?.0)
     }
@@ -201,62 +216,20 @@ impl MixerNet {
     /// [`MixerNet::load`], also returning the file's metadata.
     ///
     /// Nothing in the file is trusted before it is checked: the configuration is validated
-    /// (limits included) and compared with the tensor shapes of the safetensors header before
-    /// the model is built or a tensor decoded, so a forged `embed_dim` or `depth` is an error,
-    /// not an allocation. Weights holding NaN or ±∞ are refused.
+    /// (limits included) and compared with every tensor shape of the file before the model is
+    /// built or a tensor decoded, so a forged `embed_dim` or `depth` is an error, not an
+    /// allocation. Weights holding NaN or ±∞ are refused.
     pub fn load_with_metadata(
         path: &Path,
         config: Option<&ModelConfig>,
         device: &Device,
     ) -> Result<(Self, HashMap<String, String>)> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| not_safetensors(path, e))?;
-        let metadata = header.metadata().clone().unwrap_or_default();
-        let config = match (config, metadata.get(CONFIG_KEY)) {
-            (Some(c), _) => c.clone(),
-            (None, Some(json)) => serde_json::from_str(json).with_context(|| {
-                format!("{} has an unreadable model configuration", path.display())
-            })?,
-            (None, None) => bail!(
-                "{} carries no model configuration (a reference checkpoint?): pass --model NAME",
-                path.display()
-            ),
+        let spec = ModelSpec {
+            config: config.map(|c| ("the given configuration".to_string(), c.clone())),
+            ..ModelSpec::default()
         };
-        config
-            .validate()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let shapes: HashMap<String, Vec<usize>> = header
-            .tensors()
-            .into_iter()
-            .filter(|(k, _)| is_model_tensor(k))
-            .map(|(k, info)| (k, info.shape.clone()))
-            .collect();
-        check_header_shapes(&config, &shapes).map_err(|e| {
-            anyhow::anyhow!(
-                "{} does not match its model configuration: {e}",
-                path.display()
-            )
-        })?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, device)
-            .with_context(|| format!("cannot decode the tensors of {}", path.display()))?;
-        drop(bytes);
-        let model = MixerNet::new(&config, 0, device)?;
-        let weights: HashMap<String, Tensor> = tensors
-            .into_iter()
-            .filter(|(k, _)| is_model_tensor(k))
-            .collect();
-        model
-            .load_state(&weights, false)
-            .with_context(|| format!("while loading {}", path.display()))?;
-        if let Some(name) = crate::train::trainer::first_non_finite(&model)? {
-            bail!(
-                "{} holds non-finite weights ({name} contains NaN or ±∞): the run that wrote it diverged; use an earlier checkpoint",
-                path.display()
-            );
-        }
-        Ok((model, metadata))
+        let loaded = load_model(path, &spec, device)?;
+        Ok((loaded.net, loaded.metadata))
     }
 }
 
@@ -265,62 +238,6 @@ fn not_safetensors(path: &Path, e: safetensors::SafeTensorError) -> anyhow::Erro
         "{} is not a valid safetensors file ({e}); is it truncated or of another format?",
         path.display()
     )
-}
-
-/// Compares a (validated) configuration with the tensor shapes of a file's header, without
-/// building anything: the stem, final norm and head shapes, the block count, and the parameter
-/// count against the elements the file holds. After this the model the configuration builds is
-/// no larger than the file, and `load_state` checks every shape exactly.
-pub fn check_header_shapes(
-    config: &ModelConfig,
-    shapes: &HashMap<String, Vec<usize>>,
-) -> Result<()> {
-    let (d, c, p, k) = (
-        config.embed_dim,
-        config.in_chans,
-        config.patch_size,
-        config.num_classes,
-    );
-    for (name, want) in [
-        ("stem.proj.weight", vec![d, c, p, p]),
-        ("norm.weight", vec![d]),
-        ("head.weight", vec![k, d]),
-        ("head.bias", vec![k]),
-    ] {
-        match shapes.get(name) {
-            None => bail!("tensor {name} is missing"),
-            Some(have) if *have != want => {
-                bail!("tensor {name} has shape {have:?}, the configuration needs {want:?}")
-            }
-            Some(_) => {}
-        }
-    }
-    let blocks = shapes
-        .keys()
-        .filter_map(|k| {
-            k.strip_prefix("blocks.")?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .max()
-        .map_or(0, |b| b + 1);
-    if blocks != config.depth {
-        bail!(
-            "the configuration has depth {} but the file holds {blocks} blocks",
-            config.depth
-        );
-    }
-    let held: u128 = shapes
-        .values()
-        .map(|s| s.iter().map(|&v| v as u128).product::<u128>())
-        .sum();
-    let needed = crate::models::net::count_params(config) as u128;
-    if needed > held {
-        bail!("the configuration needs {needed} parameters but the file holds {held} values");
-    }
-    Ok(())
 }
 
 #[cfg(test)]
