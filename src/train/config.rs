@@ -266,7 +266,9 @@ impl TrainConfig {
 
     /// Images per optimizer step: the batch times the micro-batches accumulated.
     pub fn global_batch(&self) -> usize {
-        self.batch_size * self.grad_accum
+        // Saturating: a config read from a file may hold any numbers, and validation computes
+        // the lr before it could refuse them.
+        self.batch_size.saturating_mul(self.grad_accum)
     }
 
     /// The rule that derives the lr from `lr_base` (timm's default when `lr_base_scale` is unset).
