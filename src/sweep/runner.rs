@@ -349,22 +349,5 @@ fn check_unchanged(run: &PlannedRun, dir: &Path) -> Result<()> {
 
 /// One sweep per directory at a time.
 fn lock(out: &Path) -> Result<std::fs::File> {
-    let path = out.join(".sweep.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "{} is in use by another imixer sweep (it holds {}); wait for it or choose another --out",
-            out.display(),
-            path.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("cannot lock {}", path.display()))
-        }
-    }
+    crate::train::trainer::lock_dir(out, ".sweep.lock", "imixer sweep")
 }

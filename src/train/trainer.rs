@@ -401,7 +401,13 @@ impl RunDir {
 
 /// Takes the OS advisory lock of a run directory (`OUT/.imixer.lock`), or fails naming it.
 fn lock_run_dir(out: &Path) -> Result<std::fs::File> {
-    let path = out.join(LOCK_FILE);
+    lock_dir(out, LOCK_FILE, "imixer train")
+}
+
+/// Takes the OS advisory lock file `name` in `dir` (released when the file is dropped or the
+/// process dies), or fails naming the directory and the `holder` kind of process that has it.
+pub fn lock_dir(dir: &Path, name: &str, holder: &str) -> Result<std::fs::File> {
+    let path = dir.join(name);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -411,8 +417,8 @@ fn lock_run_dir(out: &Path) -> Result<std::fs::File> {
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "{} is in use by another imixer train (it holds {}); wait for it to finish or choose another --out",
-            out.display(),
+            "{} is in use by another {holder} (it holds {}); wait for it to finish or choose another --out",
+            dir.display(),
             path.display()
         ),
         Err(std::fs::TryLockError::Error(e)) => {
