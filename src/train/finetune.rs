@@ -169,6 +169,36 @@ mod tests {
     use super::*;
     use crate::config::Family;
 
+    /// A PyTorch training checkpoint (`torch.save`, DDP prefix, `args`) starts a fine-tune too:
+    /// its settings come from the shapes and arguments, its weights load under reference names.
+    #[test]
+    fn a_pytorch_training_checkpoint_is_an_initial_checkpoint() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/pytorch/imixer_train.pth.tar");
+        let cfg = stored_model_config(&path)
+            .unwrap()
+            .expect("settings from the file");
+        assert_eq!(
+            (
+                cfg.family,
+                cfg.img_size,
+                cfg.patch_size,
+                cfg.embed_dim,
+                cfg.depth
+            ),
+            (Family::IMixer, 8, 4, 8, 2)
+        );
+        assert_eq!((cfg.num_classes, cfg.imixer.n_iter), (5, 4));
+        // Onto a data set of 7 classes: everything but the head carries over.
+        let target = ModelConfig {
+            num_classes: 7,
+            ..cfg.clone()
+        };
+        let net = MixerNet::new(&target, 1, &Device::Cpu).unwrap();
+        let loaded = load_initial_weights(&net, &path).unwrap();
+        assert_eq!(loaded.head_reset_from, Some(5));
+    }
+
     fn model(family: Family, img: usize, patch: usize, classes: usize, seed: u64) -> MixerNet {
         let cfg = ModelConfig {
             family,
