@@ -48,6 +48,7 @@ pub mod optim;
 pub mod params;
 pub mod plot;
 pub mod registry;
+pub mod sweep;
 pub mod train;
 
 pub use config::{Family, IMixerConfig, ModelConfig};

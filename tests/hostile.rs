@@ -122,6 +122,7 @@ fn forged_checkpoints_are_clean_errors_in_every_command() {
         &run_ckpt,
         &model,
         None,
+        None,
         &RunState::start(),
         &toml::to_string(&train_cfg).unwrap(),
         &classes,
@@ -458,6 +459,9 @@ fn eval_prints_its_results_even_when_the_confusion_png_cannot_be_written() {
             "eval",
             "--checkpoint",
             &s(&ckpt),
+            // A bare model names no data set.
+            "--dataset",
+            "fashion-mnist",
             "--data-dir",
             &s(&data),
             "--confusion-png",

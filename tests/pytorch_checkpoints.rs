@@ -306,6 +306,7 @@ fn export_writes_exactly_the_reference_state_dict() {
         &last,
         &net,
         Some(&opt),
+        None,
         &imixer::train::state::RunState::start(),
         "",
         &["a".into(), "b".into(), "c".into()],

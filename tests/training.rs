@@ -69,10 +69,22 @@ fn stop_after(n: u64, resume: bool) -> RunOptions {
 fn check_metrics(run: &Path, epochs: usize) -> Vec<serde_json::Value> {
     let lines = metrics(run);
     assert_eq!(lines.len(), epochs, "one metrics line per epoch: {lines:?}");
-    let expected: BTreeSet<&str> = METRIC_FIELDS.into_iter().collect();
+    let expected: BTreeSet<&str> = METRIC_FIELDS
+        .into_iter()
+        .chain(["weight_symmetry"])
+        .collect();
     for (e, m) in lines.iter().enumerate() {
         let keys: BTreeSet<&str> = m.as_object().unwrap().keys().map(|k| k.as_str()).collect();
         assert_eq!(keys, expected, "fields of metrics line {e}");
+        // Block-mean cosines of cos(W_out, W_inᵀ) lie in [−1, 1].
+        let sym = m["weight_symmetry"].as_object().unwrap();
+        for (k, v) in sym {
+            let v = v.as_f64().unwrap_or(f64::NAN);
+            assert!(
+                k == "w2_w1_ratio" || (-1.0..=1.0).contains(&v),
+                "{k} = {v}: {m}"
+            );
+        }
         assert_eq!(m["epoch"].as_u64(), Some(e as u64));
         for f in &METRIC_FIELDS[1..] {
             let v = m[f]
@@ -113,7 +125,7 @@ fn learns_fashion_mnist_subset() {
         batch_size: 32,
         // The tiny Mixer learns slowly at the default 2e-3 with a whole warm-up epoch (0.55 after
         // these 375 steps); 1e-2 with a short warm-up reaches ≈ 0.74.
-        lr: 1e-2,
+        lr: Some(1e-2),
         warmup_epochs: 0.3,
         sched_on: SchedUnit::Step,
         train_subset: Some(4000),
@@ -215,7 +227,7 @@ fn paramixer_cfg(out: &Path) -> TrainConfig {
         train_subset: Some(320),
         val_subset: Some(100),
         drop_path: 0.1,
-        lr: 2e-3,
+        lr: Some(2e-3),
         mixup: MixupConfig {
             prob: 1.0,
             ..MixupConfig::spec(10)
@@ -322,7 +334,7 @@ fn resume_is_bit_identical() {
         "{err}"
     );
     let changed = TrainConfig {
-        lr: 1e-3,
+        lr: Some(1e-3),
         ..cfg_b.clone()
     };
     let err = train(&changed, &resume()).unwrap_err().to_string();
@@ -550,7 +562,7 @@ fn nan_loss_is_an_error_and_keeps_the_checkpoint() {
     );
     // The kept checkpoint still resumes (with a sane learning rate).
     let cfg3 = TrainConfig {
-        lr: 2e-3,
+        lr: Some(2e-3),
         ..cfg2.clone()
     };
     fs::write(
@@ -583,7 +595,7 @@ fn continue_with_absurd_lr(first: &Path, second: &Path, subset: usize) -> (Train
     let cfg2 = TrainConfig {
         out: second.to_path_buf(),
         epochs: 3,
-        lr: 1e30,
+        lr: Some(1e30),
         warmup_epochs: 0.0,
         ..cfg
     };
@@ -754,6 +766,38 @@ fn every_data_format_trains() {
     );
     assert_eq!(classes.len(), 100);
 
+    // CIFAR-10 python version (torchvision's download), pointed at the parent folder: the
+    // format is detected from the files; no batches.meta, so the standard names.
+    let c10py = root.join("c10py");
+    write_cifar10_python(&c10py, 8, 10);
+    let classes = train_one_epoch(
+        DatasetKind::Cifar10,
+        &c10py,
+        &root.join("out-c10py"),
+        rgb.clone(),
+    );
+    assert_eq!(classes[0], "airplane");
+
+    // CIFAR-100 python version, pointed at the directory itself.
+    let c100py = write_cifar100_python(&root.join("c100py"), 48, 12);
+    let classes = train_one_epoch(
+        DatasetKind::Cifar100,
+        &c100py,
+        &root.join("out-c100py"),
+        rgb.clone(),
+    );
+    assert_eq!(classes.len(), 100);
+
+    // Food-101's own layout (images/ + meta/ lists), JPEGs of assorted sizes.
+    let food = write_food101(&root.join("food"), &["apple_pie", "ramen", "waffles"], 6, 2);
+    let classes = train_one_epoch(
+        DatasetKind::Food101,
+        food.parent().unwrap(),
+        &root.join("out-food"),
+        rgb.clone(),
+    );
+    assert_eq!(classes, ["apple_pie", "ramen", "waffles"]);
+
     // Image folder, PNG and JPEG of assorted sizes (resized/cropped to 32×32).
     let f = root.join("folder");
     write_image_folder(&f, &["cat", "dog", "fish"], 6, 2);
@@ -771,7 +815,7 @@ fn cli_eval_predict_and_errors() {
     let run = dir.path().join("run");
     let cfg = TrainConfig {
         epochs: 2,
-        lr: 1e-2,
+        lr: Some(1e-2),
         warmup_epochs: 0.2,
         train_subset: Some(2000),
         val_subset: Some(1000),

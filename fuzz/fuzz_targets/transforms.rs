@@ -1,10 +1,10 @@
 //! Image transforms with arbitrary geometry: the first 24 bytes choose the image size, the
-//! model size, crop_pct, the crop padding and the seed; the rest are pixels. Validation must
+//! model size, crop_pct, the crop padding, the seed and the interpolation; the rest are pixels. Validation must
 //! refuse whatever the pipelines cannot process.
 #![no_main]
 
 use imixer::data::transforms::SpatialAug;
-use imixer::data::{EvalTransform, RawImage, TrainTransform};
+use imixer::data::{EvalTransform, Interpolation, RawImage, TrainInterpolation, TrainTransform};
 use libfuzzer_sys::fuzz_target;
 use rand::SeedableRng;
 
@@ -22,6 +22,12 @@ fuzz_target!(|data: &[u8]| {
     let padding = u32::from_le_bytes(head[14..18].try_into().unwrap()) as usize;
     let seed = u32::from_le_bytes(head[18..22].try_into().unwrap()) as u64;
     let mode = head[22];
+    let eval_filter = Interpolation::ALL[head[23] as usize % 2];
+    let train_filter = [
+        TrainInterpolation::Bilinear,
+        TrainInterpolation::Bicubic,
+        TrainInterpolation::Random,
+    ][head[23] as usize / 2 % 3];
     let mut px = vec![0u8; w * h * c];
     for (o, i) in px.iter_mut().zip(pixels.iter().cycle()) {
         *o = *i;
@@ -29,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
     let img = RawImage::new(w, h, c, px).unwrap();
     let eval = EvalTransform {
         crop_pct,
+        interpolation: eval_filter,
         ..EvalTransform::spec(size, in_chans)
     };
     if eval.validate().is_ok() {
@@ -42,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let train = TrainTransform {
         spatial,
+        interpolation: train_filter,
         ..TrainTransform::spec(size, in_chans)
     };
     if train.validate().is_ok() {

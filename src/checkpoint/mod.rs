@@ -19,7 +19,7 @@ pub mod shapes;
 pub mod torch;
 
 pub use load::{load_model, Loaded, ModelSpec, Resolved};
-pub use open::{Checkpoint, Format, Weights, EMA_PREFIX};
+pub use open::{Checkpoint, Format, Weights};
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -36,6 +36,16 @@ pub const CONFIG_KEY: &str = "imixer.model_config";
 
 /// Prefix of the non-model tensors a training checkpoint carries (optimizer moments).
 pub const TRAIN_STATE_PREFIX: &str = "optimizer.";
+
+/// Prefix of the model-EMA weights a checkpoint of a `--model-ema` run carries, each under
+/// `ema.` + its reference name (`ema.stem.proj.weight`); the plain names stay the raw weights,
+/// so the file still loads as a model.
+pub const EMA_PREFIX: &str = "ema.";
+
+/// Whether a tensor of a checkpoint belongs to the model (not optimizer moments or EMA weights).
+pub fn is_model_tensor(name: &str) -> bool {
+    !name.starts_with(TRAIN_STATE_PREFIX) && !name.starts_with(EMA_PREFIX)
+}
 
 /// Tensors and string metadata of one safetensors file.
 pub struct TensorFile {

@@ -14,11 +14,8 @@ use candle_core::{Device, Tensor};
 
 use super::infer::Hints;
 use super::torch::{self, TensorRef, TorchFile};
-use super::{CONFIG_KEY, TRAIN_STATE_PREFIX};
+use super::{CONFIG_KEY, EMA_PREFIX, TRAIN_STATE_PREFIX};
 use crate::config::ModelConfig;
-
-/// Prefix of the EMA weights in imixer's training checkpoints (`ema.stem.proj.weight`).
-pub const EMA_PREFIX: &str = "ema.";
 
 /// The prefix `torch.nn.parallel.DistributedDataParallel` adds to every name.
 pub const DDP_PREFIX: &str = "module.";

@@ -9,6 +9,7 @@ use candle_core::{DType, Tensor};
 use clap::Args;
 use serde::Serialize;
 
+use super::data_fit::{self, TrainedOn};
 use super::eval::{eval_transform, load_for_inference};
 use super::model_args::ModelArgs;
 use super::output::outln;
@@ -32,12 +33,18 @@ pub struct InspectArgs {
     pub checkpoint: PathBuf,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Data set whose held-out images feed the fixed-point analysis (default: fashion-mnist when
-    /// the model takes 28×28×1 images, else random inputs).
+    /// Data set whose held-out images feed the fixed-point analysis (default: the one the run
+    /// trained on, from the checkpoint; else fashion-mnist when the model takes 28×28×1 images,
+    /// else random inputs).
     #[arg(long)]
     pub dataset: Option<DatasetKind>,
+    /// Data directory (default: the run's, for the run's data set; else the standard location).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Analyse on a data set whose images differ from the model's input (other channels or
+    /// size), converting them instead of refusing.
+    #[arg(long)]
+    pub adapt_images: bool,
     /// Images in the analysis batch.
     #[arg(long, default_value_t = 64)]
     pub images: usize,
@@ -73,21 +80,24 @@ fn batch(
     args: &InspectArgs,
     net: &crate::MixerNet,
     saved_tf: Option<data::EvalTransform>,
+    trained_on: Option<&TrainedOn>,
 ) -> Result<(Tensor, String)> {
     let cfg = &net.config;
-    let kind = args
-        .dataset
-        .or((cfg.img_size == 28 && cfg.in_chans == 1).then_some(DatasetKind::FashionMnist));
+    let guess = (cfg.img_size == 28 && cfg.in_chans == 1).then_some(DatasetKind::FashionMnist);
+    let kind = args.dataset.or(trained_on.map(|t| t.dataset)).or(guess);
     if let Some(kind) = kind {
-        let dir = args
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| data::default_data_dir(kind));
-        let ds = data::load_dataset(kind, &dir)?;
+        let choice = data_fit::choose(
+            Some(kind),
+            args.data_dir.as_deref(),
+            trained_on,
+            &args.checkpoint,
+        )?;
+        let ds = data::load_dataset(kind, &choice.dir)?;
+        data_fit::check_images(cfg, &ds, &choice, args.adapt_images, &args.checkpoint)?;
         let split = ds.val.subset(args.images, 0);
         let loader = Loader::new(
             Arc::new(split),
-            eval_transform(net, saved_tf, None),
+            eval_transform(net, saved_tf, None, None),
             LoaderConfig::eval(args.images),
         )?;
         let b = loader.batch(0, 0)?;
@@ -109,9 +119,9 @@ fn batch(
 pub fn run(a: InspectArgs) -> Result<()> {
     crate::kernels::set_precision(a.precision);
     super::set_threads(0);
-    let (net, _, saved_tf) =
-        load_for_inference(&a.checkpoint, &a.model, &crate::device::open(&a.device)?)?;
-    let (images, source) = batch(&a, &net, saved_tf)?;
+    let loaded = load_for_inference(&a.checkpoint, &a.model, &crate::device::open(&a.device)?)?;
+    let net = loaded.net;
+    let (images, source) = batch(&a, &net, loaded.eval_transform, loaded.trained_on.as_ref())?;
     let mut x = net.stem.forward(&images)?;
     let mut reports = Vec::new();
     for (i, block) in net.blocks.iter().enumerate() {

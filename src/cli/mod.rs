@@ -1,6 +1,7 @@
 //! The command-line interface: one subcommand per task, one file per subcommand.
 
 mod bench;
+mod data_fit;
 mod dynamics;
 mod energy_demo;
 mod eval;
@@ -10,6 +11,7 @@ mod model_args;
 mod models;
 pub mod output;
 mod predict;
+mod sweep;
 mod train;
 
 use anyhow::Result;
@@ -46,6 +48,8 @@ pub enum Command {
     Dynamics(dynamics::DynamicsArgs),
     /// Energy MetaFormer: a 3-layer Hopfield denoiser with monotone energy descent.
     EnergyDemo(energy_demo::EnergyDemoArgs),
+    /// Train a grid of settings × seeds side by side (resumable) and summarise it as mean ± std.
+    Sweep(sweep::SweepArgs),
     /// Time train/inference steps on the PyTorch-baseline configurations.
     Bench(bench::BenchArgs),
 }
@@ -90,6 +94,7 @@ pub fn main() -> Result<()> {
     match cli.command {
         Command::Models(a) => models::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Sweep(a) => sweep::run(a),
         Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Predict(a) => predict::run(a),

@@ -29,6 +29,10 @@ pub struct PredictArgs {
     /// Class names, comma-separated (when the checkpoint has none).
     #[arg(long)]
     pub classes: Option<String>,
+    /// Filter of the resize before the centre crop: bilinear or bicubic (default: the run's
+    /// setting, else bilinear for ≤ 32 px models and bicubic above).
+    #[arg(long, value_name = "bilinear|bicubic")]
+    pub interpolation: Option<crate::data::Interpolation>,
     /// How many classes to print per image.
     #[arg(long, default_value_t = 5)]
     pub top: usize,
@@ -41,8 +45,8 @@ pub struct PredictArgs {
 
 pub fn run(a: PredictArgs) -> Result<()> {
     crate::kernels::set_precision(a.precision);
-    let (net, saved_classes, saved_tf) =
-        load_for_inference(&a.checkpoint, &a.model, &crate::device::open(&a.device)?)?;
+    let loaded = load_for_inference(&a.checkpoint, &a.model, &crate::device::open(&a.device)?)?;
+    let (net, saved_classes, saved_tf) = (loaded.net, loaded.classes, loaded.eval_transform);
     let k = net.config.num_classes;
     let classes: Vec<String> = match (&a.classes, saved_classes) {
         (Some(c), _) => c.split(',').map(|s| s.trim().to_string()).collect(),
@@ -55,7 +59,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
             classes.len()
         );
     }
-    let tf = eval_transform(&net, saved_tf, None);
+    let tf = eval_transform(&net, saved_tf, None, a.interpolation);
     for path in &a.images {
         let img =
             image::open(path).with_context(|| format!("cannot decode image {}", path.display()))?;

@@ -9,8 +9,9 @@ use clap::Args;
 
 use super::output::outln;
 use crate::data::transforms::SpatialAug;
-use crate::data::DatasetKind;
+use crate::data::{DatasetKind, Interpolation, TrainInterpolation};
 use crate::train::config::SchedUnit;
+use crate::train::lr_scale::LrScale;
 use crate::train::trainer::Interrupted;
 use crate::train::{train, RunOptions, TrainConfig};
 
@@ -20,13 +21,15 @@ pub struct TrainArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Registered model name (see `imixer models`); default per data set (paramixer_n4_28 for
-    /// Fashion-MNIST/MNIST, imixer_s4_32 for CIFAR, imixer_s16_224 for folders).
+    /// Fashion-MNIST/MNIST, imixer_s4_32 for CIFAR, imixer_s16_224 for folders and Food-101).
     #[arg(long)]
     pub model: Option<String>,
-    /// fashion-mnist (default), mnist, cifar10, cifar100 or folder.
+    /// fashion-mnist (default), mnist, cifar10, cifar100 (binary or python version, detected
+    /// from the files), folder or food101 (its own images/ + meta/ layout).
     #[arg(long)]
     pub dataset: Option<DatasetKind>,
-    /// Data directory (default: /usr/share/datasets/fashion-mnist for Fashion-MNIST).
+    /// Data directory (default: /usr/share/datasets/fashion-mnist for Fashion-MNIST, data/ for
+    /// CIFAR and Food-101, which may hold the extracted folder, data/images for folders).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// TOML file with any training-config field (flags override it).
@@ -50,11 +53,25 @@ pub struct TrainArgs {
     /// Linear warm-up length in epochs.
     #[arg(long)]
     pub warmup_epochs: Option<f64>,
+    /// Images per batch (per micro-batch with --grad-accum); an lr not given is rescaled to it.
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Peak learning rate.
-    #[arg(long)]
+    /// Peak learning rate, used as given (default: derived from the data set's --lr-base at the
+    /// run's global batch).
+    #[arg(long, conflicts_with_all = ["lr_base", "lr_base_size", "lr_base_scale"])]
     pub lr: Option<f64>,
+    /// Base learning rate at a global batch of --lr-base-size (timm): lr = lr_base · ratio,
+    /// ratio = batch·grad_accum / lr_base_size, or its square root with --lr-base-scale sqrt.
+    /// Default per data set: 5e-3 at 64 (Fashion-MNIST/MNIST), 1e-3 at 128 (CIFAR), 5e-4 at 512
+    /// linear (image folders, paper 2). Any --lr-base* flag replaces an lr of --config.
+    #[arg(long)]
+    pub lr_base: Option<f64>,
+    /// The global batch at which --lr-base holds.
+    #[arg(long)]
+    pub lr_base_size: Option<usize>,
+    /// linear or sqrt (default: timm's rule, sqrt for AdamW; linear for image folders).
+    #[arg(long)]
+    pub lr_base_scale: Option<LrScale>,
     /// Final learning rate of the cosine.
     #[arg(long)]
     pub min_lr: Option<f64>,
@@ -83,6 +100,10 @@ pub struct TrainArgs {
     /// --solver-tol with implicit gradients).
     #[arg(long)]
     pub solver: Option<String>,
+    /// Paper-2 models: weight λ of the symmetry-breaking term λ·Σ‖W2‖² (overrides the model's;
+    /// `asymmixer_*` names default to 0.1).
+    #[arg(long)]
+    pub lambda: Option<f64>,
     /// Relative residual tolerance of the picard/anderson solver.
     #[arg(long, default_value_t = 1e-4)]
     pub solver_tol: f64,
@@ -105,6 +126,11 @@ pub struct TrainArgs {
     /// Random-erasing probability (pixel mode).
     #[arg(long)]
     pub reprob: Option<f64>,
+    /// Filter of the training resize and of RandAugment's rotate/shear/translate: bilinear,
+    /// bicubic, or random (timm: a uniform draw between the two at every use). Default: random
+    /// for image folders and Food-101, bilinear for the native-size 28/32-px data sets.
+    #[arg(long, value_name = "bilinear|bicubic|random")]
+    pub train_interpolation: Option<TrainInterpolation>,
     /// Mixup alpha (0 disables).
     #[arg(long)]
     pub mixup: Option<f64>,
@@ -123,6 +149,10 @@ pub struct TrainArgs {
     /// Evaluation centre-crop fraction (timm crop_pct; 1 = no resize margin).
     #[arg(long)]
     pub crop_pct: Option<f64>,
+    /// Filter of the evaluation resize: bilinear or bicubic. Default: bicubic for image folders
+    /// and Food-101 (timm's eval of these models), bilinear for the native-size data sets.
+    #[arg(long, value_name = "bilinear|bicubic")]
+    pub interpolation: Option<Interpolation>,
     /// Train on a random subset of this many images.
     #[arg(long)]
     pub train_subset: Option<usize>,
@@ -148,6 +178,20 @@ pub struct TrainArgs {
     /// accumulation; weights, optimizer state, LayerNorm, loss and spectral norms stay f32).
     #[arg(long)]
     pub precision: Option<crate::kernels::Precision>,
+    /// Fine-tune: start from this checkpoint's weights (an imixer run's, or a reference
+    /// state_dict file) with a fresh optimizer and schedule. The head is re-initialised when its
+    /// class count differs from the data set's; without --model (or a model in --config) the
+    /// checkpoint's own model configuration is used.
+    #[arg(long)]
+    pub initial_checkpoint: Option<PathBuf>,
+    /// Keep an exponential moving average of the weights (timm ModelEmaV2), updated every
+    /// optimizer step, evaluated every epoch (val_*_ema in metrics.jsonl), saved in the
+    /// checkpoints as ema.* tensors; best.safetensors is then picked by the EMA's top-1.
+    #[arg(long)]
+    pub model_ema: bool,
+    /// EMA decay per optimizer step (default 0.9998, timm's).
+    #[arg(long)]
+    pub model_ema_decay: Option<f64>,
     /// Print the final metrics as one JSON object on stdout (no progress bars).
     #[arg(long)]
     pub json: bool,
@@ -166,40 +210,25 @@ fn parse_sched(s: &str) -> Result<SchedUnit, String> {
 
 /// defaults(dataset) → TOML file → flags.
 pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
-    let file: Option<toml::Table> = match &a.config {
-        Some(p) => Some(
-            toml::from_str(
-                &std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read config {}", p.display()))?,
-            )
-            .with_context(|| format!("{} is not valid TOML", p.display()))?,
-        ),
-        None => None,
+    let file: toml::Table = match &a.config {
+        Some(p) => toml::from_str(
+            &std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config {}", p.display()))?,
+        )
+        .with_context(|| format!("{} is not valid TOML", p.display()))?,
+        None => toml::Table::new(),
     };
-    let file_dataset = file
-        .as_ref()
-        .and_then(|t| t.get("dataset"))
-        .and_then(|v| v.as_str())
-        .map(|s| s.parse::<DatasetKind>());
-    let dataset = match (a.dataset, file_dataset) {
-        (Some(d), _) => d,
-        (None, Some(d)) => d?,
-        (None, None) => DatasetKind::FashionMnist,
-    };
-    let mut c = TrainConfig::defaults_for(dataset);
-    if let Some(table) = file {
-        let mut base = toml::Table::try_from(&c)?;
-        for (k, v) in table {
-            merge(&mut base, k, v);
-        }
-        c = toml::Value::Table(base).try_into().with_context(|| {
-            format!(
-                "{}: unknown or mistyped field (see `imixer train --help`)",
-                a.config.as_ref().unwrap().display()
-            )
-        })?;
-    }
-    c.dataset = dataset;
+    // Whether anything chose the model: else a fine-tune takes the checkpoint's.
+    let model_chosen =
+        a.model.is_some() || file.contains_key("model") || file.contains_key("model_config");
+    let mut c = TrainConfig::from_table(a.dataset, file).with_context(|| {
+        format!(
+            "{}: unknown or mistyped field (see `imixer train --help`)",
+            a.config
+                .as_ref()
+                .map_or("the training config".into(), |p| p.display().to_string())
+        )
+    })?;
     macro_rules! set {
         ($($field:ident),*) => { $( if let Some(v) = a.$field.clone() { c.$field = v; } )* };
     }
@@ -211,7 +240,6 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         cooldown_epochs,
         warmup_epochs,
         batch_size,
-        lr,
         min_lr,
         warmup_lr,
         weight_decay,
@@ -224,7 +252,29 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         shards,
         precision
     );
-    set_opt!(data_dir, save_every_steps, train_subset, val_subset);
+    set_opt!(
+        data_dir,
+        save_every_steps,
+        train_subset,
+        val_subset,
+        initial_checkpoint,
+        lambda
+    );
+    // The lr is resolved from the final batch (`TrainConfig::peak_lr`): a given --lr is used as
+    // is, and any --lr-base* flag means "derive it", over an lr of the config file.
+    if a.lr.is_some() {
+        c.lr = a.lr;
+    }
+    if a.lr_base.is_some() || a.lr_base_size.is_some() || a.lr_base_scale.is_some() {
+        c.lr = None;
+    }
+    set!(lr_base, lr_base_size, model_ema_decay);
+    if a.lr_base_scale.is_some() {
+        c.lr_base_scale = a.lr_base_scale;
+    }
+    if a.model_ema {
+        c.model_ema = true;
+    }
     if let Some(m) = &a.model {
         c.model = m.clone();
         c.model_config = None;
@@ -281,21 +331,29 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     if let Some(v) = a.crop_pct {
         c.eval_transform.crop_pct = v;
     }
-    Ok(c)
-}
-
-/// Deep-merges a TOML value into a table (nested tables merge key by key).
-fn merge(base: &mut toml::Table, key: String, value: toml::Value) {
-    match (base.get_mut(&key), value) {
-        (Some(toml::Value::Table(b)), toml::Value::Table(v)) => {
-            for (k, v) in v {
-                merge(b, k, v);
-            }
-        }
-        (_, v) => {
-            base.insert(key, v);
+    if let Some(v) = a.train_interpolation {
+        c.train_transform.interpolation = v;
+    }
+    if let Some(v) = a.interpolation {
+        c.eval_transform.interpolation = v;
+    }
+    if let (Some(path), false) = (&c.initial_checkpoint, model_chosen) {
+        if let Some(m) = crate::train::finetune::stored_model_config(path)? {
+            eprintln!(
+                "fine-tuning the model stored in {} ({}, {}×{}×{} images, patch {}, D {}, depth {})",
+                path.display(),
+                m.family,
+                m.img_size,
+                m.img_size,
+                m.in_chans,
+                m.patch_size,
+                m.embed_dim,
+                m.depth
+            );
+            c.model_config = Some(m);
         }
     }
+    Ok(c)
 }
 
 /// Exit status of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
@@ -344,8 +402,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if a.json {
         outln!("{}", serde_json::to_string(&summary)?)?;
     } else {
+        // With --model-ema the EMA's top-1 picks best (as in timm).
+        let (ema, best) = match summary.final_val_top1_ema {
+            Some(t) => (format!(", EMA top-1 {t:.4}"), "best EMA"),
+            None => (String::new(), "best"),
+        };
         eprintln!(
-            "done: {} ({} params) val top-1 {:.4} top-5 {:.4} (best {:.4} at epoch {:?}) in {:.0} s; run in {}",
+            "done: {} ({} params) val top-1 {:.4} top-5 {:.4}{ema} ({best} {:.4} at epoch {:?}) in {:.0} s; run in {}",
             summary.model,
             summary.params,
             summary.final_val_top1,
@@ -390,6 +453,38 @@ mod tests {
     }
 
     #[test]
+    fn interpolation_defaults_per_data_set_and_flags() {
+        let folder = resolved(&["--dataset", "folder"]);
+        assert_eq!(
+            folder.train_transform.interpolation,
+            TrainInterpolation::Random
+        );
+        assert_eq!(folder.eval_transform.interpolation, Interpolation::Bicubic);
+        let fmnist = resolved(&[]);
+        assert_eq!(
+            fmnist.train_transform.interpolation,
+            TrainInterpolation::Bilinear
+        );
+        assert_eq!(fmnist.eval_transform.interpolation, Interpolation::Bilinear);
+        let c = resolved(&[
+            "--dataset",
+            "folder",
+            "--train-interpolation",
+            "bicubic",
+            "--interpolation",
+            "bilinear",
+        ]);
+        assert_eq!(c.train_transform.interpolation, TrainInterpolation::Bicubic);
+        assert_eq!(c.eval_transform.interpolation, Interpolation::Bilinear);
+        let cli = Cli::try_parse_from(["imixer-train", "--interpolation", "random"]);
+        let e = cli
+            .err()
+            .expect("random is a train-only choice")
+            .to_string();
+        assert!(e.contains("random") && e.contains("bicubic"), "{e}");
+    }
+
+    #[test]
     fn flags_override_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("run.toml");
@@ -402,6 +497,88 @@ mod tests {
         assert_eq!(c.train_transform.spatial, defaults.train_transform.spatial);
         let c = resolved(&["--config", file, "--epochs", "5", "--hflip", "0"]);
         assert_eq!((c.epochs, c.train_transform.hflip), (5, 0.0));
+    }
+
+    #[test]
+    fn the_lr_is_resolved_after_every_flag() {
+        // The image-folder default follows --batch-size (paper 2: 5e-4 · batch / 512).
+        let folder = resolved(&["--dataset", "folder"]);
+        assert_eq!((folder.lr, folder.peak_lr()), (None, 1.25e-4));
+        let c = resolved(&["--dataset", "folder", "--batch-size", "256"]);
+        assert_eq!(c.peak_lr(), 2.5e-4);
+        let c = resolved(&[
+            "--dataset",
+            "folder",
+            "--batch-size",
+            "64",
+            "--grad-accum",
+            "8",
+        ]);
+        assert_eq!(c.peak_lr(), 5e-4);
+        // An explicit --lr wins over any batch.
+        let c = resolved(&["--dataset", "folder", "--batch-size", "256", "--lr", "1e-3"]);
+        assert_eq!(c.peak_lr(), 1e-3);
+        // The timm flags.
+        let c = resolved(&[
+            "--lr-base",
+            "0.1",
+            "--lr-base-size",
+            "256",
+            "--batch-size",
+            "1024",
+        ]);
+        assert_eq!((c.lr_scale(), c.peak_lr()), (LrScale::Sqrt, 0.2));
+        let args = [
+            "--lr-base-scale",
+            "linear",
+            "--lr-base",
+            "0.1",
+            "--lr-base-size",
+            "256",
+        ];
+        let c = resolved(&[&args[..], &["--batch-size", "1024"]].concat());
+        assert_eq!(c.peak_lr(), 0.4);
+        // --lr and --lr-base* contradict each other.
+        let both = ["imixer-train", "--lr", "1e-3", "--lr-base", "0.1"];
+        assert!(Cli::try_parse_from(both).is_err());
+        // An lr in the config file wins over the default rule; a --lr-base* flag over the file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("run.toml");
+        std::fs::write(&file, "lr = 0.003\n").unwrap();
+        let file = file.to_str().unwrap();
+        let c = resolved(&["--config", file, "--batch-size", "256"]);
+        assert_eq!(c.peak_lr(), 0.003);
+        let c = resolved(&["--config", file, "--lr-base-size", "128"]);
+        assert_eq!((c.lr, c.peak_lr()), (None, 5e-3 * 0.5f64.powf(0.5)));
+    }
+
+    #[test]
+    fn ema_and_fine_tuning_flags_reach_the_config() {
+        let c = resolved(&["--model-ema", "--model-ema-decay", "0.99"]);
+        assert!(c.model_ema);
+        assert_eq!(c.model_ema_decay, 0.99);
+        let c = resolved(&[]);
+        assert!(!c.model_ema && c.initial_checkpoint.is_none());
+        // Fine-tuning without --model takes the checkpoint's model configuration.
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = dir.path().join("src.safetensors");
+        let mut cfg = crate::registry::lookup("mixer_n4_28").unwrap();
+        cfg.num_classes = 7;
+        crate::MixerNet::new(&cfg, 0, &candle_core::Device::Cpu)
+            .unwrap()
+            .save(&ckpt)
+            .unwrap();
+        let path = ckpt.to_str().unwrap();
+        let c = resolved(&["--initial-checkpoint", path]);
+        assert_eq!(c.initial_checkpoint.as_deref(), Some(ckpt.as_path()));
+        assert_eq!(c.model_config, Some(cfg));
+        // A chosen model stays.
+        let c = resolved(&["--initial-checkpoint", path, "--model", "imixer_n4_28"]);
+        assert_eq!((c.model.as_str(), c.model_config), ("imixer_n4_28", None));
+        let cli = Cli::try_parse_from(["t", "--initial-checkpoint", "/nonexistent/x.safetensors"])
+            .unwrap();
+        let err = format!("{:#}", resolve(&cli.train).unwrap_err());
+        assert!(err.contains("/nonexistent/x.safetensors"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! CIFAR-10 / CIFAR-100 "binary version" files (Krizhevsky's `cifar-10-binary.tar.gz`,
-//! `cifar-100-binary.tar.gz`).
+//! CIFAR-10 / CIFAR-100: the "binary version" files (Krizhevsky's `cifar-10-binary.tar.gz`,
+//! `cifar-100-binary.tar.gz`) read here, and the choice between them and the "python version"
+//! ([`super::cifar_python`], what torchvision downloads) from what the data directory holds.
 //!
 //! A record is the label byte(s) followed by 3072 bytes: the 1024 red, then 1024 green, then 1024
 //! blue values of a 32×32 image (CHW planar, row-major). CIFAR-10 has one label byte; CIFAR-100 has
@@ -86,15 +87,21 @@ pub fn parse_records(
             ));
         }
         labels.push(label);
-        let chw = &record[label_bytes..];
-        let out = &mut pixels[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES];
-        for p in 0..SIDE * SIDE {
-            for c in 0..3 {
-                out[p * 3 + c] = chw[c * SIDE * SIDE + p];
-            }
-        }
+        chw_to_hwc(
+            &record[label_bytes..],
+            &mut pixels[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES],
+        );
     }
     Ok((pixels, labels))
+}
+
+/// One CIFAR image from planar R, G, B (as both versions store it) to interleaved HWC.
+pub(crate) fn chw_to_hwc(chw: &[u8], hwc: &mut [u8]) {
+    for p in 0..SIDE * SIDE {
+        for c in 0..3 {
+            hwc[p * 3 + c] = chw[c * SIDE * SIDE + p];
+        }
+    }
 }
 
 /// Read and concatenate several record files into one split.
@@ -120,18 +127,43 @@ fn load_split(files: &[PathBuf], label_bytes: usize, num_classes: usize) -> Resu
     )
 }
 
-/// `dir` itself when it holds `marker`, else `dir/sub` when that does.
-fn resolve_dir(dir: &Path, sub: &str, marker: &str, kind: DatasetKind) -> Result<PathBuf> {
-    if dir.join(marker).is_file() {
-        return Ok(dir.to_path_buf());
+/// The two on-disk versions of CIFAR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// `cifar-10-batches-bin/*.bin`, `cifar-100-binary/*.bin`: fixed-size records.
+    Binary,
+    /// `cifar-10-batches-py/`, `cifar-100-python/`: pickled numpy arrays (torchvision's download).
+    Python,
+}
+
+/// Where the data set of `kind` is and in which version: `dir` itself or its standard
+/// sub-folder (`cifar-10-batches-bin`, …), found by a file only that version has. The binary
+/// version is looked for first, so a folder holding both extracted archives reads the binary one.
+pub fn locate(dir: &Path, kind: DatasetKind) -> Result<(PathBuf, Version)> {
+    let layouts = match kind {
+        DatasetKind::Cifar100 => [
+            (Version::Binary, "cifar-100-binary", "train.bin"),
+            (Version::Python, "cifar-100-python", "train"),
+        ],
+        _ => [
+            (Version::Binary, "cifar-10-batches-bin", "data_batch_1.bin"),
+            (Version::Python, "cifar-10-batches-py", "data_batch_1"),
+        ],
+    };
+    for (version, sub, marker) in layouts {
+        for d in [dir.to_path_buf(), dir.join(sub)] {
+            if d.join(marker).is_file() {
+                return Ok((d, version));
+            }
+        }
     }
-    let nested = dir.join(sub);
-    if nested.join(marker).is_file() {
-        return Ok(nested);
-    }
+    let [(_, bin_sub, bin_marker), (_, py_sub, py_marker)] = layouts;
     Err(DataError::missing(
-        format!("{kind} file {marker} (looked in the directory and in {sub}/)"),
-        &dir.join(marker),
+        format!(
+            "{kind} data (looked for {bin_marker} of the binary version and {py_marker} of the \
+             python version, in the directory and in {bin_sub}/ and {py_sub}/)"
+        ),
+        dir,
         download_hint(kind),
     ))
 }
@@ -175,10 +207,13 @@ fn check_names(names: Vec<String>, n: usize, path: &Path) -> Result<Vec<String>>
     Ok(names)
 }
 
-/// Load CIFAR-10 from `cifar-10-batches-bin` or its parent.
+/// Load CIFAR-10, binary or python version, from its extracted folder or that folder's parent.
 pub fn load_cifar10(dir: &Path) -> Result<Dataset> {
     let kind = DatasetKind::Cifar10;
-    let dir = resolve_dir(dir, "cifar-10-batches-bin", "data_batch_1.bin", kind)?;
+    let dir = match locate(dir, kind)? {
+        (d, Version::Binary) => d,
+        (d, Version::Python) => return super::cifar_python::load(&d, kind),
+    };
     let train_files: Vec<PathBuf> = (1..=5)
         .map(|i| dir.join(format!("data_batch_{i}.bin")))
         .collect();
@@ -200,10 +235,14 @@ pub fn load_cifar10(dir: &Path) -> Result<Dataset> {
     })
 }
 
-/// Load CIFAR-100 (fine labels) from `cifar-100-binary` or its parent.
+/// Load CIFAR-100 (fine labels), binary or python version, from its extracted folder or that
+/// folder's parent.
 pub fn load_cifar100(dir: &Path) -> Result<Dataset> {
     let kind = DatasetKind::Cifar100;
-    let dir = resolve_dir(dir, "cifar-100-binary", "train.bin", kind)?;
+    let dir = match locate(dir, kind)? {
+        (d, Version::Binary) => d,
+        (d, Version::Python) => return super::cifar_python::load(&d, kind),
+    };
     let train_files = vec![dir.join("train.bin")];
     let test_files = vec![dir.join("test.bin")];
     require(&test_files, kind)?;

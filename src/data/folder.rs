@@ -261,10 +261,15 @@ pub fn load_folder(root: &Path) -> Result<Dataset> {
     let kind = DatasetKind::Folder;
     let train_dir = root.join("train");
     if !is_directory(&train_dir)? {
+        let food101 = super::food101::locate(root).is_ok();
         return Err(DataError::missing(
             "training folder",
             &train_dir,
-            download_hint(kind),
+            if food101 {
+                "This is Food-101's own layout (images/ + meta/train.txt): use --dataset food101"
+            } else {
+                download_hint(kind)
+            },
         ));
     }
     let mut val_dir = None;

@@ -3,18 +3,21 @@
 //! The module stops at plain `Vec<f32>` NCHW batches plus labels / soft targets so it stays
 //! independent of candle; the trainer turns batches into tensors.
 //!
-//! * [`idx`], [`cifar`], [`folder`]: readers for the on-disk formats users bring (docs/models.md
-//!   "Data").
+//! * [`idx`], [`cifar`] (+ [`cifar_python`], [`pickle`]), [`folder`], [`food101`]: readers for
+//!   the on-disk formats users bring (docs/models.md "Data").
 //! * [`transforms`]: timm/torchvision-compatible train and eval pipelines on single images.
 //! * [`mix`]: timm `Mixup`/CutMix and label smoothing on a batch.
 //! * [`loader`]: deterministic, parallel, prefetching, resumable batch iterator.
 
 pub mod cifar;
+pub mod cifar_python;
 pub mod error;
 pub mod folder;
+pub mod food101;
 pub mod idx;
 pub mod loader;
 pub mod mix;
+pub mod pickle;
 mod split;
 pub mod transforms;
 
@@ -31,7 +34,9 @@ pub use error::{DataError, Result};
 pub use loader::{Batch, Loader, LoaderConfig, LoaderIter};
 pub use mix::{smooth_targets, Mixup, MixupConfig};
 pub use split::{RawImage, Samples, Split};
-pub use transforms::{EvalTransform, Image, TrainTransform, Transform};
+pub use transforms::{
+    EvalTransform, Image, Interpolation, TrainInterpolation, TrainTransform, Transform,
+};
 
 /// The dataset formats `imixer` can read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -41,22 +46,25 @@ pub enum DatasetKind {
     FashionMnist,
     /// MNIST IDX files (28×28 gray digits).
     Mnist,
-    /// CIFAR-10 binary version (32×32 RGB, 10 classes).
+    /// CIFAR-10, binary or python version (32×32 RGB, 10 classes).
     Cifar10,
-    /// CIFAR-100 binary version (32×32 RGB, 100 fine classes).
+    /// CIFAR-100, binary or python version (32×32 RGB, 100 fine classes).
     Cifar100,
     /// `root/train/<class>/*.png|jpg` and `root/val/<class>/…` image folders.
     Folder,
+    /// Food-101 as its archive extracts: `images/<class>/<id>.jpg` + `meta/{train,test}.txt`.
+    Food101,
 }
 
 impl DatasetKind {
     /// All kinds, in the order they are documented.
-    pub const ALL: [DatasetKind; 5] = [
+    pub const ALL: [DatasetKind; 6] = [
         DatasetKind::FashionMnist,
         DatasetKind::Mnist,
         DatasetKind::Cifar10,
         DatasetKind::Cifar100,
         DatasetKind::Folder,
+        DatasetKind::Food101,
     ];
 
     /// The canonical command-line name.
@@ -67,6 +75,7 @@ impl DatasetKind {
             DatasetKind::Cifar10 => "cifar10",
             DatasetKind::Cifar100 => "cifar100",
             DatasetKind::Folder => "folder",
+            DatasetKind::Food101 => "food101",
         }
     }
 }
@@ -88,6 +97,7 @@ impl FromStr for DatasetKind {
             "cifar10" | "cifar-10" => DatasetKind::Cifar10,
             "cifar100" | "cifar-100" => DatasetKind::Cifar100,
             "folder" | "image-folder" | "imagefolder" => DatasetKind::Folder,
+            "food101" | "food-101" => DatasetKind::Food101,
             _ => {
                 return Err(DataError::Config(format!(
                     "unknown dataset '{s}'; expected one of: {}",
@@ -103,12 +113,12 @@ impl FromStr for DatasetKind {
 pub struct Dataset {
     pub kind: DatasetKind,
     pub train: Split,
-    /// The held-out split (IDX/CIFAR "test", folder "val" or "test").
+    /// The held-out split (IDX/CIFAR/Food-101 "test", folder "val" or "test").
     pub val: Split,
     pub classes: Vec<String>,
     /// Channels of the stored images (1 for (Fashion-)MNIST, 3 otherwise).
     pub channels: usize,
-    /// `(height, width)` when every image has the same size (None for image folders).
+    /// `(height, width)` when every image has the same size (None for image folders, Food-101).
     pub native_size: Option<(usize, usize)>,
 }
 
@@ -127,9 +137,11 @@ pub fn default_data_dir(kind: DatasetKind) -> PathBuf {
     match kind {
         DatasetKind::FashionMnist => PathBuf::from("/usr/share/datasets/fashion-mnist"),
         DatasetKind::Mnist => PathBuf::from("data/mnist"),
-        DatasetKind::Cifar10 => PathBuf::from("data/cifar-10-batches-bin"),
-        DatasetKind::Cifar100 => PathBuf::from("data/cifar-100-binary"),
+        // either version's extracted folder below it (torchvision's default root is `data`)
+        DatasetKind::Cifar10 | DatasetKind::Cifar100 => PathBuf::from("data"),
         DatasetKind::Folder => PathBuf::from("data/images"),
+        // the extracted food-101 folder or the one holding it
+        DatasetKind::Food101 => PathBuf::from("data"),
     }
 }
 
@@ -148,6 +160,7 @@ pub fn load_dataset(kind: DatasetKind, dir: &Path) -> Result<Dataset> {
         DatasetKind::Cifar10 => cifar::load_cifar10(dir),
         DatasetKind::Cifar100 => cifar::load_cifar100(dir),
         DatasetKind::Folder => folder::load_folder(dir),
+        DatasetKind::Food101 => food101::load_food101(dir),
     }
 }
 
@@ -164,15 +177,21 @@ pub(crate) fn download_hint(kind: DatasetKind) -> &'static str {
              train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz]"
         }
         DatasetKind::Cifar10 => {
-            "Extract the CIFAR-10 binary version (cifar-10-binary.tar.gz) and point --data-dir at \
-             cifar-10-batches-bin or its parent"
+            "Extract the binary (cifar-10-binary.tar.gz) or python version (cifar-10-python.tar.gz, \
+             what torchvision downloads) and point --data-dir at cifar-10-batches-bin or \
+             cifar-10-batches-py, or at the folder holding it"
         }
         DatasetKind::Cifar100 => {
-            "Extract the CIFAR-100 binary version (cifar-100-binary.tar.gz) and point --data-dir at \
-             cifar-100-binary or its parent"
+            "Extract the binary (cifar-100-binary.tar.gz) or python version \
+             (cifar-100-python.tar.gz, what torchvision downloads) and point --data-dir at \
+             cifar-100-binary or cifar-100-python, or at the folder holding it"
         }
         DatasetKind::Folder => {
             "Point --data-dir at a folder with train/<class>/*.png|jpg and val/<class>/… (or test/)"
+        }
+        DatasetKind::Food101 => {
+            "Extract food-101.tar.gz (https://data.vision.ee.ethz.ch/cvl/food-101.tar.gz) and point \
+             --data-dir at food-101 or the folder holding it"
         }
     }
 }

@@ -75,3 +75,139 @@ pub fn save_rgb(path: &Path, w: u32, h: u32, data: &[u8]) {
     let img = image::RgbImage::from_raw(w, h, data.to_vec()).unwrap();
     img.save(path).unwrap();
 }
+
+/// Writes pickles the way Python 2's `cPickle.dump(obj, f, 2)` wrote the CIFAR "python version"
+/// batches: `str` as `SHORT_BINSTRING`/`BINSTRING`, every object memoised with `BINPUT`, lists
+/// filled by `APPENDS` in batches of 1000, numpy arrays as `_reconstruct` + `BUILD`.
+pub struct PickleWriter {
+    out: Vec<u8>,
+    memo: u32,
+}
+
+impl PickleWriter {
+    pub fn new() -> Self {
+        PickleWriter {
+            out: vec![0x80, 2],
+            memo: 0,
+        }
+    }
+
+    fn put(&mut self) {
+        if self.memo < 256 {
+            self.out.extend_from_slice(&[b'q', self.memo as u8]);
+        } else {
+            self.out.push(b'r');
+            self.out.extend_from_slice(&self.memo.to_le_bytes());
+        }
+        self.memo += 1;
+    }
+
+    pub fn int(&mut self, v: i64) {
+        match v {
+            0..=0xff => self.out.extend_from_slice(&[b'K', v as u8]),
+            0x100..=0xffff => {
+                self.out.push(b'M');
+                self.out.extend_from_slice(&(v as u16).to_le_bytes());
+            }
+            _ => {
+                self.out.push(b'J');
+                self.out.extend_from_slice(&(v as i32).to_le_bytes());
+            }
+        }
+    }
+
+    /// A Python 2 `str`.
+    pub fn str(&mut self, s: &[u8]) {
+        if s.len() < 256 {
+            self.out.extend_from_slice(&[b'U', s.len() as u8]);
+        } else {
+            self.out.push(b'T');
+            self.out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        }
+        self.out.extend_from_slice(s);
+        self.put();
+    }
+
+    fn global(&mut self, module: &str, name: &str) {
+        self.out.push(b'c');
+        self.out
+            .extend_from_slice(format!("{module}\n{name}\n").as_bytes());
+        self.put();
+    }
+
+    pub fn dict_start(&mut self) {
+        self.out.push(b'}');
+        self.put();
+        self.out.push(b'(');
+    }
+
+    pub fn key(&mut self, k: &str) {
+        self.str(k.as_bytes());
+    }
+
+    pub fn dict_end(&mut self) {
+        self.out.push(b'u');
+    }
+
+    fn list<T>(&mut self, items: &[T], mut item: impl FnMut(&mut Self, &T)) {
+        self.out.push(b']');
+        self.put();
+        for batch in items.chunks(1000) {
+            self.out.push(b'(');
+            for v in batch {
+                item(self, v);
+            }
+            self.out.push(b'e');
+        }
+    }
+
+    pub fn int_list(&mut self, v: &[i64]) {
+        self.list(v, |w, &i| w.int(i));
+    }
+
+    pub fn str_list(&mut self, v: &[&str]) {
+        self.list(v, |w, s| w.str(s.as_bytes()));
+    }
+
+    /// `numpy.ndarray` of dtype uint8, C order.
+    pub fn numpy_u8(&mut self, shape: &[i64], data: &[u8]) {
+        self.global("numpy.core.multiarray", "_reconstruct");
+        self.global("numpy", "ndarray");
+        self.int(0);
+        self.out.push(0x85); // TUPLE1
+        self.put();
+        self.str(b"b");
+        self.out.push(0x87); // TUPLE3
+        self.put();
+        self.out.push(b'R');
+        self.put();
+        self.out.extend_from_slice(b"(K\x01(");
+        for &d in shape {
+            self.int(d);
+        }
+        self.out.push(b't');
+        self.put();
+        self.global("numpy", "dtype");
+        self.str(b"u1");
+        self.out.extend_from_slice(b"K\x00K\x01\x87");
+        self.put();
+        self.out.push(b'R');
+        self.put();
+        self.out.extend_from_slice(b"(K\x03");
+        self.str(b"|");
+        self.out
+            .extend_from_slice(b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t");
+        self.put();
+        self.out.push(b'b'); // BUILD the dtype
+        self.out.push(0x89); // NEWFALSE: C order
+        self.str(data);
+        self.out.push(b't');
+        self.put();
+        self.out.push(b'b'); // BUILD the array
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.out.push(b'.');
+        self.out
+    }
+}

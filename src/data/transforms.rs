@@ -2,17 +2,20 @@
 //!
 //! Train (timm `transforms_imagenet_train`): spatial augmentation (RandomResizedCrop, or the cheap
 //! RandomCrop-with-padding for 28×28/32×32 data) → horizontal flip → RandAugment on `u8` →
-//! `ToTensor` + `Normalize` → RandomErasing on the normalised tensor.
+//! `ToTensor` + `Normalize` → RandomErasing on the normalised tensor. The resize and
+//! RandAugment's geometric ops resample with the train interpolation (bilinear, bicubic, or
+//! timm's `random`, drawn per use).
 //!
 //! Eval (timm `transforms_imagenet_eval`): resize the shorter side to `⌊size / crop_pct⌋`
-//! (256·size/224, i.e. crop_pct 0.875; docs/models.md "Training recipe") → centre crop
-//! `size × size` → normalise.
+//! (256·size/224, i.e. crop_pct 0.875; docs/models.md "Training recipe") with the eval
+//! interpolation (bicubic in the papers' recipe) → centre crop `size × size` → normalise.
 //!
 //! All randomness comes from the `Rng` the caller passes in, so a loader can give every sample its
 //! own seeded generator and get identical results whatever thread runs it.
 
 pub mod erasing;
 pub mod geometry;
+pub mod interpolation;
 pub mod ops;
 pub mod randaugment;
 
@@ -20,6 +23,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 pub use erasing::RandomErasing;
+pub use interpolation::{Interpolation, TrainInterpolation};
 pub use randaugment::{AugOp, RandAugment};
 
 use self::geometry::{center_offset, crop, hflip, pad, resize, rrc_params, shorter_side_size};
@@ -38,7 +42,8 @@ pub struct Image {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SpatialAug {
-    /// torchvision `RandomResizedCrop(size, scale, ratio)` with bilinear resampling.
+    /// timm `RandomResizedCropAndInterpolation(size, scale, ratio)`: torchvision's crop
+    /// parameters, then a resize with the train interpolation.
     RandomResizedCrop {
         scale: (f64, f64),
         ratio: (f64, f64),
@@ -191,6 +196,12 @@ pub struct TrainTransform {
     pub random_erase: f64,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// Filter of the resize and of RandAugment's rotate/shear/translate (timm
+    /// `--train-interpolation`). Field-level default bilinear: configurations saved before the
+    /// field existed resampled that way and resume identically (the container default, the
+    /// papers' recipe's `random`, would change them).
+    #[serde(default)]
+    pub interpolation: TrainInterpolation,
 }
 
 impl Default for TrainTransform {
@@ -201,8 +212,8 @@ impl Default for TrainTransform {
 
 impl TrainTransform {
     /// The papers' training recipe (docs/models.md "Training recipe"): RandomResizedCrop
-    /// (0.08–1, 3/4–4/3), flip 0.5,
-    /// `rand-m9-mstd0.5-inc1`, random erasing 0.25, mean = std = 0.5.
+    /// (0.08–1, 3/4–4/3), flip 0.5, `rand-m9-mstd0.5-inc1`, random erasing 0.25,
+    /// mean = std = 0.5, and timm's default `random` interpolation.
     pub fn spec(image_size: usize, in_chans: usize) -> Self {
         TrainTransform {
             image_size,
@@ -213,16 +224,19 @@ impl TrainTransform {
             random_erase: 0.25,
             mean: vec![0.5],
             std: vec![0.5],
+            interpolation: TrainInterpolation::Random,
         }
     }
 
     /// Cheap recipe for small native-resolution data (28×28, 32×32): RandomCrop with `padding`
-    /// (none for 0), flip 0.5, no RandAugment, no erasing, mean = std = 0.5.
+    /// (none for 0), flip 0.5, no RandAugment, no erasing, mean = std = 0.5, bilinear (at native
+    /// size nothing is resized; the filter only matters to RandAugment's warps, if enabled).
     pub fn small(image_size: usize, in_chans: usize, padding: usize) -> Self {
         TrainTransform {
             spatial: SpatialAug::random_crop(padding),
             rand_augment: None,
             random_erase: 0.0,
+            interpolation: TrainInterpolation::Bilinear,
             ..TrainTransform::spec(image_size, in_chans)
         }
     }
@@ -271,22 +285,30 @@ impl TrainTransform {
         let mut img = to_channels(raw, self.in_chans)?;
         img = match self.spatial {
             SpatialAug::RandomResizedCrop { scale, ratio } => {
+                // timm draws the crop, then the filter
                 let (top, left, h, w) = rrc_params(rng, img.width, img.height, scale, ratio);
-                resize(&crop(&img, top as isize, left as isize, h, w), size, size)
+                let filter = self.interpolation.pick(rng);
+                resize(
+                    &crop(&img, top as isize, left as isize, h, w),
+                    size,
+                    size,
+                    filter,
+                )
             }
             SpatialAug::RandomCrop { padding } => {
-                let padded = pad(&resize(&img, size, size), padding);
+                let filter = self.interpolation.pick(rng);
+                let padded = pad(&resize(&img, size, size, filter), padding);
                 let top = rng.gen_range(0..=padded.height - size);
                 let left = rng.gen_range(0..=padded.width - size);
                 crop(&padded, top as isize, left as isize, size, size)
             }
-            SpatialAug::None => resize(&img, size, size),
+            SpatialAug::None => resize(&img, size, size, self.interpolation.pick(rng)),
         };
         if self.hflip > 0.0 && rng.gen::<f64>() < self.hflip {
             img = hflip(&img);
         }
         if let Some(ra) = &self.rand_augment {
-            img = ra.apply(&img, rng);
+            img = ra.apply(&img, self.interpolation, rng);
         }
         let mut out = self.normalize().apply(&img)?;
         if self.random_erase > 0.0 {
@@ -307,6 +329,11 @@ pub struct EvalTransform {
     pub crop_pct: f64,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// Filter of the resize before the centre crop (timm `--interpolation`; the papers' models
+    /// evaluate with bicubic). Field-level default bilinear, for the same reason as
+    /// [`TrainTransform::interpolation`].
+    #[serde(default)]
+    pub interpolation: Interpolation,
 }
 
 impl Default for EvalTransform {
@@ -316,7 +343,7 @@ impl Default for EvalTransform {
 }
 
 impl EvalTransform {
-    /// The papers' eval: crop_pct 0.875, mean = std = 0.5.
+    /// The papers' eval: crop_pct 0.875, bicubic, mean = std = 0.5.
     pub fn spec(image_size: usize, in_chans: usize) -> Self {
         EvalTransform {
             image_size,
@@ -324,6 +351,7 @@ impl EvalTransform {
             crop_pct: 0.875,
             mean: vec![0.5],
             std: vec![0.5],
+            interpolation: Interpolation::Bicubic,
         }
     }
 
@@ -350,7 +378,7 @@ impl EvalTransform {
         let img = to_channels(raw, self.in_chans)?;
         let scale_size = ((size as f64 / self.crop_pct).floor() as usize).max(1);
         let (w, h) = shorter_side_size(img.width, img.height, scale_size);
-        let img = resize(&img, w.max(1), h.max(1));
+        let img = resize(&img, w.max(1), h.max(1), self.interpolation);
         let top = center_offset(img.height, size);
         let left = center_offset(img.width, size);
         let img = crop(&img, top, left, size, size);
@@ -427,6 +455,7 @@ mod tests {
             hflip: 0.0,
             rand_augment: None,
             random_erase: 0.0,
+            interpolation: TrainInterpolation::Bilinear,
             ..TrainTransform::spec(size, in_chans)
         }
     }
@@ -572,6 +601,89 @@ mod tests {
         assert_eq!((out.c, out.h, out.w), (3, 224, 224));
         let crop_ref = geometry::crop(&big, 16, 48, 224, 224);
         assert_eq!(out, plain(224, 3).normalize().apply(&crop_ref).unwrap());
+    }
+
+    #[test]
+    fn random_interpolation_draws_the_filter_after_the_crop() {
+        let img = picture(37, 29, 3);
+        let rrc = |interpolation| TrainTransform {
+            spatial: SpatialAug::random_resized_crop(),
+            interpolation,
+            ..plain(16, 3)
+        };
+        let (mut bilinear, mut bicubic) = (0, 0);
+        for s in 0..24 {
+            let random = rrc(TrainInterpolation::Random)
+                .apply(&img, &mut rng(s))
+                .unwrap();
+            // Same crop (drawn first), then one of the two filters.
+            let a = rrc(TrainInterpolation::Bilinear).apply(&img, &mut rng(s));
+            let b = rrc(TrainInterpolation::Bicubic).apply(&img, &mut rng(s));
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert_ne!(a, b, "seed {s}: the filters must differ on this image");
+            if random == a {
+                bilinear += 1;
+            } else {
+                assert_eq!(random, b, "seed {s}");
+                bicubic += 1;
+            }
+        }
+        assert!(bilinear >= 4 && bicubic >= 4, "{bilinear} vs {bicubic}");
+    }
+
+    #[test]
+    fn eval_resizes_with_its_interpolation() {
+        let img = picture(7, 5, 3);
+        for filter in Interpolation::ALL {
+            let t = EvalTransform {
+                crop_pct: 1.0,
+                interpolation: filter,
+                ..EvalTransform::spec(4, 3)
+            };
+            // shorter side 5 → 4, longer 7 → int(4·7/5) = 5; centre crop 4×4 at left round(0.5) = 0
+            let want = geometry::crop(&geometry::resize(&img, 5, 4, filter), 0, 0, 4, 4);
+            let want = plain(4, 3).normalize().apply(&want).unwrap();
+            assert_eq!(t.apply(&img).unwrap(), want, "{filter}");
+        }
+        assert_eq!(
+            EvalTransform::spec(224, 3).interpolation,
+            Interpolation::Bicubic
+        );
+    }
+
+    /// Configurations written before the interpolation fields existed name none: they must read
+    /// back as bilinear (what they ran with), not as the papers' recipe's random / bicubic.
+    #[test]
+    fn configs_without_interpolation_stay_bilinear() {
+        let mut train = toml::Table::try_from(TrainTransform::spec(24, 3)).unwrap();
+        let mut eval = toml::Table::try_from(EvalTransform::spec(224, 3)).unwrap();
+        assert_eq!(
+            train.remove("interpolation").unwrap().as_str(),
+            Some("random")
+        );
+        assert_eq!(
+            eval.remove("interpolation").unwrap().as_str(),
+            Some("bicubic")
+        );
+        let train: TrainTransform = toml::Value::Table(train).try_into().unwrap();
+        let eval: EvalTransform = toml::Value::Table(eval).try_into().unwrap();
+        assert_eq!(train.interpolation, TrainInterpolation::Bilinear);
+        assert_eq!(eval.interpolation, Interpolation::Bilinear);
+        // The old config is the explicit bilinear pipeline (whose filter draws no random number:
+        // `interpolation::tests`), and it differs from the papers' `random`.
+        let img = picture(40, 30, 3);
+        let t = TrainTransform {
+            interpolation: TrainInterpolation::Bilinear,
+            ..TrainTransform::spec(24, 3)
+        };
+        assert_eq!(train, t);
+        let (mut r, mut r2) = (rng(11), rng(11));
+        let a = t.apply(&img, &mut r).unwrap();
+        let random = TrainTransform {
+            interpolation: TrainInterpolation::Random,
+            ..t.clone()
+        };
+        assert_ne!(random.apply(&img, &mut r2).unwrap(), a, "random draws more");
     }
 
     #[test]

@@ -6,6 +6,9 @@
 
 use std::path::Path;
 
+mod error_bars;
+pub use error_bars::{error_bars, Band, ErrorSeries};
+
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 

@@ -20,6 +20,13 @@ pub struct EpochMetrics {
     pub val_loss: f64,
     pub val_top1: f64,
     pub val_top5: f64,
+    /// The model EMA's validation metrics (`--model-ema` runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss_ema: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_top1_ema: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_top5_ema: Option<f64>,
     pub seconds: f64,
     pub img_per_s: f64,
     /// iMLP fixed-point solves of this epoch (picard/anderson modes): mean iterations.
@@ -31,6 +38,10 @@ pub struct EpochMetrics {
     /// The same per iMLP block (picard/anderson modes), in block order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub solver_blocks: Vec<BlockSolverStats>,
+    /// Block-averaged weight symmetry after the epoch (`analysis::symmetry::summary`): how far
+    /// each MLP is from the gradient of an energy, tracked over training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_symmetry: Option<crate::analysis::symmetry::SymmetrySummary>,
 }
 
 /// One iMLP block's fixed-point solves over an epoch. Each data-parallel shard of a batch solves
@@ -152,28 +163,30 @@ pub(crate) fn plot_curves(path: &Path, h: &[EpochMetrics]) -> Result<()> {
         name,
         points: h.iter().map(|m| (m.epoch as f64, f(m))).collect(),
     };
+    // The model EMA's curves, in runs that keep one.
+    let ema_series = |name, f: fn(&EpochMetrics) -> Option<f64>| {
+        let points: Vec<(f64, f64)> = h
+            .iter()
+            .filter_map(|m| Some((m.epoch as f64, f(m)?)))
+            .collect();
+        (!points.is_empty()).then_some(Series { name, points })
+    };
+    let mut loss = vec![
+        series("train", |m| m.train_loss),
+        series("val", |m| m.val_loss),
+    ];
+    loss.extend(ema_series("val EMA", |m| m.val_loss_ema));
+    let mut accuracy = vec![
+        series("train", |m| m.train_acc),
+        series("val top-1", |m| m.val_top1),
+        series("val top-5", |m| m.val_top5),
+    ];
+    accuracy.extend(ema_series("val EMA top-1", |m| m.val_top1_ema));
     line_panels(
         path,
         &[
-            (
-                "loss",
-                "epoch",
-                "cross-entropy",
-                vec![
-                    series("train", |m| m.train_loss),
-                    series("val", |m| m.val_loss),
-                ],
-            ),
-            (
-                "accuracy",
-                "epoch",
-                "accuracy",
-                vec![
-                    series("train", |m| m.train_acc),
-                    series("val top-1", |m| m.val_top1),
-                    series("val top-5", |m| m.val_top5),
-                ],
-            ),
+            ("loss", "epoch", "cross-entropy", loss),
+            ("accuracy", "epoch", "accuracy", accuracy),
         ],
     )
 }
@@ -191,11 +204,15 @@ mod tests {
             val_loss: 2.0_f64.sqrt(),
             val_top1: 0.25,
             val_top5: 0.75,
+            val_loss_ema: None,
+            val_top1_ema: None,
+            val_top5_ema: None,
             seconds: 1.5,
             img_per_s: 100.0,
             solver_mean_iters: None,
             solver_max_residual: None,
             solver_blocks: Vec::new(),
+            weight_symmetry: None,
         }
     }
 

@@ -1,7 +1,10 @@
 //! Training: configuration, schedule, the optimisation step, the loop, evaluation, checkpoints.
 
 pub mod config;
+pub mod ema;
 pub mod eval;
+pub mod finetune;
+pub mod lr_scale;
 pub mod metrics;
 pub mod schedule;
 pub mod shards;

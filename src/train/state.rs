@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::ema::ModelEma;
 use crate::checkpoint::{self, CONFIG_KEY, TRAIN_STATE_PREFIX};
 use crate::optim::AdamW;
 use crate::MixerNet;
@@ -71,11 +72,12 @@ fn best_top1_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Res
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NEG_INFINITY))
 }
 
-/// Writes model + optimizer + state atomically.
+/// Writes model + optimizer + model EMA + state atomically.
 pub fn save(
     path: &Path,
     model: &MixerNet,
     opt: Option<&AdamW>,
+    ema: Option<&ModelEma>,
     state: &RunState,
     train_config_toml: &str,
     classes: &[String],
@@ -87,6 +89,9 @@ pub fn save(
                 .into_iter()
                 .map(|(n, t)| (format!("{TRAIN_STATE_PREFIX}{n}"), t)),
         );
+    }
+    if let Some(ema) = ema {
+        tensors.extend(ema.state_tensors());
     }
     let mut meta = HashMap::new();
     meta.insert(
@@ -100,11 +105,13 @@ pub fn save(
     checkpoint::write(path, &tensors, &meta)
 }
 
-/// Restores model weights, optimizer moments and the run state from `path`.
+/// Restores model weights, optimizer moments, the model EMA (when the run keeps one) and the
+/// run state from `path`.
 pub fn restore(
     path: &Path,
     model: &MixerNet,
     opt: &mut AdamW,
+    ema: Option<&ModelEma>,
     device: &Device,
 ) -> Result<RunState> {
     let file = checkpoint::read(path, device)?;
@@ -117,7 +124,7 @@ pub fn restore(
     let weights: HashMap<String, Tensor> = file
         .tensors
         .iter()
-        .filter(|(k, _)| !k.starts_with(TRAIN_STATE_PREFIX))
+        .filter(|(k, _)| checkpoint::is_model_tensor(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     model
@@ -129,6 +136,9 @@ pub fn restore(
             .cloned()
     })
     .with_context(|| format!("while restoring the optimizer from {}", path.display()))?;
+    if let Some(ema) = ema {
+        ema.restore(&file.tensors, path)?;
+    }
     Ok(state)
 }
 

@@ -12,7 +12,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::config::{SchedUnit, TrainConfig};
+use super::ema::ModelEma;
 use super::eval::{evaluate, images_tensor, rank, EvalReport};
+use super::finetune;
 use super::metrics::{
     append_history, plot_curves, read_history, record_solve, rewrite_history, EpochMetrics,
     SolverTotals,
@@ -36,6 +38,14 @@ pub struct TrainSummary {
     pub final_val_top1: f64,
     pub final_val_top5: f64,
     pub final_val_loss: f64,
+    /// The model EMA's final metrics (`--model-ema` runs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_val_top1_ema: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_val_top5_ema: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_val_loss_ema: Option<f64>,
+    /// Best validation top-1: of the EMA in `--model-ema` runs (which picks `best`, as timm).
     pub best_val_top1: f64,
     pub best_epoch: Option<usize>,
     pub train_seconds: f64,
@@ -88,6 +98,16 @@ pub fn resolve_model(cfg: &TrainConfig, num_classes: usize) -> Result<ModelConfi
         );
         m.imixer.solver = solver.clone();
     }
+    if let Some(lambda) = cfg.lambda {
+        // λ weighs the ‖W2‖² term of the paper-2 blocks; on other families it would be ignored.
+        anyhow::ensure!(
+            m.family.is_paper2(),
+            "--lambda applies to paper-2 models (vanillamixer, paramixer, symmixer, asymmixer), but {} is a {} model",
+            cfg.model_config.as_ref().map_or(cfg.model.as_str(), |_| "the custom model"),
+            m.family
+        );
+        m.lambda = lambda;
+    }
     m.validate().map_err(anyhow::Error::msg)?;
     Ok(m)
 }
@@ -127,14 +147,25 @@ fn splitmix(mut z: u64) -> u64 {
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("training config: {e}"))?;
-    // Data, model and loaders first: a bad path, model name or flag must fail before the run
-    // directory is touched.
+    // Data, model, loaders and the initial checkpoint first: a bad path, model name or flag must
+    // fail before the run directory is touched.
     let ds = load_data(cfg)?;
     let mcfg = resolve_model(cfg, ds.classes.len())?;
     let (train_loader, val_loader) = build_loaders(cfg, &ds, &mcfg)?;
+    let device = opts.device.open()?;
+    crate::kernels::set_precision(cfg.precision);
+    let model = MixerNet::new(&mcfg, cfg.seed, &device)?;
+    // A resumed run takes every weight from `last`; the initial checkpoint only seeds a fresh one.
+    if let (Some(path), false) = (&cfg.initial_checkpoint, opts.resume) {
+        let loaded = finetune::load_initial_weights(&model, path)?;
+        eprintln!("{}", loaded.describe(path, mcfg.num_classes));
+    }
+    if cfg.lr.is_none() {
+        eprintln!("{}", cfg.lr_origin());
+    }
     let dir = RunDir::prepare(cfg, opts)?;
     let fresh = !opts.resume;
-    let result = run(cfg, opts, &ds, &mcfg, train_loader, val_loader, &dir);
+    let result = run(cfg, opts, &ds, model, train_loader, val_loader, &dir);
     if result.is_err() && fresh {
         dir.discard_if_unsaved();
     }
@@ -146,24 +177,30 @@ fn run(
     cfg: &TrainConfig,
     opts: &RunOptions,
     ds: &Dataset,
-    mcfg: &ModelConfig,
+    model: MixerNet,
     train_loader: Loader,
     val_loader: Loader,
     dir: &RunDir,
 ) -> Result<TrainSummary> {
-    let device = opts.device.open()?;
-    crate::kernels::set_precision(cfg.precision);
-    let model = MixerNet::new(mcfg, cfg.seed, &device)?;
+    let device = model.device().clone();
+    let lr = cfg.peak_lr();
     let mut opt = AdamW::new(
         &model.params,
         AdamWConfig {
-            lr: cfg.lr,
+            lr,
             weight_decay: cfg.weight_decay,
             ..AdamWConfig::default()
         },
     )?;
+    // The EMA starts at the run's initial weights (timm builds it after loading them); a resume
+    // overwrites it with the saved average.
+    let ema = if cfg.model_ema {
+        Some(ModelEma::new(&model, cfg.model_ema_decay)?)
+    } else {
+        None
+    };
     let st = if opts.resume {
-        let st = state::restore(&dir.last, &model, &mut opt, &device)?;
+        let st = state::restore(&dir.last, &model, &mut opt, ema.as_ref(), &device)?;
         eprintln!(
             "resuming {} at epoch {} batch {} (step {})",
             dir.out.display(),
@@ -173,6 +210,18 @@ fn run(
         );
         st
     } else {
+        if cfg.cooldown_epochs > 0 {
+            // The image-folder recipe adds 10 cool-down epochs: say so, since `--epochs 1` then
+            // runs 11 epochs.
+            eprintln!(
+                "schedule: {} cosine epochs ({} of warm-up), then {} cool-down epochs at min lr {:e}: {} epochs in all (--cooldown-epochs 0 drops them)",
+                cfg.epochs,
+                cfg.warmup_epochs,
+                cfg.cooldown_epochs,
+                cfg.min_lr,
+                cfg.total_epochs()
+            );
+        }
         RunState::start()
     };
     // Metrics of epochs the checkpoint does not cover (an epoch finished after the last save)
@@ -185,7 +234,7 @@ fn run(
         cfg,
         opts,
         sched: CosineSchedule {
-            lr: cfg.lr,
+            lr,
             min_lr: cfg.min_lr,
             warmup_lr: cfg.warmup_lr,
             warmup: cfg.warmup_epochs,
@@ -193,6 +242,7 @@ fn run(
         },
         classes: ds.classes.clone(),
         model,
+        ema,
         opt,
         st,
         shards: Shards::for_device(cfg.shards, cfg.threads, &device)?,
@@ -213,9 +263,9 @@ fn run(
             return Err(run.interrupted());
         }
     }
-    let report = match last_report {
+    let (report, ema_report) = match last_report {
         Some(r) => r,
-        None => evaluate(&run.model, &run.shards, &run.val_loader, run.classes.len())?,
+        None => run.evaluate()?,
     };
     Ok(TrainSummary {
         out: run.dir.out.clone(),
@@ -229,6 +279,9 @@ fn run(
         final_val_top1: report.top1,
         final_val_top5: report.top5,
         final_val_loss: report.loss,
+        final_val_top1_ema: ema_report.as_ref().map(|r| r.top1),
+        final_val_top5_ema: ema_report.as_ref().map(|r| r.top5),
+        final_val_loss_ema: ema_report.as_ref().map(|r| r.loss),
         best_val_top1: run.st.best_top1,
         best_epoch: run.st.best_epoch,
         train_seconds: started.elapsed().as_secs_f64(),
@@ -317,7 +370,7 @@ impl RunDir {
             })?;
             let saved: TrainConfig = toml::from_str(&saved)
                 .with_context(|| format!("cannot parse {}", saved_path.display()))?;
-            let differences = config_differences(&comparable(&saved), &comparable(cfg));
+            let differences = result_differences(&saved, cfg);
             if !differences.is_empty() {
                 bail!(
                     "--resume: the configuration differs from the one saved in {} ({}); resume with the same settings",
@@ -393,18 +446,37 @@ fn is_atomic_temp(name: &str) -> bool {
     })
 }
 
+/// The settings in which two configurations differ in a way that changes the result (paths are
+/// compared canonically; `out`, threads and loader workers do not count).
+pub fn result_differences(saved: &TrainConfig, now: &TrainConfig) -> Vec<String> {
+    config_differences(&comparable(saved), &comparable(now))
+}
+
 /// The settings of a config that make a run what it is: the compute and loader threads do not
-/// change results, and the run directory is the one being resumed however it is spelled.
+/// change results, the run directory is the one being resumed however it is spelled, the peak
+/// lr counts however it was reached (given, or from `lr_base`: a run saved before `lr_base`
+/// existed holds it as `lr`), and the EMA decay only with the EMA on.
 fn comparable(c: &TrainConfig) -> TrainConfig {
     let canonical = |p: &Option<PathBuf>| {
         p.as_ref()
             .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
     };
+    let defaults = TrainConfig::default();
     TrainConfig {
         out: PathBuf::new(),
         threads: 0,
         workers: 1,
         data_dir: canonical(&c.data_dir),
+        initial_checkpoint: canonical(&c.initial_checkpoint),
+        lr: Some(c.peak_lr()),
+        lr_base: defaults.lr_base,
+        lr_base_size: defaults.lr_base_size,
+        lr_base_scale: defaults.lr_base_scale,
+        model_ema_decay: if c.model_ema {
+            c.model_ema_decay
+        } else {
+            defaults.model_ema_decay
+        },
         ..c.clone()
     }
 }
@@ -479,6 +551,8 @@ struct Run<'a> {
     sched: CosineSchedule,
     classes: Vec<String>,
     model: MixerNet,
+    /// The model EMA (`--model-ema`).
+    ema: Option<ModelEma>,
     opt: AdamW,
     st: RunState,
     shards: Shards,
@@ -614,6 +688,9 @@ impl Run<'_> {
         };
         self.opt.set_lr(lr);
         self.opt.step(&g)?;
+        if let Some(ema) = &self.ema {
+            ema.update(&self.model)?;
+        }
         self.st.step += 1;
         self.steps_this_process += 1;
         self.st.next_batch = kb + 1;
@@ -645,26 +722,41 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Evaluates the model, and its EMA when there is one, on the validation split.
+    fn evaluate(&self) -> Result<(EvalReport, Option<EvalReport>)> {
+        let k = self.classes.len();
+        let raw = evaluate(&self.model, &self.shards, &self.val_loader, k)?;
+        let ema = match &self.ema {
+            Some(e) => Some(evaluate(&e.model, &self.shards, &self.val_loader, k)?),
+            None => None,
+        };
+        Ok((raw, ema))
+    }
+
     /// Evaluates the epoch just trained, records its metrics and writes the checkpoints.
-    fn finish_epoch(&mut self, trained: EpochTrained, epoch_start: Instant) -> Result<EvalReport> {
+    ///
+    /// With `--model-ema`, `best` is picked by the EMA's top-1, as timm does (its
+    /// `ema_eval_metrics` replace the raw ones for checkpoint saving).
+    fn finish_epoch(
+        &mut self,
+        trained: EpochTrained,
+        epoch_start: Instant,
+    ) -> Result<(EvalReport, Option<EvalReport>)> {
         let epoch = self.st.epoch;
-        let report = evaluate(
-            &self.model,
-            &self.shards,
-            &self.val_loader,
-            self.classes.len(),
-        )?;
+        let (report, ema_report) = self.evaluate()?;
         // The loss check in `train_epoch` sees each batch *before* its update, so the epoch's last
         // step can still have broken the weights: check them (and the validation loss they give)
         // before anything of this epoch is written.
-        ensure_finite_weights(&self.model, epoch, self.st.step, &self.dir.last)?;
-        if !report.loss.is_finite() {
-            bail!(
-                "validation loss became {} after epoch {epoch} (step {}); the last good checkpoint {} is untouched — lower --lr or enable --clip-grad",
-                report.loss,
-                self.st.step,
-                self.dir.last.display()
-            );
+        self.ensure_finite()?;
+        for r in std::iter::once(&report).chain(&ema_report) {
+            if !r.loss.is_finite() {
+                bail!(
+                    "validation loss became {} after epoch {epoch} (step {}); the last good checkpoint {} is untouched — lower --lr or enable --clip-grad",
+                    r.loss,
+                    self.st.step,
+                    self.dir.last.display()
+                );
+            }
         }
         let EpochTrained {
             progress,
@@ -681,11 +773,15 @@ impl Run<'_> {
             val_loss: report.loss,
             val_top1: report.top1,
             val_top5: report.top5,
+            val_loss_ema: ema_report.as_ref().map(|r| r.loss),
+            val_top1_ema: ema_report.as_ref().map(|r| r.top1),
+            val_top5_ema: ema_report.as_ref().map(|r| r.top5),
             seconds: epoch_start.elapsed().as_secs_f64(),
             img_per_s: progress.seen as f64 / train_secs.max(1e-9),
             solver_mean_iters: (totals.solves > 0).then_some(totals.mean_iterations),
             solver_max_residual: (totals.solves > 0).then_some(totals.max_residual),
             solver_blocks: progress.solver_blocks,
+            weight_symmetry: Some(crate::analysis::symmetry::summary(&self.model)?),
         };
         if totals.unconverged > 0 {
             eprintln!(
@@ -694,8 +790,12 @@ impl Run<'_> {
             );
         }
         if self.opts.progress {
+            let ema = ema_report
+                .as_ref()
+                .map(|r| format!(" | EMA top-1 {:.4} top-5 {:.4}", r.top1, r.top5))
+                .unwrap_or_default();
             eprintln!(
-                "epoch {epoch:>3}/{}: train loss {:.4} acc {:.4} | val loss {:.4} top-1 {:.4} top-5 {:.4} | lr {:.2e} | {:.0} s, {:.0} img/s",
+                "epoch {epoch:>3}/{}: train loss {:.4} acc {:.4} | val loss {:.4} top-1 {:.4} top-5 {:.4}{ema} | lr {:.2e} | {:.0} s, {:.0} img/s",
                 self.cfg.total_epochs(), m.train_loss, m.train_acc, m.val_loss, m.val_top1, m.val_top5, m.lr, m.seconds, m.img_per_s
             );
         }
@@ -704,9 +804,9 @@ impl Run<'_> {
         self.st.epoch += 1;
         self.st.next_batch = 0;
         self.st.partial = EpochProgress::default();
-        let improved = report.top1 > self.st.best_top1;
-        if improved {
-            self.st.best_top1 = report.top1;
+        let picked = ema_report.as_ref().unwrap_or(&report).top1;
+        if picked > self.st.best_top1 {
+            self.st.best_top1 = picked;
             self.st.best_epoch = Some(epoch);
             // best before last: a crash between the two then replays this epoch on resume and
             // rewrites best (the other order could leave a stale best.safetensors that last's
@@ -715,6 +815,7 @@ impl Run<'_> {
                 &self.dir.best,
                 &self.model,
                 None,
+                self.ema.as_ref(),
                 &self.st,
                 &self.dir.config_toml,
                 &self.classes,
@@ -722,7 +823,7 @@ impl Run<'_> {
         }
         self.write_last()?;
         plot_curves(&self.dir.out.join("curves.png"), &self.history)?;
-        Ok(report)
+        Ok((report, ema_report))
     }
 
     fn stop_requested(&self) -> bool {
@@ -746,16 +847,27 @@ impl Run<'_> {
     /// Writes `last.safetensors` mid-epoch, refusing non-finite weights (at the end of an epoch
     /// `finish_epoch` has checked them before writing anything).
     fn save_last(&self) -> Result<()> {
-        ensure_finite_weights(&self.model, self.st.epoch, self.st.step, &self.dir.last)?;
+        self.ensure_finite()?;
         self.write_last()
     }
 
-    /// Writes `last.safetensors`: model, optimizer and run state.
+    /// [`ensure_finite_weights`] of the model and of its EMA.
+    fn ensure_finite(&self) -> Result<()> {
+        let (epoch, step, last) = (self.st.epoch, self.st.step, &self.dir.last);
+        ensure_finite_weights(&self.model, epoch, step, last)?;
+        match &self.ema {
+            Some(e) => ensure_finite_weights(&e.model, epoch, step, last),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes `last.safetensors`: model, optimizer, EMA and run state.
     fn write_last(&self) -> Result<()> {
         state::save(
             &self.dir.last,
             &self.model,
             Some(&self.opt),
+            self.ema.as_ref(),
             &self.st,
             &self.dir.config_toml,
             &self.classes,
@@ -871,6 +983,37 @@ mod tests {
             vec!["shards: saved 1, now 2".to_string()]
         );
         assert!(config_differences(&now, &now).is_empty());
+    }
+
+    #[test]
+    fn a_run_saved_with_its_lr_given_resumes_under_the_derived_default() {
+        // A folder run saved before lr_base existed: the lr computed from the default batch.
+        let now = TrainConfig::defaults_for(crate::data::DatasetKind::Folder);
+        let mut table = toml::Table::try_from(&now).unwrap();
+        for k in [
+            "lr_base",
+            "lr_base_size",
+            "lr_base_scale",
+            "model_ema",
+            "model_ema_decay",
+        ] {
+            table.remove(k);
+        }
+        table.insert("lr".into(), toml::Value::Float(5e-4 * 128.0 / 512.0));
+        let saved: TrainConfig = toml::from_str(&table.to_string()).unwrap();
+        assert_ne!(saved, now);
+        assert!(config_differences(&comparable(&saved), &comparable(&now)).is_empty());
+        // Another batch is another lr, and both differences are named.
+        let bigger = TrainConfig {
+            batch_size: 256,
+            ..now
+        };
+        let diff = config_differences(&comparable(&saved), &comparable(&bigger));
+        assert_eq!(diff.len(), 2, "{diff:?}");
+        assert!(
+            diff[0].starts_with("batch_size") && diff[1].starts_with("lr:"),
+            "{diff:?}"
+        );
     }
 
     fn in_dir(out: &Path) -> TrainConfig {

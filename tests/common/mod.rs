@@ -441,6 +441,108 @@ pub fn write_cifar100(root: &Path, n_train: usize, n_test: usize) -> PathBuf {
     dir
 }
 
+/// One CIFAR python-version batch as Python 2's `cPickle.dump(batch, f, 2)` wrote it: a dict
+/// of `str` keys (`SHORT_BINSTRING`), the label lists (`APPENDS`), and `data`, a uint8 numpy
+/// array `(N, 3072)` pickled as `_reconstruct` + `BUILD` with the pixels as one `BINSTRING`.
+pub fn cifar_python_batch(label_lists: &[(&str, Vec<usize>)], salt: usize) -> Vec<u8> {
+    fn s(out: &mut Vec<u8>, v: &[u8]) {
+        if v.len() < 256 {
+            out.extend_from_slice(&[b'U', v.len() as u8]);
+        } else {
+            out.push(b'T');
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        out.extend_from_slice(v);
+    }
+    let fine = &label_lists.last().unwrap().1;
+    let n = fine.len();
+    let mut out = b"\x80\x02}(".to_vec();
+    for (key, labels) in label_lists {
+        s(&mut out, key.as_bytes());
+        out.extend_from_slice(b"](");
+        for &l in labels {
+            out.extend_from_slice(&[b'K', l as u8]);
+        }
+        out.push(b'e');
+    }
+    s(&mut out, b"data");
+    out.extend_from_slice(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85");
+    s(&mut out, b"b");
+    out.extend_from_slice(b"\x87R(K\x01M");
+    out.extend_from_slice(&(n as u16).to_le_bytes());
+    out.extend_from_slice(b"M\x00\x0c\x86cnumpy\ndtype\n");
+    s(&mut out, b"u1");
+    out.extend_from_slice(b"K\x00K\x01\x87R(K\x03");
+    s(&mut out, b"|");
+    out.extend_from_slice(b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89");
+    let pixels: Vec<u8> = fine
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &l)| pattern(3 * 32 * 32, l, i + salt))
+        .collect();
+    s(&mut out, &pixels);
+    out.extend_from_slice(b"tbu.");
+    out
+}
+
+/// `root/cifar-10-batches-py/{data_batch_1..5,test_batch}` (no meta file: standard names);
+/// returns the batches directory.
+pub fn write_cifar10_python(root: &Path, per_file: usize, n_test: usize) -> PathBuf {
+    let dir = root.join("cifar-10-batches-py");
+    fs::create_dir_all(&dir).unwrap();
+    for f in 1..=5 {
+        let labels = (0..per_file).map(|r| (f + r) % 10).collect();
+        let batch = cifar_python_batch(&[("labels", labels)], f * 100);
+        fs::write(dir.join(format!("data_batch_{f}")), batch).unwrap();
+    }
+    let labels = (0..n_test).map(|r| r % 10).collect();
+    fs::write(
+        dir.join("test_batch"),
+        cifar_python_batch(&[("labels", labels)], 7),
+    )
+    .unwrap();
+    dir
+}
+
+/// `root/cifar-100-python/{train,test}` with coarse and fine labels; returns that directory.
+pub fn write_cifar100_python(root: &Path, n_train: usize, n_test: usize) -> PathBuf {
+    let dir = root.join("cifar-100-python");
+    fs::create_dir_all(&dir).unwrap();
+    for (name, n, step) in [("train", n_train, 1), ("test", n_test, 7)] {
+        let fine: Vec<usize> = (0..n).map(|i| (i * step) % 100).collect();
+        let coarse = fine.iter().map(|f| f / 5).collect();
+        let batch = cifar_python_batch(&[("coarse_labels", coarse), ("fine_labels", fine)], n);
+        fs::write(dir.join(name), batch).unwrap();
+    }
+    dir
+}
+
+/// `root/food-101/{images/<class>/<id>.jpg, meta/{classes,train,test}.txt}` with assorted image
+/// sizes; returns the food-101 directory.
+pub fn write_food101(root: &Path, classes: &[&str], n_train: usize, n_test: usize) -> PathBuf {
+    let dir = root.join("food-101");
+    fs::create_dir_all(dir.join("meta")).unwrap();
+    let (mut train, mut test) = (String::new(), String::new());
+    for (ci, class) in classes.iter().enumerate() {
+        let d = dir.join("images").join(class);
+        fs::create_dir_all(&d).unwrap();
+        for i in 0..n_train + n_test {
+            let (w, h) = (30 + 6 * (i % 3) as u32, 34 - 3 * (i % 2) as u32);
+            let img = image::RgbImage::from_fn(w, h, |x, y| {
+                image::Rgb([(x * 7 + ci as u32 * 90) as u8, (y * 4) as u8, (x ^ y) as u8])
+            });
+            let id = 100_000 * (ci + 1) + i;
+            img.save(d.join(format!("{id}.jpg"))).unwrap();
+            let list = if i < n_train { &mut train } else { &mut test };
+            list.push_str(&format!("{class}/{id}\n"));
+        }
+    }
+    fs::write(dir.join("meta/classes.txt"), classes.join("\n") + "\n").unwrap();
+    fs::write(dir.join("meta/train.txt"), train).unwrap();
+    fs::write(dir.join("meta/test.txt"), test).unwrap();
+    dir
+}
+
 /// `root/{train,val}/<class>/NN.{png,jpg}` RGB images of assorted sizes.
 pub fn write_image_folder(root: &Path, classes: &[&str], n_train: usize, n_val: usize) {
     for (split, n) in [("train", n_train), ("val", n_val)] {

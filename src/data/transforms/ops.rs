@@ -2,7 +2,7 @@
 //! (`ImageOps.*`, `ImageEnhance.*`, `Image.transform`/`rotate`) on HWC `u8` images with 1 (L) or
 //! 3 (RGB) channels. Each op is a small pure function; randomness lives in `randaugment.rs`.
 
-use super::geometry::warp_affine;
+use super::geometry::{warp_affine, Interpolation};
 use crate::data::RawImage;
 
 /// Apply one 256-entry lookup table per channel (`Image.point`); a single table serves all.
@@ -214,9 +214,9 @@ pub fn sharpness(img: &RawImage, factor: f64) -> RawImage {
     blend(&smooth, img, factor)
 }
 
-/// PIL `Image.rotate(degrees, BILINEAR, fillcolor=fill)`: counter-clockwise about the centre,
+/// PIL `Image.rotate(degrees, filter, fillcolor=fill)`: counter-clockwise about the centre,
 /// same canvas size.
-pub fn rotate(img: &RawImage, degrees: f64, fill: &[u8]) -> RawImage {
+pub fn rotate(img: &RawImage, degrees: f64, fill: &[u8], filter: Interpolation) -> RawImage {
     let angle = degrees.rem_euclid(360.0);
     if angle == 0.0 {
         return img.clone();
@@ -227,29 +227,29 @@ pub fn rotate(img: &RawImage, degrees: f64, fill: &[u8]) -> RawImage {
     let (cx, cy) = (img.width as f64 / 2.0, img.height as f64 / 2.0);
     let m2 = cos * -cx + sin * -cy + cx;
     let m5 = -sin * -cx + cos * -cy + cy;
-    warp_affine(img, [cos, sin, m2, -sin, cos, m5], fill)
+    warp_affine(img, [cos, sin, m2, -sin, cos, m5], fill, filter)
 }
 
 /// timm `shear_x`: affine `(1, factor, 0, 0, 1, 0)`.
-pub fn shear_x(img: &RawImage, factor: f64, fill: &[u8]) -> RawImage {
-    warp_affine(img, [1.0, factor, 0.0, 0.0, 1.0, 0.0], fill)
+pub fn shear_x(img: &RawImage, factor: f64, fill: &[u8], filter: Interpolation) -> RawImage {
+    warp_affine(img, [1.0, factor, 0.0, 0.0, 1.0, 0.0], fill, filter)
 }
 
 /// timm `shear_y`: affine `(1, 0, 0, factor, 1, 0)`.
-pub fn shear_y(img: &RawImage, factor: f64, fill: &[u8]) -> RawImage {
-    warp_affine(img, [1.0, 0.0, 0.0, factor, 1.0, 0.0], fill)
+pub fn shear_y(img: &RawImage, factor: f64, fill: &[u8], filter: Interpolation) -> RawImage {
+    warp_affine(img, [1.0, 0.0, 0.0, factor, 1.0, 0.0], fill, filter)
 }
 
 /// timm `translate_x_rel`: shift by `pct · width` pixels (positive moves content left).
-pub fn translate_x_rel(img: &RawImage, pct: f64, fill: &[u8]) -> RawImage {
+pub fn translate_x_rel(img: &RawImage, pct: f64, fill: &[u8], filter: Interpolation) -> RawImage {
     let pixels = pct * img.width as f64;
-    warp_affine(img, [1.0, 0.0, pixels, 0.0, 1.0, 0.0], fill)
+    warp_affine(img, [1.0, 0.0, pixels, 0.0, 1.0, 0.0], fill, filter)
 }
 
 /// timm `translate_y_rel`: shift by `pct · height` pixels (positive moves content up).
-pub fn translate_y_rel(img: &RawImage, pct: f64, fill: &[u8]) -> RawImage {
+pub fn translate_y_rel(img: &RawImage, pct: f64, fill: &[u8], filter: Interpolation) -> RawImage {
     let pixels = pct * img.height as f64;
-    warp_affine(img, [1.0, 0.0, 0.0, 0.0, 1.0, pixels], fill)
+    warp_affine(img, [1.0, 0.0, 0.0, 0.0, 1.0, pixels], fill, filter)
 }
 
 #[cfg(test)]
@@ -315,10 +315,47 @@ mod tests {
     fn rotate_180_is_a_point_reflection() {
         let data: Vec<u8> = (0..12).collect();
         let im = RawImage::new(4, 3, 1, data.clone()).unwrap();
-        let r = rotate(&im, 180.0, &[0]);
+        let r = rotate(&im, 180.0, &[0], Interpolation::Bilinear);
         let rev: Vec<u8> = data.into_iter().rev().collect();
         assert_eq!(r.data, rev);
-        assert_eq!(rotate(&im, 360.0, &[0]), im);
+        assert_eq!(rotate(&im, 360.0, &[0], Interpolation::Bilinear), im);
+    }
+
+    /// Pillow 13.0 with `resample=BICUBIC` (its a = −1 4 × 4 cubic) and fill 128
+    /// (`scripts/pil_interpolation_reference.py`).
+    #[test]
+    fn geometric_ops_bicubic_are_bit_identical_to_pil() {
+        use crate::data::transforms::geometry::tests::pil_test_images;
+        let (gray, rgb) = pil_test_images();
+        let bc = Interpolation::Bicubic;
+        let rotate17: [u8; 30] = [
+            128, 64, 95, 126, 162, 173, 44, 0, 72, 94, 127, 150, 241, 132, 30, 57, 86, 120, 193,
+            255, 42, 15, 42, 87, 175, 202, 217, 162, 0, 128,
+        ];
+        let shear_x02: [u8; 30] = [
+            3, 43, 80, 117, 154, 187, 164, 0, 65, 102, 141, 167, 255, 137, 14, 83, 125, 128, 245,
+            67, 11, 64, 107, 128, 194, 252, 38, 47, 89, 128,
+        ];
+        let translate_x03: [u8; 30] = [
+            63, 100, 137, 178, 128, 128, 31, 77, 114, 155, 128, 128, 68, 45, 91, 132, 128, 128, 45,
+            22, 68, 109, 128, 128, 255, 59, 36, 86, 128, 128,
+        ];
+        let rgb_rotate_m23: [u8; 105] = [
+            128, 128, 128, 59, 214, 61, 94, 86, 69, 103, 161, 95, 243, 87, 235, 128, 128, 128, 128,
+            128, 128, 222, 132, 206, 169, 18, 136, 92, 82, 74, 111, 147, 104, 176, 187, 173, 116,
+            165, 99, 69, 104, 61, 72, 205, 132, 30, 55, 245, 86, 123, 69, 201, 69, 193, 159, 192,
+            138, 151, 16, 206, 73, 129, 56, 181, 200, 157, 52, 162, 96, 110, 88, 74, 124, 157, 114,
+            130, 187, 179, 28, 125, 243, 162, 55, 129, 128, 128, 128, 128, 128, 128, 181, 26, 174,
+            107, 166, 100, 213, 192, 175, 62, 200, 47, 128, 128, 128,
+        ];
+        assert_eq!(rotate(&gray, 17.0, &[128], bc).data, rotate17);
+        assert_eq!(shear_x(&gray, 0.2, &[128], bc).data, shear_x02);
+        assert_eq!(translate_x_rel(&gray, 0.3, &[128], bc).data, translate_x03);
+        assert_eq!(rotate(&rgb, -23.0, &[128; 3], bc).data, rgb_rotate_m23);
+        assert_ne!(
+            rotate(&gray, 17.0, &[128], Interpolation::Bilinear).data,
+            rotate17
+        );
     }
 
     /// Outputs of Pillow 9.4 on a 6×5 "L" image (`Image.frombytes('L', (6, 5), data)`), with
@@ -341,8 +378,14 @@ mod tests {
             0, 37, 74, 111, 148, 185, 233, 0, 37, 88, 125, 162, 210, 255, 0, 65, 102, 139, 187,
             251, 0, 28, 79, 116, 164, 201, 238, 19, 56, 93,
         ];
-        assert_eq!(rotate(&im, 17.0, &[128]).data, rotate17);
-        assert_eq!(shear_x(&im, 0.2, &[128]).data, shear_x02);
+        assert_eq!(
+            rotate(&im, 17.0, &[128], Interpolation::Bilinear).data,
+            rotate17
+        );
+        assert_eq!(
+            shear_x(&im, 0.2, &[128], Interpolation::Bilinear).data,
+            shear_x02
+        );
         assert_eq!(sharpness(&im, 1.7).data, sharp17);
     }
 }

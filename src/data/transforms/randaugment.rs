@@ -3,8 +3,9 @@
 //! A config string `rand-m9-mstd0.5-inc1` means: magnitude 9 (of 10), Gaussian magnitude noise of
 //! std 0.5, the "increasing" op set (every op gets stronger as the magnitude grows). Per image,
 //! `n` ops are drawn uniformly *with replacement*; each is applied with probability `p`, with its
-//! own noisy magnitude clipped to `[0, mmax]` and, for signed ops, a random sign — exactly the RNG
-//! draws timm's `AugmentOp.__call__` makes, in the same order.
+//! own noisy magnitude clipped to `[0, mmax]` and, for signed ops, a random sign, then, for the
+//! geometric ops under `random` interpolation, the filter — exactly the RNG draws timm's
+//! `AugmentOp.__call__` makes, in the same order.
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,6 +15,7 @@ use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 
 use super::geometry::uniform;
+use super::interpolation::{Interpolation, TrainInterpolation};
 use super::ops::*;
 use crate::data::{DataError, RawImage, Result};
 
@@ -91,6 +93,9 @@ pub const RAND_INCREASING_TRANSFORMS: [AugOp; 15] = [
     TranslateYRel,
 ];
 
+/// A geometric op of `ops`: image, signed argument, fill, filter.
+type Warp = fn(&RawImage, f64, &[u8], Interpolation) -> RawImage;
+
 /// timm `_randomly_negate`: `-v if random.random() > 0.5 else v`.
 fn randomly_negate<R: Rng + ?Sized>(v: f64, rng: &mut R) -> f64 {
     if rng.gen::<f64>() > 0.5 {
@@ -101,8 +106,16 @@ fn randomly_negate<R: Rng + ?Sized>(v: f64, rng: &mut R) -> f64 {
 }
 
 /// Apply `op` at (already noised and clipped) magnitude `level`, mapping it to the op's argument
-/// with timm's `*_level_to_arg` functions. Signed ops draw their sign from `rng`.
-pub fn apply_op<R: Rng + ?Sized>(op: AugOp, img: &RawImage, level: f64, rng: &mut R) -> RawImage {
+/// with timm's `*_level_to_arg` functions. Signed ops draw their sign from `rng`; the geometric
+/// ops then pick their filter from `filter` (timm's `_check_args_tf`, called inside the op after
+/// the level function has drawn the sign; only `random` draws).
+pub fn apply_op<R: Rng + ?Sized>(
+    op: AugOp,
+    img: &RawImage,
+    level: f64,
+    filter: TrainInterpolation,
+    rng: &mut R,
+) -> RawImage {
     let fill = &FILL[..img.channels.clamp(1, 3)];
     let l = level / LEVEL_DENOM;
     let enhance = l * 1.8 + 0.1; // _enhance_level_to_arg: [0.1, 1.9]
@@ -111,7 +124,10 @@ pub fn apply_op<R: Rng + ?Sized>(op: AugOp, img: &RawImage, level: f64, rng: &mu
         AutoContrast => autocontrast(img),
         Equalize => equalize(img),
         Invert => invert(img),
-        Rotate => rotate(img, randomly_negate(l * 30.0, rng), fill),
+        Rotate => {
+            let degrees = randomly_negate(l * 30.0, rng);
+            rotate(img, degrees, fill, filter.pick(rng))
+        }
         Posterize => posterize(img, (l * 4.0) as u32),
         PosterizeIncreasing => posterize(img, (4 - (l * 4.0) as i64).max(0) as u32),
         Solarize => solarize(img, solarize_thresh),
@@ -132,10 +148,16 @@ pub fn apply_op<R: Rng + ?Sized>(op: AugOp, img: &RawImage, level: f64, rng: &mu
             };
             f_op(img, f)
         }
-        ShearX => shear_x(img, randomly_negate(l * 0.3, rng), fill),
-        ShearY => shear_y(img, randomly_negate(l * 0.3, rng), fill),
-        TranslateXRel => translate_x_rel(img, randomly_negate(l * TRANSLATE_PCT, rng), fill),
-        TranslateYRel => translate_y_rel(img, randomly_negate(l * TRANSLATE_PCT, rng), fill),
+        ShearX | ShearY | TranslateXRel | TranslateYRel => {
+            let (max, warp): (f64, Warp) = match op {
+                ShearX => (0.3, shear_x),
+                ShearY => (0.3, shear_y),
+                TranslateXRel => (TRANSLATE_PCT, translate_x_rel),
+                _ => (TRANSLATE_PCT, translate_y_rel),
+            };
+            let arg = randomly_negate(l * max, rng);
+            warp(img, arg, fill, filter.pick(rng))
+        }
     }
 }
 
@@ -255,8 +277,15 @@ impl RandAugment {
         Some(m.clamp(0.0, self.magnitude_max))
     }
 
-    /// timm `RandAugment.__call__`: draw `n` ops with replacement, then run each.
-    pub fn apply<R: Rng + ?Sized>(&self, img: &RawImage, rng: &mut R) -> RawImage {
+    /// timm `RandAugment.__call__`: draw `n` ops with replacement, then run each; geometric ops
+    /// resample with `filter` (timm passes the train interpolation down unless it is `random`,
+    /// in which case every op draws its own).
+    pub fn apply<R: Rng + ?Sized>(
+        &self,
+        img: &RawImage,
+        filter: TrainInterpolation,
+        rng: &mut R,
+    ) -> RawImage {
         let ops = self.ops();
         let chosen: Vec<AugOp> = (0..self.num_ops)
             .map(|_| ops[rng.gen_range(0..ops.len())])
@@ -264,7 +293,7 @@ impl RandAugment {
         let mut out = img.clone();
         for op in chosen {
             if let Some(level) = self.sample_level(rng) {
-                out = apply_op(op, &out, level, rng);
+                out = apply_op(op, &out, level, filter, rng);
             }
         }
         out
@@ -302,6 +331,8 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
+
+    const BILINEAR: TrainInterpolation = TrainInterpolation::Bilinear;
 
     fn test_image(c: usize) -> RawImage {
         let (w, h) = (13, 9);
@@ -359,7 +390,7 @@ mod tests {
             let img = test_image(c);
             for op in RAND_TRANSFORMS.iter().chain(&RAND_INCREASING_TRANSFORMS) {
                 for level in [0.0, 4.5, 10.0, 30.0] {
-                    let out = apply_op(*op, &img, level, &mut rng);
+                    let out = apply_op(*op, &img, level, TrainInterpolation::Random, &mut rng);
                     assert_eq!(
                         (out.width, out.height, out.channels, out.data.len()),
                         (img.width, img.height, c, img.data.len()),
@@ -371,7 +402,12 @@ mod tests {
             for (w, h) in [(1, 1), (2, 1), (0, 0)] {
                 let tiny = RawImage::filled(w, h, c, &[9]);
                 for op in RAND_TRANSFORMS.iter().chain(&RAND_INCREASING_TRANSFORMS) {
-                    assert_eq!(apply_op(*op, &tiny, 7.0, &mut rng).data.len(), w * h * c);
+                    assert_eq!(
+                        apply_op(*op, &tiny, 7.0, TrainInterpolation::Random, &mut rng)
+                            .data
+                            .len(),
+                        w * h * c
+                    );
                 }
             }
         }
@@ -396,12 +432,19 @@ mod tests {
         for c in [1, 3] {
             let img = test_image(c);
             for op in identity_ops {
-                assert_eq!(apply_op(op, &img, 0.0, &mut rng), img, "{op:?}");
+                assert_eq!(
+                    apply_op(op, &img, 0.0, TrainInterpolation::Bicubic, &mut rng),
+                    img,
+                    "{op:?}"
+                );
             }
             // …and these are not identities at magnitude 0 in timm either
-            assert_ne!(apply_op(PosterizeIncreasing, &img, 0.0, &mut rng), img); // keeps 4 bits
-            assert_ne!(apply_op(Invert, &img, 0.0, &mut rng), img);
-            assert_ne!(apply_op(Solarize, &img, 0.0, &mut rng), img); // threshold 0
+            assert_ne!(
+                apply_op(PosterizeIncreasing, &img, 0.0, BILINEAR, &mut rng),
+                img
+            ); // keeps 4 bits
+            assert_ne!(apply_op(Invert, &img, 0.0, BILINEAR, &mut rng), img);
+            assert_ne!(apply_op(Solarize, &img, 0.0, BILINEAR, &mut rng), img); // threshold 0
         }
     }
 
@@ -409,15 +452,18 @@ mod tests {
     fn full_policy_is_deterministic_and_changes_images() {
         let ra = RandAugment::parse("rand-m9-mstd0.5-inc1-p1").unwrap();
         let img = test_image(3);
-        let a = ra.apply(&img, &mut ChaCha8Rng::seed_from_u64(5));
-        let b = ra.apply(&img, &mut ChaCha8Rng::seed_from_u64(5));
+        let a = ra.apply(&img, BILINEAR, &mut ChaCha8Rng::seed_from_u64(5));
+        let b = ra.apply(&img, BILINEAR, &mut ChaCha8Rng::seed_from_u64(5));
         assert_eq!(a, b);
         let changed = (0..20)
-            .filter(|&s| ra.apply(&img, &mut ChaCha8Rng::seed_from_u64(s)) != img)
+            .filter(|&s| ra.apply(&img, BILINEAR, &mut ChaCha8Rng::seed_from_u64(s)) != img)
             .count();
         assert!(changed >= 15, "{changed}");
         // p0 never applies anything
         let off = RandAugment::parse("rand-m9-p0").unwrap();
-        assert_eq!(off.apply(&img, &mut ChaCha8Rng::seed_from_u64(5)), img);
+        assert_eq!(
+            off.apply(&img, BILINEAR, &mut ChaCha8Rng::seed_from_u64(5)),
+            img
+        );
     }
 }
