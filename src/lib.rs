@@ -29,7 +29,8 @@
 //!   spectral normalisation, drop-path, patch embedding).
 //! - [`models`]: the MLPs, the blocks of each family and the whole network.
 //! - [`params`]: named parameters and buffers in reference state_dict order, initialisation.
-//! - [`checkpoint`]: safetensors load/save under the reference names, atomically.
+//! - [`checkpoint`]: safetensors load/save under the reference names, atomically; reading of
+//!   PyTorch `torch.save` files without Python, and model settings read off tensor shapes.
 //! - [`optim`]: AdamW with timm's parameter groups.
 
 pub mod analysis;

@@ -340,6 +340,38 @@ fn export_writes_exactly_the_reference_state_dict() {
     )
     .failed("export --ema");
     assert!(o.stderr.contains("no EMA weights"), "{}", o.stderr);
+
+    // With EMA weights (`ema.` + reference name): --ema exports them, without it the raw ones.
+    let other = MixerNet::new(&cfg, 9, &Device::Cpu).unwrap();
+    let ema = imixer::train::ema::ModelEma::new(&other, 0.99).unwrap();
+    let with_ema = dir.path().join("with_ema.safetensors");
+    imixer::train::state::save(
+        &with_ema,
+        &net,
+        Some(&opt),
+        Some(&ema),
+        &imixer::train::state::RunState::start(),
+        "",
+        &["a".into(), "b".into(), "c".into()],
+    )
+    .unwrap();
+    for (flag, source) in [(None, &net), (Some("--ema"), &other)] {
+        let mut args = vec!["export", "--checkpoint", &s(&with_ema), "--out", &s(&out)]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        args.extend(flag.map(String::from));
+        run_bin(&args, limit).ok("export with EMA");
+        let back = MixerNet::load(&out, None, &Device::Cpu).unwrap();
+        assert_eq!(safetensors_shapes(&out).len(), expected(&cfg).len());
+        for ((name, a), (_, b)) in back.state_dict().into_iter().zip(source.state_dict()) {
+            let (a, b) = (
+                a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert_eq!(a, b, "{name} ({flag:?})");
+        }
+    }
 }
 
 /// Every prefix of every fixture is an error; byte flips never panic, and in the zip format

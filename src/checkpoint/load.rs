@@ -139,12 +139,14 @@ pub fn resolve(ckpt: &Checkpoint, spec: &ModelSpec) -> Result<Resolved> {
                 ));
             }
         }
-        if let Some(k) = hints.num_classes.filter(|&k| k != cfg.num_classes) {
-            notes.push(disagree(
-                "num_classes",
-                k.to_string(),
-                cfg.num_classes.to_string(),
-            ));
+        for (what, file, weights) in [
+            ("num_classes", hints.num_classes, cfg.num_classes),
+            ("img_size", hints.img_size, cfg.img_size),
+            ("in_chans", hints.in_chans, cfg.in_chans),
+        ] {
+            if let Some(v) = file.filter(|&v| v != weights) {
+                notes.push(disagree(what, v.to_string(), weights.to_string()));
+            }
         }
     }
     let mut overridden = Vec::new();
