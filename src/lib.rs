@@ -11,6 +11,8 @@
 //!  │    └──── models (MLPs, iMLP + solvers, blocks, MixerNet) ── layers (ops) ── kernels (CPU)
 //!  ├─ eval / predict / inspect ── analysis (spectral norms, fixed points, symmetry)
 //!  ├─ dynamics / energy-demo ── hopfield (Lagrangians, energies, RK45)
+//!  ├─ sweep ── runs `train` per setting × seed, statistics over seeds
+//!  ├─ export ── checkpoint (any format → model-only safetensors)
 //!  └─ bench (timed steps)              plot (PNG figures) is shared by all of them
 //! config + registry: what a model is;   params + checkpoint: its named tensors on disk
 //! ```
@@ -32,6 +34,8 @@
 //! - [`checkpoint`]: safetensors load/save under the reference names, atomically; reading of
 //!   PyTorch `torch.save` files without Python, and model settings read off tensor shapes.
 //! - [`optim`]: AdamW with timm's parameter groups.
+//! - [`sweep`]: grids of training settings × seeds, run side by side and resumably, with mean ±
+//!   std per setting and error-bar plots.
 
 pub mod analysis;
 pub mod bench;
