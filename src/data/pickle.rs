@@ -47,7 +47,7 @@ fn fail<T>(problem: impl Into<String>) -> Result<T> {
     Err(PickleError(problem.into()))
 }
 
-/// Index of an object in [`Pickle::objects`].
+/// Index of an object in `Pickle::objects`.
 pub type Id = usize;
 
 /// One unpickled object. Containers hold ids, so an object referenced twice is stored once.

@@ -147,7 +147,7 @@ pub fn commit_buffers(u: &Var, v: &Var, sigma: &Var, b: &SnBuffers) -> Result<()
 
 /// `steps` power-iteration steps v ← normalize(Wᵀu), u ← normalize(W v) from (u, v).
 ///
-/// On the CPU this is one kernel ([`PowerIteration`]): composed of tensor ops, each step is ~12
+/// On the CPU this is one kernel (`PowerIteration`): composed of tensor ops, each step is ~12
 /// tiny ops (two mat-vecs, norms, scalar reads), and an iMixer train step runs hundreds of
 /// steps — that dispatch cost was a large share of the iMixer's overhead. Other devices keep the
 /// composed path.
