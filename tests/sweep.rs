@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -27,19 +28,26 @@ fn write_sweep(dir: &Path, seeds: &str, epochs: usize, subset: usize) -> std::pa
     path
 }
 
+/// `imixer sweep --config CONFIG --out OUT [extra…]`.
+fn sweep_args<'a>(config: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a OsStr> {
+    let mut args: Vec<&OsStr> = vec![
+        "sweep".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ];
+    args.extend(extra.iter().map(|a| OsStr::new(*a)));
+    args
+}
+
+/// A sweep that must fail (with a message, not a panic).
+fn failing_sweep(config: &Path, out: &Path, what: &str) -> common::Output {
+    run_bin(&sweep_args(config, out, &[]), LIMIT).failed(what)
+}
+
 fn sweep(config: &Path, out: &Path) -> serde_json::Value {
-    let o = run_bin(
-        &[
-            "sweep".as_ref(),
-            "--config".as_ref(),
-            config.as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-            "--json".as_ref(),
-        ],
-        LIMIT,
-    )
-    .ok("imixer sweep");
+    let o = run_bin(&sweep_args(config, out, &["--json"]), LIMIT).ok("imixer sweep");
     serde_json::from_str(o.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", o.stdout))
 }
 
@@ -147,17 +155,7 @@ fn results_statistics_and_skipping_finished_runs() {
 
     // Changing a shared setting under finished runs is refused, naming the setting.
     let config = write_sweep(dir.path(), "[0, 1, 2]", 2, 96);
-    let o = run_bin(
-        &[
-            "sweep".as_ref(),
-            "--config".as_ref(),
-            config.as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-        ],
-        LIMIT,
-    )
-    .failed("sweep with changed epochs");
+    let o = failing_sweep(&config, &out, "sweep with changed epochs");
     assert!(o.stderr.contains("epochs"), "{}", o.stderr);
 }
 
@@ -170,13 +168,7 @@ fn an_interrupted_sweep_resumes_bit_identically() {
 
     // Stop a second sweep with SIGTERM once its first runs have started.
     let out = dir.path().join("out");
-    let mut running = spawn(common::bin().args([
-        "sweep".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ]));
+    let mut running = spawn(common::bin().args(sweep_args(&config, &out, &[])));
     let started = Instant::now();
     while !out
         .join("lambda-0.1_seed-0")
@@ -242,17 +234,7 @@ fn a_bad_sweep_file_is_an_error_before_any_run() {
     ] {
         let config = dir.path().join("bad.toml");
         std::fs::write(&config, text).unwrap();
-        let o = run_bin(
-            &[
-                "sweep".as_ref(),
-                "--config".as_ref(),
-                config.as_os_str(),
-                "--out".as_ref(),
-                out.as_os_str(),
-            ],
-            LIMIT,
-        )
-        .failed(text);
+        let o = failing_sweep(&config, &out, text);
         assert!(o.stderr.contains(needle), "{text}: {}", o.stderr);
         // No run directory was created.
         let runs = std::fs::read_dir(&out)

@@ -117,7 +117,7 @@ pub fn run_sweep(spec_path: &Path, out: &Path, opts: &SweepOptions) -> Result<Sw
         interrupted: Mutex::new(Vec::new()),
         finished: AtomicUsize::new(0),
     });
-    let ctx = Arc::new(Context_ {
+    let ctx = Arc::new(SweepJob {
         out: out.to_path_buf(),
         spec,
         planned: planned.clone(),
@@ -158,8 +158,8 @@ pub fn run_sweep(spec_path: &Path, out: &Path, opts: &SweepOptions) -> Result<Sw
     })
 }
 
-/// What every worker needs (named with a trailing underscore: `anyhow::Context` is in scope).
-struct Context_ {
+/// What every worker needs: the sweep, its runs and the per-run budget.
+struct SweepJob {
     out: PathBuf,
     spec: SweepSpec,
     planned: Vec<PlannedRun>,
@@ -167,7 +167,7 @@ struct Context_ {
     opts: SweepOptions,
 }
 
-fn worker(shared: &Shared, ctx: &Context_) {
+fn worker(shared: &Shared, ctx: &SweepJob) {
     loop {
         if ctx.opts.signals.load(Ordering::SeqCst) > 0 {
             return;
@@ -228,7 +228,7 @@ enum Finished {
 }
 
 /// Trains one run in `DIR/<id>` (resuming it when a checkpoint is there) and collects its result.
-fn run_one(run: &PlannedRun, ctx: &Context_) -> Result<Finished> {
+fn run_one(run: &PlannedRun, ctx: &SweepJob) -> Result<Finished> {
     let dir = ctx.out.join(&run.id);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let config = dir.join("sweep-run.toml");
