@@ -102,7 +102,33 @@ fn every_implementation_of_a_training_pass_agrees() -> Result<()> {
         );
         kernels::set_kernel_path(KernelPath::Fused);
         kernels::set_precision(Precision::Bf16);
+        let amx_calls = kernels::onednn::calls();
         let bf16 = pass(&cfg, &images, &labels)?;
+        if kernels::onednn::available() {
+            // The AMX path ran, and the gemm path on rounded operands (the same products,
+            // summed in another order) stays close to it. A last-bit difference can flip a
+            // later bf16 rounding (2⁻⁸ relative), so the bound is looser than f32 rounding.
+            ensure!(
+                kernels::onednn::calls() > amx_calls,
+                "{family:?}: bf16 did not run on AMX"
+            );
+            kernels::onednn::set_enabled(false);
+            let gemm_bf16 = pass(&cfg, &images, &labels)?;
+            kernels::onednn::set_enabled(true);
+            for ((name, a), (_, b)) in bf16.iter().zip(&gemm_bf16) {
+                let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-4);
+                let diff = max_difference(a, b);
+                ensure!(
+                    diff <= 1e-2 * scale,
+                    "{family:?}: {name} differs by {diff:e} (scale {scale:e}) between bf16 on AMX and on gemm"
+                );
+            }
+        } else if family == Family::Mixer {
+            eprintln!(
+                "bf16 AMX path not available ({}): only the gemm bf16 path is compared",
+                kernels::onednn::why_unavailable()
+            );
+        }
         kernels::set_precision(Precision::Fp32);
         for ((name, a), (_, b)) in narrow.iter().zip(&bf16) {
             let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-4);

@@ -13,11 +13,12 @@
 //! one `vdpbf16ps` per cycle does no more multiply-adds than two f32 FMAs, and the conversions
 //! come on top. AMX tiles would pay; a CPU that exposes them is where a oneDNN path belongs.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::cpu::{contiguous, PAR_CHUNK};
 use super::dispatch::{fused, precision, Precision};
+use super::onednn::{self, Key, Packed};
 use super::simd_kernel;
 
 /// `x` rounded to the nearest bfloat16 (ties to even), as an f32. NaN stays a quiet NaN with its
@@ -101,7 +102,9 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if !active_for(a) {
         return a.matmul(b);
     }
-    if a.device().is_cpu() {
+    if fused(a) && a.rank() == 2 && b.rank() == 2 {
+        a.apply_op2(b, Bf16Product)
+    } else if a.device().is_cpu() {
         rounded_operand(a)?.matmul(&rounded_operand(b)?)
     } else {
         a.to_dtype(DType::BF16)?
@@ -112,32 +115,174 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// The one-line note printed when bf16 is first selected: what runs the matmuls on this CPU.
 pub fn how_this_cpu_runs_it() -> String {
-    let units = bf16_units();
+    if onednn::available() {
+        return "precision bf16: matmuls run on this CPU's AMX-BF16 tiles through oneDNN \
+                (bf16 inputs, f32 accumulation)"
+            .to_string();
+    }
+    let why = onednn::why_unavailable();
     format!(
         "precision bf16: matmul inputs rounded to bfloat16, products accumulated in f32 by the \
          f32 gemm{}",
-        match units {
-            Some("amx_bf16") => " (this CPU has AMX-BF16 tiles, which imixer does not use yet)",
-            Some(_) =>
-                " (this CPU has AVX512-BF16, measured slower than f32 FMA without AMX: \
-                        see BENCHMARKS.md)",
-            None => " (this CPU has no bf16 units)",
+        match bf16_units() {
+            Some("amx_bf16") => format!(" (AMX-BF16 is present but unused: {why})"),
+            Some(_) => " (this CPU has AVX512-BF16 but no AMX, and its bf16 units were \
+                        measured slower than f32 FMA: see BENCHMARKS.md)"
+                .to_string(),
+            None => " (this CPU has no bf16 units)".to_string(),
         }
     )
 }
 
-/// The CPU's bf16 matrix units, as `lscpu` names them (read from `/proc/cpuinfo`: the standard
+/// The CPU's feature flags as `lscpu` names them (read from `/proc/cpuinfo`: the standard
 /// library's AMX detection is not stable Rust).
-fn bf16_units() -> Option<&'static str> {
+pub fn cpu_flags() -> Vec<String> {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flags: Vec<&str> = info
-        .lines()
+    info.lines()
         .find(|l| l.starts_with("flags"))
-        .map(|l| l.split_whitespace().collect())
-        .unwrap_or_default();
+        .map(|l| l.split_whitespace().skip(2).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// The CPU's bf16 matrix units, as `lscpu` names them.
+fn bf16_units() -> Option<&'static str> {
+    let flags = cpu_flags();
     ["amx_bf16", "avx512_bf16"]
         .into_iter()
-        .find(|unit| flags.contains(unit))
+        .find(|unit| flags.iter().any(|f| f == unit))
+}
+
+/// dst (m × n, row-major) = [dst +] bf16(lhs) · bf16(rhs), f32 accumulation: on AMX through
+/// oneDNN where it runs ([`onednn`]), otherwise gemm on bf16-rounded copies of the operands —
+/// the same products either way. Operands are given by `key`'s strides from their first element.
+pub fn gemm(key: Key, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) -> Result<()> {
+    if onednn::gemm(key, dst, lhs, rhs)? {
+        return Ok(());
+    }
+    let Key {
+        m,
+        n,
+        k,
+        lhs_strides: [lrs, lcs],
+        rhs_strides: [rrs, rcs],
+        accumulate,
+    } = key;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if dst.len() < m * n || lhs.len() < key.lhs_span() || rhs.len() < key.rhs_span() {
+        candle_core::bail!("bf16 gemm: buffers too small for {key:?}");
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return Ok(());
+    }
+    let (a, b) = (
+        round_slice(&lhs[..key.lhs_span()]),
+        round_slice(&rhs[..key.rhs_span()]),
+    );
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: a and b hold the spans the strides reach (`Key::lhs_span`/`rhs_span`: every
+    // lhs[r·lrs + c·lcs] with r < m, c < k and rhs[r·rrs + c·rcs] with r < k, c < n is inside),
+    // dst holds m·n elements (checked above) written at r·n + c, and is a distinct buffer from
+    // the fresh copies a and b. gemm returns when every worker is done with the pointers.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            lcs as isize,
+            lrs as isize,
+            b.as_ptr(),
+            rcs as isize,
+            rrs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    };
+    Ok(())
+}
+
+/// a · b for 2-D f32 CPU tensors with bf16 inputs and f32 accumulation ([`gemm`]); its backward
+/// multiplies the same way: ∂a = bf16(g) · bf16(b)ᵀ, ∂b = bf16(a)ᵀ · bf16(g), as under autocast.
+struct Bf16Product;
+
+impl CustomOp2 for Bf16Product {
+    fn name(&self) -> &'static str {
+        "imixer-bf16-product"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+            candle_core::bail!("{}: only f32 tensors", self.name());
+        };
+        let ((m, k), (k2, n)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        if k != k2 {
+            candle_core::bail!("{}: {:?} · {:?}", self.name(), l1.shape(), l2.shape());
+        }
+        let strides = |l: &Layout| [l.stride()[0], l.stride()[1]];
+        let key = Key {
+            m,
+            n,
+            k,
+            lhs_strides: strides(l1),
+            rhs_strides: strides(l2),
+            accumulate: false,
+        };
+        let (a, b) = (&a[l1.start_offset()..], &b[l2.start_offset()..]);
+        let shape = Shape::from((m, n));
+        if onednn::available() {
+            let pa = Packed::new(a, m, k, key.lhs_strides)?;
+            let pb = Packed::new(b, k, n, key.rhs_strides)?;
+            if let Some(dst) = onednn::product_packed(pa.as_ref(), pb.as_ref())? {
+                return Ok((CpuStorage::F32(dst), shape));
+            }
+        }
+        let mut dst = vec![0f32; m * n];
+        gemm(key, &mut dst, a, b)?;
+        Ok((CpuStorage::F32(dst), shape))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((
+            Some(product_no_grad(grad, &b.t()?)?),
+            Some(product_no_grad(&a.t()?, grad)?),
+        ))
+    }
+}
+
+/// a · b with bf16 inputs and f32 accumulation, outside any recorded graph: the matmuls of a
+/// backward pass under bf16 precision (2-D f32 CPU tensors, any strides).
+pub fn product_no_grad(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.apply_op2_no_bwd(b, &Bf16Product)
 }
 
 #[cfg(test)]

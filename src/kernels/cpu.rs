@@ -4,7 +4,7 @@
 
 use std::mem::MaybeUninit;
 
-use candle_core::{CpuStorage, Layout, Result};
+use candle_core::{CpuStorage, Layout, Result, Tensor};
 use rayon::prelude::*;
 
 /// Elements per parallel work item. Fixed (not derived from the thread count) so that every
@@ -17,6 +17,16 @@ pub fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("imixer kernel: expected a contiguous tensor"),
+    }
+}
+
+/// `f` on the elements of a contiguous f32 CPU tensor (a gradient inside a backward pass,
+/// where a kernel needs the slice rather than another op).
+pub fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(CpuStorage::F32(v)) => f(contiguous(v.as_slice(), layout)?),
+        _ => candle_core::bail!("imixer kernel: expected an f32 CPU tensor"),
     }
 }
 
@@ -175,11 +185,6 @@ pub trait Float:
             }
         }
     }
-    /// `v` rounded to bf16 values, for the types bf16 precision applies to (f32); `None` for
-    /// the others, whose matmuls stay in their own precision.
-    fn bf16_rounded(_v: &[Self]) -> Option<Vec<Self>> {
-        None
-    }
     /// `v` as candle CPU storage of this dtype (a kernel's side result kept for a backward).
     fn into_storage(v: Vec<Self>) -> CpuStorage;
     /// The elements of `s` when it holds this dtype.
@@ -230,9 +235,6 @@ impl Float for f32 {
     }
     fn into_storage(v: Vec<Self>) -> CpuStorage {
         CpuStorage::F32(v)
-    }
-    fn bf16_rounded(v: &[Self]) -> Option<Vec<Self>> {
-        Some(super::bf16::round_slice(v))
     }
     /// Eight rows in eight AVX registers, transposed by [`transpose_8x8_avx`].
     #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]

@@ -16,6 +16,7 @@
 pub mod bf16;
 pub mod cpu;
 pub mod dispatch;
+pub mod onednn;
 mod simd;
 
 pub(crate) use simd::simd_kernel;

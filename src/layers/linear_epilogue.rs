@@ -22,7 +22,10 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::bias::{bias_gelu, ColumnSums, ScaleWithColumnSums};
 use super::gelu::{gelu, gelu_in_place, gelu_in_place_with_derivative};
-use crate::kernels::cpu::{dispatch, par_output, Float, SliceKernel, PAR_CHUNK};
+use crate::kernels::cpu::{
+    contiguous, dispatch, par_output, with_f32_slice, Float, SliceKernel, PAR_CHUNK,
+};
+use crate::kernels::onednn::{self, Key, Packed};
 use crate::kernels::{bf16, fused, matmul};
 
 /// x Wᵀ + b + r along the last axis of x (…, in) for W (out, in), b (out), r (…, out); either
@@ -97,6 +100,7 @@ fn linear_with(
         activation,
         bf16: bf16::active_for(x),
         derivative: OnceLock::new(),
+        packed_x: OnceLock::new(),
     };
     x2.contiguous()?
         .apply_op3(&w, &c.contiguous()?, op)?
@@ -161,14 +165,17 @@ struct LinearEpilogue {
     in_f: usize,
     out_f: usize,
     activation: Activation,
-    /// bf16 precision: every product of this op (forward and backward) multiplies operands
-    /// rounded to bf16, rounded into temporaries when needed, so that the graph keeps only the
-    /// f32 inputs (the rounding's gradient is taken as the identity, autocast's cast backward
-    /// without its rounding of the gradient).
+    /// bf16 precision: every product of this op (forward and backward) takes bf16 inputs and
+    /// accumulates in f32 ([`bf16::gemm`]), the operands converted per product so that the
+    /// graph keeps only the f32 inputs (the rounding's gradient is taken as the identity,
+    /// autocast's cast backward without its rounding of the gradient).
     bf16: bool,
     /// GELU′ at every output, written by the forward for the backward
     /// ([`Activation::GeluKeepingDerivative`]).
     derivative: OnceLock<CpuStorage>,
+    /// bf16 on AMX with a backward to come: the forward's packed bf16 x, which the weight
+    /// gradient ∂W = gᵀ x reads again (half the bytes of x, instead of a second conversion).
+    packed_x: OnceLock<Packed>,
 }
 
 impl LinearEpilogue {
@@ -225,20 +232,11 @@ impl SliceKernel for LinearEpilogue {
     fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
         let (x, w, c) = (i[0], i[1], i[2]);
         let (rows, in_f, out_f, w_cols) = (self.rows, self.in_f, self.out_f, self.w_cols());
-        let mut dst = self.initial_destination(w, c);
+        let dst = self.initial_destination(w, c);
         if rows == 0 || out_f == 0 || in_f == 0 {
-            return dst;
+            return self.activate(dst);
         }
-        // bf16: the gemm reads rounded copies of x and W (dropped right after).
-        let rounded = if self.bf16 {
-            T::bf16_rounded(x).zip(T::bf16_rounded(w))
-        } else {
-            None
-        };
-        let (x, w) = match &rounded {
-            Some((x, w)) => (x.as_slice(), w.as_slice()),
-            None => (x, w),
-        };
+        let mut dst = dst;
         let threads = candle_core::utils::get_num_threads();
         let parallelism = if threads > 1 {
             gemm::Parallelism::Rayon(threads)
@@ -274,6 +272,40 @@ impl SliceKernel for LinearEpilogue {
                 parallelism,
             )
         };
+        self.activate(dst)
+    }
+}
+
+impl LinearEpilogue {
+    /// The forward under bf16 precision (f32 inputs, contiguous as in [`SliceKernel::run`]):
+    /// the product of the bf16-rounded x and W accumulated into the destination in f32, on AMX
+    /// where oneDNN runs it ([`bf16::gemm`]).
+    fn run_bf16(&self, x: &[f32], w: &[f32], c: &[f32]) -> Result<Vec<f32>> {
+        let mut dst = self.initial_destination(w, c);
+        let key = Key {
+            m: self.rows,
+            n: self.out_f,
+            k: self.in_f,
+            lhs_strides: [self.in_f, 1],
+            rhs_strides: [1, self.w_cols()],
+            accumulate: true,
+        };
+        if onednn::available() && self.rows * self.in_f * self.out_f > 0 {
+            let px = Packed::new(x, key.m, key.k, key.lhs_strides)?;
+            let pw = Packed::new(w, key.k, key.n, key.rhs_strides)?;
+            if onednn::accumulate_packed(px.as_ref(), pw.as_ref(), &mut dst)? {
+                if candle_core::backprop::grad_enabled() {
+                    let _ = self.packed_x.set(px);
+                }
+                return Ok(self.activate(dst));
+            }
+        }
+        bf16::gemm(key, &mut dst, x, w)?;
+        Ok(self.activate(dst))
+    }
+
+    /// The activation, in place on the finished product.
+    fn activate<T: Float>(&self, mut dst: Vec<T>) -> Vec<T> {
         match self.activation {
             Activation::Identity => {}
             Activation::Gelu => gelu_in_place(&mut dst),
@@ -318,10 +350,13 @@ impl CustomOp3 for LinearEpilogue {
                 l3.shape()
             );
         }
-        Ok((
-            dispatch(self.name(), self, &[(s1, l1), (s2, l2), (s3, l3)])?,
-            Shape::from((self.rows, self.out_f)),
-        ))
+        let out = match (self.bf16, s1, s2, s3) {
+            (true, CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(c)) => CpuStorage::F32(
+                self.run_bf16(contiguous(x, l1)?, contiguous(w, l2)?, contiguous(c, l3)?)?,
+            ),
+            _ => dispatch(self.name(), self, &[(s1, l1), (s2, l2), (s3, l3)])?,
+        };
+        Ok((out, Shape::from((self.rows, self.out_f))))
     }
 
     /// ∂x = g W, ∂W = gᵀ x, ∂b = Σ_rows g, ∂r = g.
@@ -334,12 +369,6 @@ impl CustomOp3 for LinearEpilogue {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = grad.contiguous()?;
-        // bf16: the gradient matmuls multiply rounded operands too.
-        let (x, w) = &if self.bf16 {
-            (bf16::round_no_grad(x)?, bf16::round_no_grad(w)?)
-        } else {
-            (x.clone(), w.clone())
-        };
         match self.activation {
             Activation::Identity => {}
             Activation::Gelu => {
@@ -350,14 +379,7 @@ impl CustomOp3 for LinearEpilogue {
             }
         }
         let bias_grad = || g.apply_op1_no_bwd(&ColumnSums { cols: self.out_f });
-        let weight = if self.addend == Addend::BiasResidual {
-            w.narrow(1, 0, self.in_f)?
-        } else {
-            w.clone()
-        };
-        let gm = self.matmul_operand(&g)?;
-        let dx = gm.matmul(&weight)?;
-        let dw = gm.t()?.matmul(x)?;
+        let (dx, dw) = self.input_and_weight_grads(&g, w, x)?;
         Ok(match self.addend {
             Addend::Bias => (Some(dx), Some(dw), Some(bias_grad()?)),
             Addend::Residual => (Some(dx), Some(dw), Some(g)),
@@ -370,13 +392,40 @@ impl CustomOp3 for LinearEpilogue {
 }
 
 impl LinearEpilogue {
-    /// A gradient as a matmul operand: rounded to bf16 under bf16 precision.
-    fn matmul_operand(&self, g: &Tensor) -> Result<Tensor> {
-        if self.bf16 {
-            bf16::round_no_grad(g)
+    /// ∂x = g W and ∂W = gᵀ x (W without its bias column), for the upstream gradient g
+    /// (rows × out). Under bf16 the products take bf16 inputs and accumulate in f32, as in the
+    /// forward; on AMX, g is packed once for both products and ∂W reads the forward's packed x.
+    fn input_and_weight_grads(
+        &self,
+        g: &Tensor,
+        w: &Tensor,
+        x: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let weight = if self.addend == Addend::BiasResidual {
+            w.narrow(1, 0, self.in_f)?
         } else {
-            Ok(g.clone())
+            w.clone()
+        };
+        if !self.bf16 {
+            return Ok((g.matmul(&weight)?, g.t()?.matmul(x)?));
         }
+        if let Some(px) = self.packed_x.get() {
+            let (rows, in_f, out_f) = (self.rows, self.in_f, self.out_f);
+            let pg = with_f32_slice(g, |g| Packed::new(g, rows, out_f, [out_f, 1]))?;
+            let pw = with_f32_slice(w, |w| Packed::new(w, out_f, in_f, [self.w_cols(), 1]))?;
+            let dx = onednn::product_packed(pg.as_ref(), pw.as_ref())?;
+            let dw = onednn::product_packed(pg.t(), px.as_ref())?;
+            if let (Some(dx), Some(dw)) = (dx, dw) {
+                return Ok((
+                    Tensor::from_vec(dx, (rows, in_f), g.device())?,
+                    Tensor::from_vec(dw, (out_f, in_f), g.device())?,
+                ));
+            }
+        }
+        Ok((
+            bf16::product_no_grad(g, &weight)?,
+            bf16::product_no_grad(&g.t()?, x)?,
+        ))
     }
 
     /// Backward of GELU(x Wᵀ + b) from the kept GELU′: ∂z = g ⊙ GELU′ (with ∂b = Σ_rows ∂z in
@@ -404,8 +453,8 @@ impl LinearEpilogue {
             }
             None => None,
         };
-        let dz = self.matmul_operand(&dz)?;
-        Ok((Some(dz.matmul(w)?), Some(dz.t()?.matmul(x)?), db))
+        let (dx, dw) = self.input_and_weight_grads(&dz, w, x)?;
+        Ok((Some(dx), Some(dw), db))
     }
 }
 
