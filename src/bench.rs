@@ -66,6 +66,9 @@ pub struct BenchResult {
     pub isa: &'static str,
     pub kernels: &'static str,
     pub precision: &'static str,
+    /// What multiplied the matrices: `gemm` (f32, or bf16-rounded operands at bf16) or
+    /// `onednn-amx` (bf16 on AMX tiles, [`crate::kernels::onednn`]).
+    pub matmul: &'static str,
     /// iMixer runs: the iMLP solver and its iteration count.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub solver: Option<String>,
@@ -91,6 +94,18 @@ pub fn forward_flops_per_sample(cfg: &ModelConfig) -> f64 {
     let channel_mlp = n * 2.0 * d * dc;
     let blocks = cfg.depth as f64 * cfg.n_iter as f64 * (token_mlp + channel_mlp);
     2.0 * (n * patch * d + blocks + d * cfg.num_classes as f64)
+}
+
+/// The engine of this process's model matmuls at the current precision (see
+/// [`BenchResult::matmul`]).
+pub fn matmul_engine() -> &'static str {
+    if crate::kernels::precision() == crate::kernels::Precision::Bf16
+        && crate::kernels::onednn::available()
+    {
+        "onednn-amx"
+    } else {
+        "gemm"
+    }
 }
 
 /// Matmul FLOPs of one step of `batch` samples: the forward, and for training the backward's two
@@ -229,6 +244,7 @@ pub fn run_model(
         isa: crate::kernels::isa().name(),
         kernels: crate::kernels::kernel_path().name(),
         precision: crate::kernels::precision().name(),
+        matmul: matmul_engine(),
         solver: imixer.map(|m| match &m.solver {
             Solver::Unrolled => "unrolled".to_string(),
             Solver::Picard { .. } => "picard".to_string(),

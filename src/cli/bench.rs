@@ -87,11 +87,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let families: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
     if !a.json {
         outln!(
-            "{}; fused kernels: {}, kernel path: {}, precision: {}",
+            "{}; fused kernels: {}, kernel path: {}, precision: {}, matmuls: {}",
             crate::bench::cpu_model(),
             crate::kernels::isa().name(),
             crate::kernels::kernel_path().name(),
-            crate::kernels::precision().name()
+            crate::kernels::precision().name(),
+            crate::bench::matmul_engine()
         )?;
     }
     for config in list(&a.config, &["fmnist-tiny", "cifar-s", "s16-224"]) {
