@@ -19,8 +19,21 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
 }
 
+/// OpenMP threads that sleep as soon as their work is done. oneDNN (the AMX bf16 matmuls) runs
+/// on OpenMP, whose threads otherwise spin for a while after every matmul, on the cores that
+/// rayon's threads need for the next op. libgomp reads the variable when it is loaded, which
+/// happens later, at the first bf16 matmul; a value the user set is kept.
+fn passive_openmp_threads() {
+    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        // Sound: `main` calls this before any other thread exists, so no thread can read the
+        // environment concurrently (the caveat of `set_var`).
+        std::env::set_var("OMP_WAIT_POLICY", "PASSIVE");
+    }
+}
+
 fn main() {
     keep_freed_memory();
+    passive_openmp_threads();
     match imixer::cli::main() {
         Ok(()) => {}
         // The reader of a pipe has gone (`imixer models | head -1`): it wanted no more output, so

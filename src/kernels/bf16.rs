@@ -1,17 +1,20 @@
 //! bfloat16 matmul inputs with f32 accumulation ([`crate::kernels::Precision::Bf16`]).
 //!
 //! On CUDA the operands are cast to bf16 and candle runs cuBLAS's bf16 GEMM (tensor cores), the
-//! product cast back to f32. On the CPU the operands are rounded to the nearest bf16 (round to
-//! nearest even, PyTorch's and `half`'s rounding) and multiplied by the f32 gemm. The product of two
-//! bf16 values is exact in f32 (8 + 8 significant bits fit in 24), so this computes exactly what a
-//! bf16 unit with f32 accumulation computes, up to the order of the f32 additions.
+//! product cast back to f32. On the CPU there are two engines, computing the same products:
 //!
-//! Why the CPU does not hand these matmuls to its bf16 units: on the Xeon (Sapphire Rapids family,
-//! AVX512-BF16, no AMX exposed) this was measured on, oneDNN 2.6's bf16 matmul
+//! - **AMX** (CPUs reporting `amx_bf16`, with oneDNN installed): the operands are converted to
+//!   bf16 and oneDNN's AMX kernels multiply them with f32 accumulation ([`super::onednn`]).
+//! - **gemm** (every other CPU): the operands are rounded to the nearest bf16 (round to nearest
+//!   even, PyTorch's and `half`'s rounding) and multiplied by the f32 gemm. The product of two
+//!   bf16 values is exact in f32 (8 + 8 significant bits fit in 24), so this computes exactly
+//!   what a bf16 unit with f32 accumulation computes, up to the order of the f32 additions.
+//!
+//! Why a CPU without AMX does not hand these matmuls to its AVX512-BF16 units: on a Xeon
+//! (family 6, model 207) that reports AVX512-BF16 but no AMX, oneDNN 2.6's bf16 matmul
 //! (`brg:avx512_core_bf16`, 2 threads) ran at 103–143 GFLOP/s on the Mixer shapes against
-//! 225–260 GFLOP/s for its own f32 matmul (BENCHMARKS.md, "bf16 on the CPU"):
-//! one `vdpbf16ps` per cycle does no more multiply-adds than two f32 FMAs, and the conversions
-//! come on top. AMX tiles would pay; a CPU that exposes them is where a oneDNN path belongs.
+//! 225–260 GFLOP/s for its own f32 matmul (BENCHMARKS.md, "bf16 on the CPU"): one `vdpbf16ps`
+//! per cycle does no more multiply-adds than two f32 FMAs, and the conversions come on top.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;

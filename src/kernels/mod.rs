@@ -12,6 +12,10 @@
 //! x86-64-v3 (AVX2 + FMA), and on CPUs with AVX-512 the hot loops run a second compilation of the
 //! same source with 16-lane registers (`simd_kernel!`). Both compilations evaluate the same
 //! floating-point operations in the same order, so they give the same bits.
+//!
+//! At bf16 precision the matmuls have two CPU engines with the same products ([`bf16`]): AMX
+//! tiles through oneDNN where the CPU and the machine have them ([`onednn`]), gemm on
+//! bf16-rounded operands everywhere else.
 
 pub mod bf16;
 pub mod cpu;
