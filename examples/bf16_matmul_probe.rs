@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use imixer::kernels::bf16;
-use imixer::kernels::onednn::{self, Key};
+use imixer::kernels::onednn::{self, Key, Packed};
 
 fn values(seed: u32, n: usize) -> Vec<f32> {
     (0..n)
@@ -100,20 +100,21 @@ fn main() -> candle_core::Result<()> {
                         false,
                         false,
                         false,
-                        if threads > 1 {
-                            gemm::Parallelism::Rayon(threads)
-                        } else {
-                            gemm::Parallelism::None
-                        },
+                        imixer::kernels::cpu::gemm_parallelism(),
                     )
                 }
             });
-            onednn::set_enabled(false);
             let on_gemm = median(|| bf16::gemm(key, &mut dst, &a, &b).expect("bf16 gemm"));
-            onednn::set_enabled(true);
+            // Packing both operands is part of every AMX product, as in the layers.
             let amx = if onednn::available() {
                 rate(median(|| {
-                    bf16::gemm(key, &mut dst, &a, &b).expect("bf16 gemm");
+                    let pa = Packed::new(&a, m, k, lhs_strides).expect("lhs span");
+                    let pb = Packed::new(&b, k, n, rhs_strides).expect("rhs span");
+                    let product = onednn::product_packed(pa.as_ref(), pb.as_ref());
+                    assert!(
+                        product.expect("oneDNN product").is_some(),
+                        "AMX took no {key:?}"
+                    );
                 }))
             } else {
                 "—".to_string()

@@ -19,7 +19,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{contiguous, PAR_CHUNK};
+use super::cpu::{contiguous, gemm_parallelism, PAR_CHUNK};
 use super::dispatch::{fused, precision, Precision};
 use super::onednn::{self, Key, Packed};
 use super::simd_kernel;
@@ -54,7 +54,7 @@ pub fn round_slice(x: &[f32]) -> Vec<f32> {
 }
 
 /// The bf16 rounding of an f32 CPU tensor as one op. Its backward rounds the incoming gradient
-/// (autocast's cast backward); [`round_no_grad`] applies it without recording a graph.
+/// (autocast's cast backward).
 struct RoundToBf16;
 
 impl CustomOp1 for RoundToBf16 {
@@ -76,12 +76,6 @@ impl CustomOp1 for RoundToBf16 {
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&RoundToBf16)?))
     }
-}
-
-/// `t` rounded to bf16 values (f32 CPU tensors), outside any recorded graph: for operands
-/// inside a backward pass or of an op that rounds internally.
-pub fn round_no_grad(t: &Tensor) -> Result<Tensor> {
-    t.contiguous()?.apply_op1_no_bwd(&RoundToBf16)
 }
 
 /// An f32 operand of a bf16 matmul computed in f32: `t` with bf16 values. On the fused path one
@@ -155,13 +149,11 @@ fn bf16_units() -> Option<&'static str> {
         .find(|unit| flags.iter().any(|f| f == unit))
 }
 
-/// dst (m × n, row-major) = [dst +] bf16(lhs) · bf16(rhs), f32 accumulation: on AMX through
-/// oneDNN where it runs ([`onednn`]), otherwise gemm on bf16-rounded copies of the operands —
-/// the same products either way. Operands are given by `key`'s strides from their first element.
+/// dst (m × n, row-major) = [dst +] bf16(lhs) · bf16(rhs), f32 accumulation, by gemm on
+/// bf16-rounded copies of the operands: the engine of CPUs without AMX, and of shapes the AMX
+/// path does not take ([`onednn::product_packed`] computes the same products there). Operands
+/// are given by `key`'s strides from their first element.
 pub fn gemm(key: Key, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) -> Result<()> {
-    if onednn::gemm(key, dst, lhs, rhs)? {
-        return Ok(());
-    }
     let Key {
         m,
         n,
@@ -186,12 +178,6 @@ pub fn gemm(key: Key, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) -> Result<()> {
         round_slice(&lhs[..key.lhs_span()]),
         round_slice(&rhs[..key.rhs_span()]),
     );
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
     // SAFETY: a and b hold the spans the strides reach (`Key::lhs_span`/`rhs_span`: every
     // lhs[r·lrs + c·lcs] with r < m, c < k and rhs[r·rrs + c·rcs] with r < k, c < n is inside),
     // dst holds m·n elements (checked above) written at r·n + c, and is a distinct buffer from
@@ -216,7 +202,7 @@ pub fn gemm(key: Key, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) -> Result<()> {
             false,
             false,
             false,
-            parallelism,
+            gemm_parallelism(),
         )
     };
     Ok(())

@@ -20,6 +20,15 @@ pub fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
     }
 }
 
+/// How gemm should split a matmul on this thread: over candle's thread count for it, or not at
+/// all on a data-parallel shard's lane (one thread).
+pub fn gemm_parallelism() -> gemm::Parallelism {
+    match candle_core::utils::get_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        threads => gemm::Parallelism::Rayon(threads),
+    }
+}
+
 /// `f` on the elements of a contiguous f32 CPU tensor (a gradient inside a backward pass,
 /// where a kernel needs the slice rather than another op).
 pub fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {

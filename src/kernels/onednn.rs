@@ -18,12 +18,14 @@
 //! Threads: this oneDNN build runs on OpenMP. Each call sets the calling thread's OpenMP thread
 //! count to candle's thread count for that thread, so a data-parallel shard's lane (one thread)
 //! runs its matmuls serially instead of starting a second team on cores its sibling uses.
-//! Primitives use a user-managed scratchpad, allocated per call, so that two shards may run
-//! the same primitive at once (with oneDNN's library-managed scratchpad they would share one).
+//! Primitives use a user-managed scratchpad, the calling thread's own buffer, so that two shards
+//! may run the same primitive at once (with oneDNN's library-managed scratchpad they would share
+//! one).
 //!
-//! A shape whose primitive oneDNN would not run with its brgemm (AMX/AVX-512) kernels, e.g. an
-//! unusual stride, is answered `None` and the caller multiplies the rounded operands with gemm:
-//! the same products, so only speed depends on which ran.
+//! Operands are packed ([`Packed`]) to dense row- or column-major bf16 first, since a padded
+//! stride sends oneDNN to a slow kernel. A shape whose primitive oneDNN would not run with its
+//! brgemm (AMX/AVX-512) kernels is answered "not taken", and the caller multiplies the rounded
+//! operands with gemm: the same products, so only speed depends on which ran.
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
@@ -551,25 +553,17 @@ fn dense_strides(rows: usize, cols: usize, [rs, cs]: [usize; 2]) -> [usize; 2] {
     }
 }
 
-/// Packs the f32 matrix `src` (`rows × cols` with strides `from`) into `out` (replacing its
-/// contents) as bf16 bits with the dense strides `to` (from [`dense_strides`]), lines in
-/// parallel when this thread may use more than one. `src` must reach the strides' span.
-fn pack(
-    out: &mut Vec<u16>,
-    src: &[f32],
-    rows: usize,
-    cols: usize,
-    from: [usize; 2],
-    to: [usize; 2],
-) {
+/// The f32 matrix `src` (`rows × cols` with strides `from`) as bf16 bits with the dense strides
+/// `to` (from [`dense_strides`]), lines in parallel when this thread may use more than one.
+/// `src` must reach the strides' span ([`Packed::new`] checks it).
+fn pack(src: &[f32], rows: usize, cols: usize, from: [usize; 2], to: [usize; 2]) -> Vec<u16> {
     // Lines are the contiguous direction of the packed layout.
     let (lines, len, line_stride, elem_stride) = if to == [cols, 1] {
         (rows, cols, from[0], from[1])
     } else {
         (cols, rows, from[1], from[0])
     };
-    out.clear();
-    out.reserve(lines * len);
+    let mut out = Vec::with_capacity(lines * len);
     let line = |i: usize, o: &mut [MaybeUninit<u16>]| {
         let start = i * line_stride;
         if elem_stride == 1 {
@@ -602,9 +596,10 @@ fn pack(
     // its first lines·len: the chunks of `len` cover it exactly, each chunk is one line, and
     // both line variants write all `len` elements of their chunk.
     unsafe { out.set_len(lines * len) };
+    out
 }
 
-/// An f32 matrix packed as bf16 bits in a dense layout, ready for [`gemm_packed`]; packing once
+/// An f32 matrix packed as bf16 bits in a dense layout, ready for [`product_packed`] and [`accumulate_packed`]; packing once
 /// lets one operand serve several products (a gradient `g` is the left operand of both `g W` and,
 /// as the same bytes read column-major, `gᵀ x`).
 pub struct Packed {
@@ -630,10 +625,8 @@ impl Packed {
             );
         }
         let dense = dense_strides(rows, cols, strides);
-        let mut bits = Vec::new();
-        pack(&mut bits, src, rows, cols, strides, dense);
         Ok(Self {
-            bits,
+            bits: pack(src, rows, cols, strides, dense),
             rows,
             cols,
             strides: dense,
@@ -669,19 +662,11 @@ pub struct PackedRef<'a> {
     strides: [usize; 2],
 }
 
-/// A thread's reusable buffers: the packed operands and the scratchpad.
-#[derive(Default)]
-struct Buffers {
-    lhs: Vec<u16>,
-    rhs: Vec<u16>,
-    scratchpad: Vec<u8>,
-}
-
 thread_local! {
-    /// Taken out for the length of a call and put back after, so that a call nested on the same
-    /// thread (rayon may run another shard's task while this one waits) gets fresh buffers
-    /// instead of a double borrow.
-    static BUFFERS: std::cell::Cell<Buffers> = std::cell::Cell::new(Buffers::default());
+    /// The thread's reusable scratchpad (grown, never zeroed again). Taken out for the length of
+    /// a call and put back after, so that a call nested on the same thread (rayon may run
+    /// another shard's task while this one waits) gets a fresh one instead of a double borrow.
+    static SCRATCHPAD: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The primitive for dense operands of these shapes, or `None` (path off, empty, or not brgemm).
@@ -706,51 +691,6 @@ fn dense_primitive(
         accumulate,
     };
     Some((lib, lib.primitive(key)?))
-}
-
-/// dst (m × n, row-major) = [dst +] bf16(lhs) · bf16(rhs) on AMX, with f32 accumulation.
-/// `lhs` and `rhs` start at their first element and reach at least `key.lhs_span()` and
-/// `key.rhs_span()` elements; `dst` holds m·n. Returns `false`, touching nothing, when the AMX
-/// path is off or does not take this shape: the caller then multiplies with gemm.
-pub fn gemm(key: Key, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) -> candle_core::Result<bool> {
-    let (lhs_dense, rhs_dense) = (
-        dense_strides(key.m, key.k, key.lhs_strides),
-        dense_strides(key.k, key.n, key.rhs_strides),
-    );
-    let Some((lib, prim)) =
-        dense_primitive(key.m, key.n, key.k, lhs_dense, rhs_dense, key.accumulate)
-    else {
-        return Ok(false);
-    };
-    if dst.len() < key.m * key.n || lhs.len() < key.lhs_span() || rhs.len() < key.rhs_span() {
-        candle_core::bail!("onednn gemm: buffers too small for {key:?}");
-    }
-    let mut buffers = BUFFERS.with(|b| b.take());
-    pack(
-        &mut buffers.lhs,
-        lhs,
-        key.m,
-        key.k,
-        key.lhs_strides,
-        lhs_dense,
-    );
-    pack(
-        &mut buffers.rhs,
-        rhs,
-        key.k,
-        key.n,
-        key.rhs_strides,
-        rhs_dense,
-    );
-    let Buffers {
-        lhs: a,
-        rhs: b,
-        scratchpad,
-    } = &mut buffers;
-    let ran = lib.execute(&prim, a, b, scratchpad, dst.as_mut_ptr());
-    BUFFERS.with(|b| b.set(buffers));
-    ran.map_err(candle_core::Error::Msg)?;
-    Ok(true)
 }
 
 /// lhs · rhs of packed operands into a new row-major f32 matrix, or `None` when the AMX path
@@ -812,9 +752,9 @@ fn run_packed(
     let Some((lib, prim)) = dense_primitive(m, n, k, lhs.strides, rhs.strides, accumulate) else {
         return Ok(false);
     };
-    let mut buffers = BUFFERS.with(|b| b.take());
-    let ran = lib.execute(&prim, lhs.bits, rhs.bits, &mut buffers.scratchpad, dst);
-    BUFFERS.with(|b| b.set(buffers));
+    let mut scratchpad = SCRATCHPAD.with(|s| s.take());
+    let ran = lib.execute(&prim, lhs.bits, rhs.bits, &mut scratchpad, dst);
+    SCRATCHPAD.with(|s| s.set(scratchpad));
     ran.map_err(candle_core::Error::Msg)?;
     Ok(true)
 }
@@ -890,17 +830,25 @@ mod tests {
                 let b = values(2, key.rhs_span());
                 let dst0 = values(3, m * n);
                 let mut dst = dst0.clone();
-                assert!(gemm(key, &mut dst, &a, &b)?, "{key:?} did not run on AMX");
+                let pa = Packed::new(&a, m, k, lhs_strides)?;
+                let pb = Packed::new(&b, k, n, rhs_strides)?;
+                if accumulate {
+                    assert!(
+                        accumulate_packed(pa.as_ref(), pb.as_ref(), &mut dst)?,
+                        "{key:?} did not run on AMX"
+                    );
+                } else {
+                    dst = product_packed(pa.as_ref(), pb.as_ref())?.expect("AMX shape");
+                }
                 let (want, magnitude) = reference(key, &dst0, &a, &b);
                 for ((g, w), mag) in dst.iter().zip(&want).zip(&magnitude) {
                     let tol = 1e-6 * mag.max(1.0);
                     assert!((*g as f64 - w).abs() <= tol, "{key:?}: {g} vs {w}");
                 }
                 if !accumulate {
-                    let pa = Packed::new(&a, m, k, lhs_strides)?;
-                    let pb = Packed::new(&b, k, n, rhs_strides)?;
+                    // The same product again gives the same bits (a cached primitive).
                     let product = product_packed(pa.as_ref(), pb.as_ref())?.expect("AMX shape");
-                    assert_eq!(product, dst, "{key:?}: packed product differs");
+                    assert_eq!(product, dst, "{key:?}: a second product differs");
                     // (a b)ᵀ = bᵀ aᵀ through the transposed views of the same packed bytes.
                     let t = product_packed(pb.t(), pa.t())?.expect("AMX shape");
                     for i in 0..m {

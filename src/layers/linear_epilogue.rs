@@ -23,7 +23,8 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use super::bias::{bias_gelu, ColumnSums, ScaleWithColumnSums};
 use super::gelu::{gelu, gelu_in_place, gelu_in_place_with_derivative};
 use crate::kernels::cpu::{
-    contiguous, dispatch, par_output, with_f32_slice, Float, SliceKernel, PAR_CHUNK,
+    contiguous, dispatch, gemm_parallelism, par_output, with_f32_slice, Float, SliceKernel,
+    PAR_CHUNK,
 };
 use crate::kernels::onednn::{self, Key, Packed};
 use crate::kernels::{bf16, fused, matmul};
@@ -166,9 +167,10 @@ struct LinearEpilogue {
     out_f: usize,
     activation: Activation,
     /// bf16 precision: every product of this op (forward and backward) takes bf16 inputs and
-    /// accumulates in f32 ([`bf16::gemm`]), the operands converted per product so that the
-    /// graph keeps only the f32 inputs (the rounding's gradient is taken as the identity,
-    /// autocast's cast backward without its rounding of the gradient).
+    /// accumulates in f32 (on AMX, [`onednn`], else [`bf16::gemm`]). The graph keeps the f32
+    /// inputs; the operands are converted per product, except that on AMX the forward's packed
+    /// x is kept for ∂W (`packed_x`). The rounding's gradient is taken as the identity
+    /// (autocast's cast backward without its rounding of the gradient).
     bf16: bool,
     /// GELU′ at every output, written by the forward for the backward
     /// ([`Activation::GeluKeepingDerivative`]).
@@ -237,12 +239,6 @@ impl SliceKernel for LinearEpilogue {
             return self.activate(dst);
         }
         let mut dst = dst;
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
         // SAFETY: `dispatch` hands us the contiguous inputs the wrapper validated: x holds
         // rows·in elements, W out·w_cols (w_cols ≥ in), and dst was just allocated with rows·out
         // initialised elements. With these strides gemm reads x[r·in + k] (r < rows, k < in),
@@ -269,7 +265,7 @@ impl SliceKernel for LinearEpilogue {
                 false,
                 false,
                 false,
-                parallelism,
+                gemm_parallelism(),
             )
         };
         self.activate(dst)
@@ -279,7 +275,7 @@ impl SliceKernel for LinearEpilogue {
 impl LinearEpilogue {
     /// The forward under bf16 precision (f32 inputs, contiguous as in [`SliceKernel::run`]):
     /// the product of the bf16-rounded x and W accumulated into the destination in f32, on AMX
-    /// where oneDNN runs it ([`bf16::gemm`]).
+    /// where oneDNN takes the shape, else by [`bf16::gemm`].
     fn run_bf16(&self, x: &[f32], w: &[f32], c: &[f32]) -> Result<Vec<f32>> {
         let mut dst = self.initial_destination(w, c);
         let key = Key {
