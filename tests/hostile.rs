@@ -229,6 +229,41 @@ fn absurd_numbers_are_refused_before_a_run_directory_is_touched() {
     }
 }
 
+#[test]
+fn an_image_whose_body_is_corrupt_stops_the_run_before_its_first_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("folder");
+    write_image_folder(&data, &["a", "b"], 4, 2);
+    // A PNG whose header still reads (its size is right) but whose pixels are cut short, at the
+    // end of the validation split: only a full decode finds it before an epoch is spent.
+    let bad = data.join("val/b/00.png");
+    let bytes = fs::read(&bad).unwrap();
+    fs::write(&bad, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let out = dir.path().join("run");
+    let o = fails_saying(
+        &args(&[
+            "train",
+            "--data-dir",
+            &s(&data),
+            "--dataset",
+            "folder",
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            "0",
+            "--out",
+            &s(&out),
+        ]),
+        &["val/b/00.png", "decode"],
+    );
+    assert!(
+        !o.stderr.contains("epoch"),
+        "the run started:\n{}",
+        o.stderr
+    );
+    assert!(!out.exists(), "the run directory was created");
+}
+
 /// A tiny Fashion-MNIST-format run of `steps_per_epoch` steps of 8 images.
 fn tiny_run(data: &Path, out: &Path, epochs: usize) -> TrainConfig {
     TrainConfig {

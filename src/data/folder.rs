@@ -239,23 +239,6 @@ pub fn scan_split(split_dir: &Path, classes: &[String]) -> Result<Split> {
     Split::new(Samples::Files(paths), labels)
 }
 
-/// Reads the header of every image of a file-backed split (in parallel), so that an unreadable
-/// file, a non-image or an image over the pixel limit is found before training starts rather
-/// than at the batch that needs it. Returns the first problem in split order.
-pub fn check_images(split: &Split) -> Result<()> {
-    use rayon::prelude::*;
-    let Samples::Files(paths) = &split.samples else {
-        return Ok(());
-    };
-    match paths
-        .par_iter()
-        .find_map_first(|p| image_dimensions(p).err())
-    {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
 /// Load `root/train` and `root/val` (falling back to `root/test`).
 pub fn load_folder(root: &Path) -> Result<Dataset> {
     let kind = DatasetKind::Folder;
@@ -492,8 +475,9 @@ mod tests {
             e.contains("huge.png") && e.contains("10000×10000") && e.contains(MAX_IMAGE_PIXELS_ENV),
             "{e}"
         );
-        // The header pass finds it (and a corrupt file) before any training.
+        // The up-front pass finds it (and a corrupt file) before any training.
         let ds = load_dataset(DatasetKind::Folder, root.path()).unwrap();
+        let check_images = |s| super::super::image_check::check_images_cached(s, "test", None);
         check_images(&ds.train).unwrap();
         let e = check_images(&ds.val).unwrap_err().to_string();
         assert!(e.contains("huge.png"), "{e}");

@@ -15,6 +15,7 @@ pub mod error;
 pub mod folder;
 pub mod food101;
 pub mod idx;
+pub mod image_check;
 pub mod loader;
 pub mod mix;
 pub mod pickle;

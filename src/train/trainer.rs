@@ -125,10 +125,10 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Dataset> {
     if let Some(n) = cfg.val_subset {
         ds.val = ds.val.subset(n, cfg.seed ^ 0x5eed);
     }
-    // Every image header of both splits before the first epoch (unreadable, not an image, over
-    // the pixel limit), not at the batch that would need it.
-    data::folder::check_images(&ds.train)?;
-    data::folder::check_images(&ds.val)?;
+    // Every image of both splits decodes before the first epoch (cached across runs), so a bad
+    // file stops the run here, not at the batch that needs it.
+    data::image_check::check_images(&ds.train, "training")?;
+    data::image_check::check_images(&ds.val, "validation")?;
     Ok(ds)
 }
 

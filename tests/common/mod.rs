@@ -191,8 +191,15 @@ pub fn metrics(run: &Path) -> Vec<serde_json::Value> {
 // ---------------------------------------------------------------------------------------------
 // The `imixer` binary.
 
+/// The binary, with its decoded-image cache in a folder of the test build, so that tests never
+/// write to the user's cache.
 pub fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_imixer"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imixer"));
+    cmd.env(
+        imixer::data::image_check::CACHE_DIR_ENV,
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("image-cache"),
+    );
+    cmd
 }
 
 /// A finished binary run.
