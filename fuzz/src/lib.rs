@@ -12,8 +12,11 @@ use imixer::data::{
 };
 use rand::SeedableRng;
 
+/// A target's body: it gets one input and returns normally, or the input found a bug.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets by name, as `cargo fuzz run <name>` and `fuzz/corpus/<name>/` spell them.
-pub const TARGETS: [(&str, fn(&[u8])); 7] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("idx", idx),
     ("cifar", cifar),
     ("cifar_python", cifar_python),

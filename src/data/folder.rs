@@ -8,81 +8,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::error::{DataError, Result};
-use super::split::{RawImage, Samples, Split};
+
+use super::split::{Samples, Split};
 use super::{download_hint, Dataset, DatasetKind};
 
 /// File extensions (case-insensitive) treated as images.
 pub const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
-
-/// Default of the largest image decoded, in pixels (8192 × 8192): a small PNG can declare a
-/// huge canvas, and decoding it costs width × height × channels bytes per loader worker.
-pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 1 << 26;
-
-/// Environment variable that raises (or lowers) [`DEFAULT_MAX_IMAGE_PIXELS`].
-pub const MAX_IMAGE_PIXELS_ENV: &str = "IMIXER_MAX_IMAGE_PIXELS";
-
-/// The decoded-image limit in pixels (`IMIXER_MAX_IMAGE_PIXELS`, else the default).
-pub fn max_image_pixels() -> u64 {
-    std::env::var(MAX_IMAGE_PIXELS_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(DEFAULT_MAX_IMAGE_PIXELS)
-}
-
-fn open_image(path: &Path) -> Result<image::ImageReader<std::io::BufReader<fs::File>>> {
-    image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| DataError::io(path, e, "Check that the file exists and is readable"))
-}
-
-/// Width and height of an image file from its header alone, checked against the pixel limit.
-pub fn image_dimensions(path: &Path) -> Result<(u32, u32)> {
-    let (w, h) = open_image(path)?
-        .into_dimensions()
-        .map_err(|error| DataError::Decode {
-            path: path.to_path_buf(),
-            error,
-        })?;
-    let limit = max_image_pixels();
-    if u64::from(w) * u64::from(h) > limit {
-        return Err(DataError::format(
-            path,
-            format!("image is {w}×{h}, more than the limit of {limit} pixels"),
-            format!("Shrink it, remove it, or set {MAX_IMAGE_PIXELS_ENV}=N to raise the limit"),
-        ));
-    }
-    if w == 0 || h == 0 {
-        return Err(DataError::format(
-            path,
-            "image has zero width or height",
-            "Remove the file from the dataset",
-        ));
-    }
-    Ok((w, h))
-}
-
-/// Decode one image file to 8-bit RGB.
-///
-/// The format is sniffed from the content first (a JPEG saved as `.png` still loads), falling back
-/// to the extension. Images over the pixel limit ([`max_image_pixels`]) are refused from their
-/// header, before anything is decoded.
-pub fn decode_image(path: &Path) -> Result<RawImage> {
-    let (w, h) = image_dimensions(path)?;
-    let mut reader = open_image(path)?;
-    // The header said w × h; the decoder may not allocate much beyond that (16-bit RGBA).
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(w);
-    limits.max_image_height = Some(h);
-    limits.max_alloc = Some(u64::from(w) * u64::from(h) * 8 + (1 << 20));
-    reader.limits(limits);
-    let img = reader.decode().map_err(|error| DataError::Decode {
-        path: path.to_path_buf(),
-        error,
-    })?;
-    let rgb = img.to_rgb8();
-    let (w, h) = rgb.dimensions();
-    RawImage::new(w as usize, h as usize, 3, rgb.into_raw())
-}
 
 /// Whether `path` is a directory: `Ok(false)` when nothing is there, an error naming it when
 /// the OS refuses to say (permissions), so that an unreadable folder is not reported missing.
@@ -284,6 +215,7 @@ pub fn load_folder(root: &Path) -> Result<Dataset> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::image::{decode_image, MAX_IMAGE_PIXELS_ENV};
     use crate::data::load_dataset;
     use crate::data::testutil::save_rgb;
 

@@ -4,7 +4,7 @@
 //!
 //! The split comes from the lists (75 750 training and 25 250 test images in the real data set),
 //! not from the folders, so the reader cannot use the image-folder scan. Pixels are decoded like
-//! an image folder's ([`super::folder::decode_image`]) when a batch needs them. Any number of
+//! an image folder's ([`super::image::decode_image`]) when a batch needs them. Any number of
 //! classes is accepted, so trimmed copies (fewer classes or images) load too.
 
 use std::collections::HashMap;

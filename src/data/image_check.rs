@@ -5,7 +5,7 @@
 //! Decoding a large folder takes minutes (Food-101: 101,000 JPEGs), so images that decoded are
 //! remembered in a cache file, keyed by canonical path, size and modification time. A later run
 //! re-decodes only what is new or changed. The cached entry keeps the image's width and height,
-//! so the pixel limit ([`super::folder::max_image_pixels`]) is checked again on every run without
+//! so the pixel limit ([`super::image::max_image_pixels`]) is checked again on every run without
 //! decoding.
 //!
 //! The cache lives in `$IMIXER_CACHE_DIR`, else `$XDG_CACHE_HOME/imixer`, else
@@ -18,7 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::error::{DataError, Result};
-use super::folder::{decode_image, image_dimensions, max_image_pixels, MAX_IMAGE_PIXELS_ENV};
+use super::image::{decode_image, image_dimensions, max_image_pixels, within_pixel_limit};
 use super::split::{Samples, Split};
 
 /// Environment variable naming the cache folder.
@@ -126,17 +126,6 @@ fn write_cache(file: &Path, entries: &HashMap<PathBuf, Entry>) -> std::io::Resul
     })
 }
 
-fn within_limit(path: &Path, width: u32, height: u32, limit: u64) -> Result<()> {
-    if u64::from(width) * u64::from(height) > limit {
-        return Err(DataError::format(
-            path,
-            format!("image is {width}×{height}, more than the limit of {limit} pixels"),
-            format!("Shrink it, remove it, or set {MAX_IMAGE_PIXELS_ENV}=N to raise the limit"),
-        ));
-    }
-    Ok(())
-}
-
 /// One image as the cache sees it: vouched for (with its dimensions), or to be decoded.
 struct Lookup {
     canon: PathBuf,
@@ -163,12 +152,12 @@ fn look_up(path: &Path, known: &HashMap<PathBuf, Entry>) -> Result<Lookup> {
 /// entry when it decoded.
 fn check_one(path: &Path, lookup: &Lookup, limit: u64) -> Result<Option<Entry>> {
     if let Some((w, h)) = lookup.cached {
-        within_limit(path, w, h, limit)?;
+        within_pixel_limit(path, w, h, limit)?;
         return Ok(None);
     }
     // The header first: an image over the limit is refused before its pixels are allocated.
     let (width, height) = image_dimensions(path)?;
-    within_limit(path, width, height, limit)?;
+    within_pixel_limit(path, width, height, limit)?;
     decode_image(path)?;
     Ok(Some(Entry {
         stamp: lookup.stamp,
@@ -252,6 +241,7 @@ pub fn check_images(split: &Split, what: &str) -> Result<ImageCheck> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::image::MAX_IMAGE_PIXELS_ENV;
 
     fn png(path: &Path, w: u32, h: u32) {
         let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));

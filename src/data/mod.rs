@@ -15,6 +15,7 @@ pub mod error;
 pub mod folder;
 pub mod food101;
 pub mod idx;
+pub mod image;
 pub mod image_check;
 pub mod loader;
 pub mod mix;
@@ -32,9 +33,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use error::{DataError, Result};
+pub use image::RawImage;
 pub use loader::{Batch, Loader, LoaderConfig, LoaderIter};
 pub use mix::{smooth_targets, Mixup, MixupConfig};
-pub use split::{RawImage, Samples, Split};
+pub use split::{Samples, Split};
 pub use transforms::{
     EvalTransform, Image, Interpolation, TrainInterpolation, TrainTransform, Transform,
 };

@@ -11,56 +11,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::error::{DataError, Result};
-use super::folder::decode_image;
-
-/// One decoded image: `height × width × channels` interleaved (HWC) `u8`, as images are stored on
-/// disk and as PIL hands them to torchvision/timm transforms.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RawImage {
-    pub width: usize,
-    pub height: usize,
-    pub channels: usize,
-    pub data: Vec<u8>,
-}
-
-impl RawImage {
-    /// Checked constructor: `data.len()` must equal `width·height·channels`.
-    pub fn new(width: usize, height: usize, channels: usize, data: Vec<u8>) -> Result<Self> {
-        if data.len() != width * height * channels {
-            return Err(DataError::InvalidImage(format!(
-                "{width}x{height}x{channels} image needs {} bytes, got {}",
-                width * height * channels,
-                data.len()
-            )));
-        }
-        Ok(RawImage {
-            width,
-            height,
-            channels,
-            data,
-        })
-    }
-
-    /// An image of one colour (`fill` is cycled over the channels).
-    pub fn filled(width: usize, height: usize, channels: usize, fill: &[u8]) -> Self {
-        let px: Vec<u8> = (0..channels)
-            .map(|c| fill.get(c % fill.len().max(1)).copied().unwrap_or(0))
-            .collect();
-        let data = px.repeat(width * height);
-        RawImage {
-            width,
-            height,
-            channels,
-            data,
-        }
-    }
-
-    /// Byte offset of pixel (x, y), channel 0.
-    #[inline]
-    pub fn offset(&self, x: usize, y: usize) -> usize {
-        (y * self.width + x) * self.channels
-    }
-}
+use super::image::{decode_image, RawImage};
 
 /// Where the pixels of a split live.
 #[derive(Clone, Debug)]
