@@ -17,7 +17,7 @@ fn main() -> Result<()> {
     let name = args.next().context(usage)?;
     let batch: usize = args.next().map_or(Ok(64), |b| b.parse())?;
     let threads: usize = args.next().map_or(Ok(2), |t| t.parse())?;
-    imixer::cli::set_threads(threads);
+    imixer::threads::set_threads(threads);
     let cfg = registry::lookup(&name).map_err(anyhow::Error::msg)?;
     let timing = Timing {
         device: candle_core::Device::Cpu,

@@ -40,7 +40,6 @@
 pub mod analysis;
 pub mod bench;
 pub mod checkpoint;
-pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
@@ -53,6 +52,7 @@ pub mod params;
 pub mod plot;
 pub mod registry;
 pub mod sweep;
+pub mod threads;
 pub mod train;
 
 pub use config::{Family, IMixerConfig, ModelConfig};

@@ -1,4 +1,7 @@
-//! The `imixer` command-line tool (all logic lives in the library's `cli` module).
+//! The `imixer` command-line tool: argument parsing and printing (`cli/`, one file per
+//! subcommand) over the `imixer` library, which holds all the logic and returns typed errors.
+
+mod cli;
 
 // mimalloc: candle allocates a fresh buffer for every op result, every step.
 #[global_allocator]
@@ -34,11 +37,11 @@ fn passive_openmp_threads() {
 fn main() {
     keep_freed_memory();
     passive_openmp_threads();
-    match imixer::cli::main() {
+    match cli::main() {
         Ok(()) => {}
         // The reader of a pipe has gone (`imixer models | head -1`): it wanted no more output, so
-        // stop quietly with success (`imixer::cli::output` explains the choice).
-        Err(e) if imixer::cli::output::is_broken_pipe(&e) => {}
+        // stop quietly with success (`cli::output` explains the choice).
+        Err(e) if cli::output::is_broken_pipe(&e) => {}
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::exit(1);

@@ -5,13 +5,13 @@ use clap::Args;
 
 use super::output::outln;
 
-use crate::config::{Family, IMixerConfig, Solver};
+use imixer::config::{Family, IMixerConfig, Solver};
 
 #[derive(Args)]
 pub struct BenchArgs {
     /// Matmul precision: fp32 or bf16 (bfloat16 matmul inputs, f32 accumulation).
     #[arg(long, default_value = "fp32")]
-    pub precision: crate::kernels::Precision,
+    pub precision: imixer::kernels::Precision,
     /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -66,8 +66,8 @@ fn list(arg: &str, all: &[&str]) -> Vec<String> {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    crate::kernels::set_precision(a.precision);
-    super::set_threads(a.threads);
+    imixer::kernels::set_precision(a.precision);
+    imixer::threads::set_threads(a.threads);
     let n_iter = a.n_iter.unwrap_or(IMixerConfig::default().n_iter);
     let solver = Solver::from_name(&a.solver, 0.0, n_iter, a.anderson_m)
         .map_err(|e| anyhow::anyhow!("--solver: {e}"))?;
@@ -76,8 +76,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         solver,
         ..IMixerConfig::default()
     };
-    let timing = crate::bench::Timing {
-        device: crate::device::open(&a.device)?,
+    let timing = imixer::bench::Timing {
+        device: imixer::device::open(&a.device)?,
         threads: a.threads,
         shards: a.shards,
         warmup: a.warmup,
@@ -88,18 +88,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if !a.json {
         outln!(
             "{}; fused kernels: {}, kernel path: {}, precision: {}, matmuls: {}",
-            crate::bench::cpu_model(),
-            crate::kernels::isa().name(),
-            crate::kernels::kernel_path().name(),
-            crate::kernels::precision().name(),
-            crate::bench::matmul_engine()
+            imixer::bench::cpu_model(),
+            imixer::kernels::isa().name(),
+            imixer::kernels::kernel_path().name(),
+            imixer::kernels::precision().name(),
+            imixer::bench::matmul_engine()
         )?;
     }
     for config in list(&a.config, &["fmnist-tiny", "cifar-s", "s16-224"]) {
         for family in list(&a.family, &families) {
             let family: Family = family.parse().map_err(anyhow::Error::msg)?;
             for mode in list(&a.mode, &["train", "infer"]) {
-                let r = crate::bench::run(&config, family, &imixer, &mode, &timing)?;
+                let r = imixer::bench::run(&config, family, &imixer, &mode, &timing)?;
                 if a.json {
                     outln!("{}", serde_json::to_string(&r)?)?;
                 } else {

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use crate::config::ModelConfig;
-use crate::data::{self, Dataset, DatasetKind};
+use imixer::config::ModelConfig;
+use imixer::data::{self, Dataset, DatasetKind};
 
 /// Where a run's data came from, as its saved training config says.
 #[derive(Clone, Debug, PartialEq)]
@@ -140,7 +140,7 @@ fn preview(names: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{Samples, Split};
+    use imixer::data::{Samples, Split};
 
     fn empty() -> Split {
         Split::new(Samples::Files(Vec::new()), Vec::new()).unwrap()

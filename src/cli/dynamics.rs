@@ -10,8 +10,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::output::outln;
-use crate::hopfield::mixer_energy::ToyBlock;
-use crate::plot::{line_panels, Series};
+use imixer::hopfield::mixer_energy::ToyBlock;
+use imixer::plot::{line_panels, Series};
 
 #[derive(Args)]
 pub struct DynamicsArgs {
@@ -129,7 +129,7 @@ pub fn run(a: DynamicsArgs) -> Result<()> {
                     .zip(sol.energy.iter().copied())
                     .collect::<Vec<_>>(),
             );
-            let traj = crate::hopfield::ode::rk45(
+            let traj = imixer::hopfield::ode::rk45(
                 |_, x| block.velocity(x),
                 &x0,
                 a.time,
@@ -168,7 +168,7 @@ pub fn run(a: DynamicsArgs) -> Result<()> {
         &to_panels(&coord_panels, "x[0, 0]"),
     )?;
     let json = serde_json::json!({"sizes": [a.tokens, a.channels, a.token_hidden, a.channel_hidden], "runs": summary});
-    crate::checkpoint::write_atomically(
+    imixer::checkpoint::write_atomically(
         &a.out.join("dynamics.json"),
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;

@@ -15,10 +15,10 @@ use rand_distr::{Distribution, StandardNormal};
 
 use super::dynamics::{non_negative_f64, positive_f64, positive_usize};
 use super::output::outln;
-use crate::data::{self, DatasetKind, Split};
-use crate::hopfield::energy_metaformer::EnergyMetaformer;
-use crate::optim::{AdamW, AdamWConfig};
-use crate::plot::{line_panels, Series};
+use imixer::data::{self, DatasetKind, Split};
+use imixer::hopfield::energy_metaformer::EnergyMetaformer;
+use imixer::optim::{AdamW, AdamWConfig};
+use imixer::plot::{line_panels, Series};
 
 #[derive(Args)]
 pub struct EnergyDemoArgs {
@@ -112,13 +112,13 @@ fn tiles(path: &Path, rows: &[Vec<f32>], cols: usize) -> Result<()> {
 }
 
 pub fn run(a: EnergyDemoArgs) -> Result<()> {
-    super::set_threads(a.threads);
+    imixer::threads::set_threads(a.threads);
     if !matches!(a.dataset, DatasetKind::FashionMnist | DatasetKind::Mnist) {
         anyhow::bail!("energy-demo works on 28×28 images: --dataset fashion-mnist or mnist");
     }
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let dev = crate::device::open(&a.device)?;
+    let dev = imixer::device::open(&a.device)?;
     let dir = a
         .data_dir
         .clone()
@@ -234,7 +234,7 @@ pub fn run(a: EnergyDemoArgs) -> Result<()> {
         "final_loss": losses.last().map(|l| l.1), "energy_descent": energies, "energy_monotone": monotone,
         "seconds": started.elapsed().as_secs_f64(),
     });
-    crate::checkpoint::write_atomically(
+    imixer::checkpoint::write_atomically(
         &a.out.join("metrics.json"),
         serde_json::to_string_pretty(&metrics)?.as_bytes(),
     )?;

@@ -10,16 +10,16 @@ use clap::Args;
 use super::data_fit::{self, TrainedOn};
 use super::model_args::{report, ModelArgs};
 use super::output::outln;
-use crate::data::{self, DatasetKind, EvalTransform, Interpolation, Loader, LoaderConfig};
-use crate::train::eval::evaluate;
-use crate::train::state;
-use crate::MixerNet;
+use imixer::data::{self, DatasetKind, EvalTransform, Interpolation, Loader, LoaderConfig};
+use imixer::train::eval::evaluate;
+use imixer::train::state;
+use imixer::MixerNet;
 
 #[derive(Args)]
 pub struct EvalArgs {
     /// Matmul precision: fp32 (default) or bf16 (bfloat16 matmul inputs, f32 accumulation).
     #[arg(long, default_value = "fp32")]
-    pub precision: crate::kernels::Precision,
+    pub precision: imixer::kernels::Precision,
     /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -77,7 +77,7 @@ pub struct ForInference {
     pub trained_on: Option<TrainedOn>,
 }
 
-/// Loads a checkpoint (any format, [`crate::checkpoint::load_model`]) with its class names, the
+/// Loads a checkpoint (any format, [`imixer::checkpoint::load_model`]) with its class names, the
 /// run's eval transform and data set (when stored), telling the user on stderr how the file was
 /// read.
 pub fn load_for_inference(
@@ -85,7 +85,7 @@ pub fn load_for_inference(
     model: &ModelArgs,
     dev: &Device,
 ) -> Result<ForInference> {
-    let loaded = crate::checkpoint::load_model(path, &model.spec()?, dev)?;
+    let loaded = imixer::checkpoint::load_model(path, &model.spec()?, dev)?;
     report(&loaded);
     let (net, metadata) = (loaded.net, loaded.metadata);
     let classes = state::classes(&metadata);
@@ -100,7 +100,7 @@ pub fn load_for_inference(
     }
     let run = match metadata.get(state::TRAIN_CONFIG_KEY) {
         None => None,
-        Some(t) => match toml::from_str::<crate::train::TrainConfig>(t) {
+        Some(t) => match toml::from_str::<imixer::train::TrainConfig>(t) {
             Ok(c) => Some(c),
             Err(e) => {
                 eprintln!(
@@ -168,9 +168,9 @@ pub fn eval_transform(
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    crate::kernels::set_precision(a.precision);
-    super::set_threads(a.threads);
-    let loaded = load_for_inference(&a.checkpoint, &a.model, &crate::device::open(&a.device)?)?;
+    imixer::kernels::set_precision(a.precision);
+    imixer::threads::set_threads(a.threads);
+    let loaded = load_for_inference(&a.checkpoint, &a.model, &imixer::device::open(&a.device)?)?;
     let net = &loaded.net;
     let choice = data_fit::choose(
         a.dataset,
@@ -202,7 +202,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         a.interpolation,
     );
     let loader = Loader::new(Arc::new(split), tf, LoaderConfig::eval(a.batch_size))?;
-    let shards = crate::train::Shards::for_device(a.shards, a.threads, net.device())?;
+    let shards = imixer::train::Shards::for_device(a.shards, a.threads, net.device())?;
     let report = evaluate(net, &shards, &loader, classes.len())?;
     let png = a.confusion_png.clone().unwrap_or_else(|| {
         a.checkpoint.with_file_name(format!(
@@ -215,7 +215,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     });
     // The results come first: a confusion PNG that cannot be written (a read-only checkpoint
     // folder) is a warning, not a reason to withhold them.
-    let drawn = match crate::plot::confusion_matrix(&png, &report.confusion, &classes) {
+    let drawn = match imixer::plot::confusion_matrix(&png, &report.confusion, &classes) {
         Ok(()) => true,
         Err(e) => {
             eprintln!(
@@ -259,7 +259,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ModelConfig;
+    use imixer::config::ModelConfig;
 
     fn net(img_size: usize) -> MixerNet {
         let cfg = ModelConfig {

@@ -16,7 +16,7 @@ use clap::Args;
 
 use super::model_args::{report_lines, ModelArgs};
 use super::output::outln;
-use crate::checkpoint::{self, Checkpoint, CONFIG_KEY};
+use imixer::checkpoint::{self, Checkpoint, CONFIG_KEY};
 
 #[derive(Args)]
 pub struct ExportArgs {

@@ -13,18 +13,18 @@ use super::data_fit::{self, TrainedOn};
 use super::eval::{eval_transform, load_for_inference};
 use super::model_args::ModelArgs;
 use super::output::outln;
-use crate::analysis::fixed_point::{compare_solvers, trace, FixedPointTrace, SolverComparison};
-use crate::analysis::spectral::{sn_report, SnReport, GELU_MAX_SLOPE};
-use crate::analysis::symmetry::{symmetry, SymmetryReport};
-use crate::data::{self, DatasetKind, Loader, LoaderConfig};
-use crate::layers::ForwardCtx;
-use crate::models::{AnyMlp, Block};
+use imixer::analysis::fixed_point::{compare_solvers, trace, FixedPointTrace, SolverComparison};
+use imixer::analysis::spectral::{sn_report, SnReport, GELU_MAX_SLOPE};
+use imixer::analysis::symmetry::{symmetry, SymmetryReport};
+use imixer::data::{self, DatasetKind, Loader, LoaderConfig};
+use imixer::layers::ForwardCtx;
+use imixer::models::{AnyMlp, Block};
 
 #[derive(Args)]
 pub struct InspectArgs {
     /// Matmul precision: fp32 (default) or bf16 (bfloat16 matmul inputs, f32 accumulation).
     #[arg(long, default_value = "fp32")]
-    pub precision: crate::kernels::Precision,
+    pub precision: imixer::kernels::Precision,
     /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -78,7 +78,7 @@ struct BlockReport {
 
 fn batch(
     args: &InspectArgs,
-    net: &crate::MixerNet,
+    net: &imixer::MixerNet,
     saved_tf: Option<data::EvalTransform>,
     trained_on: Option<&TrainedOn>,
 ) -> Result<(Tensor, String)> {
@@ -106,7 +106,7 @@ fn batch(
             format!("{} held-out images of {kind}", b.shape[0]),
         ));
     }
-    let x = crate::params::seeded_normal(
+    let x = imixer::params::seeded_normal(
         0,
         &[args.images, cfg.in_chans, cfg.img_size, cfg.img_size],
         1.0,
@@ -117,9 +117,9 @@ fn batch(
 }
 
 pub fn run(a: InspectArgs) -> Result<()> {
-    crate::kernels::set_precision(a.precision);
-    super::set_threads(0);
-    let loaded = load_for_inference(&a.checkpoint, &a.model, &crate::device::open(&a.device)?)?;
+    imixer::kernels::set_precision(a.precision);
+    imixer::threads::set_threads(0);
+    let loaded = load_for_inference(&a.checkpoint, &a.model, &imixer::device::open(&a.device)?)?;
     let net = loaded.net;
     let (images, source) = batch(&a, &net, loaded.eval_transform, loaded.trained_on.as_ref())?;
     let mut x = net.stem.forward(&images)?;

@@ -54,43 +54,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// Sets the worker-thread count of candle's kernels, its matmuls and our own kernels (0: all
-/// cores). Must run before the first tensor operation. Always pinned explicitly: when the
-/// variables are unset, candle re-derives the core count (reading /proc) on every matmul.
-///
-/// candle runs its own elementwise ops on a second pool ("barrier pool") beside rayon's, whose
-/// workers busy-wait 25 000 spins after every op by default. Those spins take the core from the
-/// rayon workers (matmuls, our kernels) and the data-loader threads that run next, so we make
-/// them park at once: Fashion-MNIST training throughput +15 % (`imixer_n4_28`, 355 → 405 img/s,
-/// 2 cores, three alternated runs each), the standalone benchmarks unchanged within noise.
-/// Values already set in the environment (`CANDLE_NUM_THREADS`,
-/// `CANDLE_BARRIER_POOL_SPIN_LIMIT`) are kept, for experiments.
-pub fn set_threads(n: usize) {
-    let n = if n > 0 {
-        n
-    } else {
-        std::thread::available_parallelism()
-            .map(|p| p.get())
-            .unwrap_or(1)
-    };
-    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    set_var_unless_set("CANDLE_NUM_THREADS", &n.to_string());
-    set_var_unless_set("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build_global();
-}
-
-fn set_var_unless_set(key: &str, value: &str) {
-    if std::env::var_os(key).is_none() {
-        std::env::set_var(key, value);
-    }
-}
-
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     // IMIXER_KERNELS / IMIXER_ISA: a bad value is an error here, before any work.
-    crate::kernels::init_from_env().map_err(anyhow::Error::msg)?;
+    imixer::kernels::init_from_env().map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Models(a) => models::run(a),
         Command::Bench(a) => bench::run(a),

@@ -4,8 +4,8 @@
 use anyhow::Result;
 use clap::Args;
 
-use crate::checkpoint::{Loaded, ModelSpec, Weights};
-use crate::config::Family;
+use imixer::checkpoint::{Loaded, ModelSpec, Weights};
+use imixer::config::Family;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct ModelArgs {

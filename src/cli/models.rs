@@ -5,7 +5,7 @@ use candle_core::{DType, Device};
 use clap::Args;
 
 use super::output::outln;
-use crate::registry;
+use imixer::registry;
 
 #[derive(Args)]
 pub struct ModelsArgs {
@@ -26,7 +26,7 @@ pub fn run(args: ModelsArgs) -> Result<()> {
             continue;
         }
         cfg.num_classes = args.classes;
-        let count = crate::models::net::count_params(&cfg);
+        let count = imixer::models::net::count_params(&cfg);
         if args.json {
             outln!(
                 "{}",

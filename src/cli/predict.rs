@@ -9,14 +9,14 @@ use clap::Args;
 use super::eval::{eval_transform, load_for_inference};
 use super::model_args::ModelArgs;
 use super::output::outln;
-use crate::data::RawImage;
-use crate::train::eval::rank;
+use imixer::data::RawImage;
+use imixer::train::eval::rank;
 
 #[derive(Args)]
 pub struct PredictArgs {
     /// Matmul precision: fp32 (default) or bf16 (bfloat16 matmul inputs, f32 accumulation).
     #[arg(long, default_value = "fp32")]
-    pub precision: crate::kernels::Precision,
+    pub precision: imixer::kernels::Precision,
     /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -32,7 +32,7 @@ pub struct PredictArgs {
     /// Filter of the resize before the centre crop: bilinear or bicubic (default: the run's
     /// setting, else bilinear for ≤ 32 px models and bicubic above).
     #[arg(long, value_name = "bilinear|bicubic")]
-    pub interpolation: Option<crate::data::Interpolation>,
+    pub interpolation: Option<imixer::data::Interpolation>,
     /// How many classes to print per image.
     #[arg(long, default_value_t = 5)]
     pub top: usize,
@@ -44,8 +44,8 @@ pub struct PredictArgs {
 }
 
 pub fn run(a: PredictArgs) -> Result<()> {
-    crate::kernels::set_precision(a.precision);
-    let loaded = load_for_inference(&a.checkpoint, &a.model, &crate::device::open(&a.device)?)?;
+    imixer::kernels::set_precision(a.precision);
+    let loaded = load_for_inference(&a.checkpoint, &a.model, &imixer::device::open(&a.device)?)?;
     let (net, saved_classes, saved_tf) = (loaded.net, loaded.classes, loaded.eval_transform);
     let k = net.config.num_classes;
     let classes: Vec<String> = match (&a.classes, saved_classes) {

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::output::outln;
-use crate::sweep::{run_sweep, SweepOptions};
+use imixer::sweep::{run_sweep, SweepOptions};
 
 #[derive(Args, Debug)]
 pub struct SweepArgs {

@@ -8,12 +8,12 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::output::outln;
-use crate::data::transforms::SpatialAug;
-use crate::data::{DatasetKind, Interpolation, TrainInterpolation};
-use crate::train::config::SchedUnit;
-use crate::train::lr_scale::LrScale;
-use crate::train::trainer::Interrupted;
-use crate::train::{train, RunOptions, TrainConfig};
+use imixer::data::transforms::SpatialAug;
+use imixer::data::{DatasetKind, Interpolation, TrainInterpolation};
+use imixer::train::config::SchedUnit;
+use imixer::train::lr_scale::LrScale;
+use imixer::train::trainer::Interrupted;
+use imixer::train::{train, RunOptions, TrainConfig};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -177,7 +177,7 @@ pub struct TrainArgs {
     /// Matmul precision: fp32 (default, golden-exact) or bf16 (bfloat16 matmul inputs with f32
     /// accumulation; weights, optimizer state, LayerNorm, loss and spectral norms stay f32).
     #[arg(long)]
-    pub precision: Option<crate::kernels::Precision>,
+    pub precision: Option<imixer::kernels::Precision>,
     /// Fine-tune: start from this checkpoint's weights (an imixer run's, or a reference
     /// state_dict file) with a fresh optimizer and schedule. The head is re-initialised when its
     /// class count differs from the data set's; without --model (or a model in --config) the
@@ -287,7 +287,7 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(s) = &a.solver {
         c.solver = Some(
-            crate::config::Solver::from_name(s, a.solver_tol, a.solver_max_iter, a.anderson_m)
+            imixer::config::Solver::from_name(s, a.solver_tol, a.solver_max_iter, a.anderson_m)
                 .map_err(|e| anyhow::anyhow!("--solver: {e}"))?,
         );
     }
@@ -301,7 +301,7 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         c.train_transform.rand_augment = if r == "none" {
             None
         } else {
-            Some(crate::data::transforms::RandAugment::parse(r)?)
+            Some(imixer::data::transforms::RandAugment::parse(r)?)
         };
     }
     if let Some(v) = a.reprob {
@@ -338,7 +338,7 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         c.eval_transform.interpolation = v;
     }
     if let (Some(path), false) = (&c.initial_checkpoint, model_chosen) {
-        if let Some(m) = crate::train::finetune::stored_model_config(path)? {
+        if let Some(m) = imixer::train::finetune::stored_model_config(path)? {
             eprintln!(
                 "fine-tuning the model stored in {} ({}, {}×{}×{} images, patch {}, D {}, depth {})",
                 path.display(),
@@ -379,7 +379,7 @@ fn stop_on_signal() -> Result<Arc<AtomicBool>> {
 
 pub fn run(a: TrainArgs) -> Result<()> {
     let cfg = resolve(&a)?;
-    super::set_threads(cfg.threads);
+    imixer::threads::set_threads(cfg.threads);
     let result = train(
         &cfg,
         &RunOptions {
@@ -562,9 +562,9 @@ mod tests {
         // Fine-tuning without --model takes the checkpoint's model configuration.
         let dir = tempfile::tempdir().unwrap();
         let ckpt = dir.path().join("src.safetensors");
-        let mut cfg = crate::registry::lookup("mixer_n4_28").unwrap();
+        let mut cfg = imixer::registry::lookup("mixer_n4_28").unwrap();
         cfg.num_classes = 7;
-        crate::MixerNet::new(&cfg, 0, &candle_core::Device::Cpu)
+        imixer::MixerNet::new(&cfg, 0, &candle_core::Device::Cpu)
             .unwrap()
             .save(&ckpt)
             .unwrap();

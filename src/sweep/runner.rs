@@ -249,9 +249,6 @@ fn run_one(run: &PlannedRun, ctx: &SweepJob) -> Result<Finished> {
         .args(["--threads", &ctx.threads.to_string()])
         .args(["--device", &ctx.opts.device])
         .arg("--json")
-        // The run's own pools get the budget, whatever the sweep's environment says.
-        .env("RAYON_NUM_THREADS", ctx.threads.to_string())
-        .env("CANDLE_NUM_THREADS", ctx.threads.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);

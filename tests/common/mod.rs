@@ -48,7 +48,9 @@ pub fn fashion_dir() -> PathBuf {
 /// test wait until the variables are set.
 pub fn single_thread() {
     static ONCE: Once = Once::new();
-    ONCE.call_once(|| imixer::cli::set_threads(1));
+    ONCE.call_once(|| {
+        imixer::threads::set_threads(1);
+    });
 }
 
 /// A tiny model of `family`: D = 32, 2 blocks, (img/patch)² tokens; iMixer with 1 fixed-point

@@ -129,11 +129,36 @@ fn get_cluster_size() -> usize {
     usize::MAX
 }
 
+// imixer patch 6: process-wide settings that a library can make without touching the
+// environment. 0 (resp. u32::MAX) means "not set": the environment variable, then the default.
+static NUM_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static SPIN_LIMIT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+
+/// imixer patch 6: the thread count of candle's CPU ops for the whole process (0: unset, back to
+/// `CANDLE_NUM_THREADS` / `RAYON_NUM_THREADS` / the core count). A per-thread cap set by
+/// `with_num_threads` still wins. The barrier pool is sized at the first op that uses it, so set
+/// this before the first tensor operation.
+pub fn set_num_threads(n: usize) {
+    NUM_THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// imixer patch 6: how long the barrier pool's workers spin after an op before they park, for the
+/// whole process; `CANDLE_BARRIER_POOL_SPIN_LIMIT` still wins, for experiments. Read when the pool
+/// starts, at the first op that uses it.
+pub fn set_barrier_pool_spin_limit(spins: u32) {
+    SPIN_LIMIT.store(spins, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn barrier_pool_spin_limit() -> u32 {
+    let set = SPIN_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
     std::env::var("CANDLE_BARRIER_POOL_SPIN_LIMIT")
         .ok()
         .and_then(|s| u32::from_str(&s).ok())
-        .unwrap_or(DEFAULT_BARRIER_POOL_SPIN_LIMIT)
+        .unwrap_or(if set == u32::MAX {
+            DEFAULT_BARRIER_POOL_SPIN_LIMIT
+        } else {
+            set
+        })
 }
 
 impl BarrierPool {
@@ -434,6 +459,11 @@ fn rayon_num_threads() -> usize {
 }
 
 fn candle_num_threads() -> usize {
+    // imixer patch 6: the process-wide setting first.
+    let set = NUM_THREADS.load(std::sync::atomic::Ordering::Relaxed);
+    if set > 0 {
+        return set;
+    }
     std::env::var("CANDLE_NUM_THREADS")
         .ok()
         .and_then(|s| usize::from_str(&s).ok())
@@ -446,6 +476,11 @@ pub fn get_num_threads() -> usize {
     let cap = THREADS_OVERRIDE.with(|c| c.get());
     if cap > 0 {
         return cap;
+    }
+    // imixer patch 6: the process-wide setting next.
+    let set = NUM_THREADS.load(std::sync::atomic::Ordering::Relaxed);
+    if set > 0 {
+        return set;
     }
     // Respond to the same environment variable as rayon.
     rayon_num_threads()
