@@ -225,7 +225,7 @@ fn check_sn_trace(
     g: &Golden,
     c: &mut Checker,
     phase: &str,
-    trace: &[imixer::layers::spectral_norm::SnCall],
+    trace: &[imixer::layers::sn_state::SnCall],
 ) -> Result<()> {
     let mut calls: HashMap<&str, usize> = HashMap::new();
     for call in trace {
@@ -332,7 +332,7 @@ fn run_family_on_current_path(family: &str) -> Result<()> {
     let logit_tol = 10.0 * g.floor("logits_eval");
 
     // Eval forward, with intermediate activations and SN calls.
-    let mut ctx = ForwardCtx::eval().with_activations().with_sn_trace();
+    let mut ctx = ForwardCtx::eval().with_activations();
     let logits = model.forward(&input, &mut ctx)?;
     c.close(
         "logits_eval",
@@ -341,7 +341,8 @@ fn run_family_on_current_path(family: &str) -> Result<()> {
         logit_tol,
         RTOL,
     )?;
-    for (name, act) in ctx.activations.take().unwrap() {
+    let observed = ctx.observer.take().expect("observed");
+    for (name, act) in observed.activations.expect("activations") {
         c.close(
             &format!("act_eval.{name}"),
             &act,
@@ -351,11 +352,11 @@ fn run_family_on_current_path(family: &str) -> Result<()> {
         )?;
     }
     if family == "imixer" {
-        check_sn_trace(&g, &mut c, "eval", ctx.sn_trace.as_ref().unwrap())?;
+        check_sn_trace(&g, &mut c, "eval", &observed.sn_calls)?;
     }
 
     // Train forward + loss + backward.
-    let mut ctx = ForwardCtx::train(0).with_sn_trace();
+    let mut ctx = ForwardCtx::train(0).observed();
     let logits = model.forward(&input, &mut ctx)?;
     c.close(
         "logits_train",
@@ -382,7 +383,12 @@ fn run_family_on_current_path(family: &str) -> Result<()> {
         c.close("loss_reg", &reg, expected, loss_tol, RTOL)?;
     }
     if family == "imixer" {
-        check_sn_trace(&g, &mut c, "train", ctx.sn_trace.as_ref().unwrap())?;
+        check_sn_trace(
+            &g,
+            &mut c,
+            "train",
+            &ctx.observer.as_ref().unwrap().sn_calls,
+        )?;
     }
     let grads = loss.backward()?;
     let near_zero = g.near_zero_grads();
@@ -420,7 +426,9 @@ fn run_family_on_current_path(family: &str) -> Result<()> {
         ));
     }
 
-    // Buffers after the train forward, then the eval forward that uses them.
+    // Buffers after the train forward (committed as a training step does), then the eval
+    // forward that uses them.
+    ctx.sn.commit()?;
     for e in model.params.buffers() {
         c.close(
             &format!("after.{}", e.name),
@@ -430,7 +438,7 @@ fn run_family_on_current_path(family: &str) -> Result<()> {
             RTOL,
         )?;
     }
-    let mut ctx = ForwardCtx::eval().with_sn_trace();
+    let mut ctx = ForwardCtx::eval().observed();
     let logits = model.forward(&input, &mut ctx)?;
     c.close(
         "logits_eval_after",
@@ -440,7 +448,12 @@ fn run_family_on_current_path(family: &str) -> Result<()> {
         RTOL,
     )?;
     if family == "imixer" {
-        check_sn_trace(&g, &mut c, "eval_after", ctx.sn_trace.as_ref().unwrap())?;
+        check_sn_trace(
+            &g,
+            &mut c,
+            "eval_after",
+            &ctx.observer.as_ref().unwrap().sn_calls,
+        )?;
     }
 
     // One AdamW step with the sidecar's settings and groups.

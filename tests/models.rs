@@ -151,6 +151,44 @@ fn soft_sn_leaves_small_weights_unchanged() -> Result<()> {
     Ok(())
 }
 
+/// A forward leaves the model's spectral-norm buffers alone; its commit writes exactly what the
+/// forward's last call of each layer left, and a second forward from the committed state goes on
+/// from there.
+#[test]
+fn spectral_norm_buffers_change_only_at_the_commit() -> Result<()> {
+    let sn = sn_layer(3.0, 0.9, 2)?;
+    let before = sn.u.as_tensor().to_vec1::<f64>()?;
+    let mut ctx = ForwardCtx::train(0);
+    sn.weight(&mut ctx)?;
+    sn.weight(&mut ctx)?; // a second call in the same forward goes on from the first's buffers
+    assert_eq!(
+        sn.u.as_tensor().to_vec1::<f64>()?,
+        before,
+        "the forward wrote u"
+    );
+    let left = ctx
+        .sn
+        .get(&sn.name)
+        .expect("the layer's buffers")
+        .u
+        .to_vec1::<f64>()?;
+    assert_ne!(left, before, "two training calls must move u");
+    ctx.sn.commit()?;
+    assert_eq!(sn.u.as_tensor().to_vec1::<f64>()?, left);
+    // Four power steps in one forward equal two forwards of two steps, each committed.
+    let four = sn_layer(3.0, 0.9, 4)?;
+    let mut once = ForwardCtx::train(0);
+    four.weight(&mut once)?;
+    let u4 = once.sn.get(&four.name).unwrap().u.to_vec1::<f64>()?;
+    let d = u4
+        .iter()
+        .zip(&left)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(d < 1e-12, "{d}");
+    Ok(())
+}
+
 #[test]
 fn soft_sn_converges_to_the_bound_with_power_steps() -> Result<()> {
     let mut errors = Vec::new();
@@ -209,6 +247,7 @@ fn fixed_point_converges_geometrically_and_uniquely_for_c_088() -> Result<()> {
     // Converge u, v (one training call of each layer), then evaluate F with the stored state.
     let mut train = ForwardCtx::train(0);
     m.residual_map(&z.narrow(1, 0, 8)?.contiguous()?, Axis::Tokens, &mut train)?;
+    train.sn.commit()?;
     let mut ctx = ForwardCtx::eval();
     let y = m.fc1.forward(&z, Axis::Tokens)?;
     let norm = |t: &Tensor| -> Result<f64> { Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?) };
@@ -319,9 +358,12 @@ fn implicit_gradients_match_unrolled_and_finite_differences() -> Result<()> {
     let make = |solver: Solver, n_iter: usize| make_c(solver, n_iter, 0.6);
     let z = seeded_normal(7, &[2, 9, 3], 1.0)?;
     let probe = seeded_normal(8, &[2, 9, 3], 1.0)?;
+    // A training forward whose spectral-norm buffers are committed, as a training step's are.
     let loss = |m: &IMlp, z: &Tensor| -> Result<Tensor> {
         let mut ctx = ForwardCtx::train(0);
-        Ok((m.forward(z, Axis::Tokens, &mut ctx)? * &probe)?.sum_all()?)
+        let out = m.forward(z, Axis::Tokens, &mut ctx)?;
+        ctx.sn.commit()?;
+        Ok((out * &probe)?.sum_all()?)
     };
     let grads_of = |m: &IMlp| -> Result<Vec<Tensor>> {
         let zv = candle_core::Var::from_tensor(&z)?;
@@ -401,14 +443,14 @@ fn implicit_gradients_match_unrolled_and_finite_differences() -> Result<()> {
     // this F contracts fast, so the two counts are close.)
     let iters = |solver: Solver| -> Result<(usize, Tensor)> {
         let m = make_c(solver, 2, 0.88)?;
-        m.forward(&z, Axis::Tokens, &mut ForwardCtx::train(0))?; // converge u, v (n_power 50)
-        let mut ctx = ForwardCtx::eval();
+        let mut warm = ForwardCtx::train(0);
+        m.forward(&z, Axis::Tokens, &mut warm)?; // converge u, v (n_power 50)
+        warm.sn.commit()?;
+        let mut ctx = ForwardCtx::eval().observed();
         let out = m.forward(&z, Axis::Tokens, &mut ctx)?;
-        assert!(ctx
-            .solver_stats
-            .iter()
-            .all(|s| s.converged && s.residual <= 1e-10));
-        Ok((ctx.solver_stats[0].iterations, out))
+        let stats = ctx.observer.expect("observed").solver_stats;
+        assert!(stats.iter().all(|s| s.converged && s.residual <= 1e-10));
+        Ok((stats[0].iterations, out))
     };
     let (n_picard, x_p) = iters(Solver::Picard {
         tol: 1e-10,

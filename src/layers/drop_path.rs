@@ -8,7 +8,7 @@ use super::context::ForwardCtx;
 
 /// Whether drop-path at rate `p` leaves a branch unchanged in this forward (eval, or p = 0).
 pub fn is_identity(p: f64, ctx: &ForwardCtx) -> bool {
-    !ctx.train || p <= 0.0
+    !ctx.is_train() || p <= 0.0
 }
 
 /// x + drop_path(branch), where `branch(r)` returns the branch output plus r when given one.

@@ -10,11 +10,12 @@ pub mod layer_norm;
 pub mod linear;
 pub mod linear_epilogue;
 pub mod patch_embed;
+pub mod sn_state;
 pub mod spectral_norm;
 pub mod token_mean;
 pub mod transpose;
 
-pub use context::ForwardCtx;
+pub use context::{ForwardCtx, Mode, Observer};
 pub use drop_path::{add_residual_branch, drop_path};
 pub use gelu::gelu;
 pub use layer_norm::LayerNorm;

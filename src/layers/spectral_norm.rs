@@ -11,32 +11,13 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, Var};
 
 use super::context::ForwardCtx;
 use super::linear::{linear, Axis, MLP_BIAS_STD};
+use super::sn_state::{SnBuffers, SnCall, SnVars};
 use crate::kernels::cpu::{dispatch, Float, SliceKernel};
 use crate::kernels::fused;
 use crate::params::Scope;
 
 /// Power-iteration normalisation floor (`F.normalize` eps).
 pub const SN_EPS: f64 = 1e-12;
-
-/// One call of a spectral-norm layer, for traces and diagnostics.
-#[derive(Clone, Debug)]
-pub struct SnCall {
-    pub module: String,
-    pub u: Tensor,
-    pub v: Tensor,
-    pub sigma: f64,
-    pub factor: f64,
-}
-
-/// A module's spectral-norm buffers after a call: the power-iteration vectors and σ = uᵀ W v.
-#[derive(Clone, Debug)]
-pub struct SnBuffers {
-    pub u: Tensor,
-    pub v: Tensor,
-    pub sigma: Tensor,
-    /// Whether the call ran the power iteration (train mode), i.e. whether u and v moved.
-    pub iterated: bool,
-}
 
 #[derive(Clone, Debug)]
 pub struct SoftSpectralNorm {
@@ -78,19 +59,28 @@ impl SoftSpectralNorm {
         })
     }
 
-    /// The normalised weight W̃ for this call (running the power steps first in training).
+    /// The model variables this layer's calls commit into.
+    pub fn vars(&self) -> SnVars {
+        SnVars {
+            u: self.u.clone(),
+            v: self.v.clone(),
+            sigma: self.sigma.clone(),
+        }
+    }
+
+    /// The normalised weight W̃ for this call (running the power steps first in training). The
+    /// buffers it leaves go to `ctx.sn`, never into the layer's variables (see `sn_state`).
     pub fn weight(&self, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let w = self.weight_orig.as_tensor();
-        // Copies, never views of the buffers: a later call updates the buffers in place, and this
-        // call's graph (∂σ̂/∂W = u vᵀ) must keep this call's u, v — the reference clones them too.
-        // Deferred buffers (data-parallel shards) are never updated in place, so sharing them is
-        // as safe as the copies.
-        let deferred = ctx.deferred_sn.as_ref().and_then(|m| m.get(&self.name));
-        let (mut u, mut v) = match deferred {
+        // Copies, never views of the variables: the commit after the forward overwrites them in
+        // place, and this call's graph (∂σ̂/∂W = u vᵀ) must keep this call's u, v, as the
+        // reference clones them too. Buffers of an earlier call are never written, so sharing
+        // them is as safe as the copies.
+        let (mut u, mut v) = match ctx.sn.get(&self.name) {
             Some(b) => (b.u.clone(), b.v.clone()),
             None => (self.u.as_tensor().copy()?, self.v.as_tensor().copy()?),
         };
-        let iterated = ctx.train && self.n_power > 0;
+        let iterated = ctx.is_train() && self.n_power > 0;
         if iterated {
             (u, v) = power_iteration(&w.detach(), &u, &v, self.n_power)?;
         }
@@ -99,21 +89,9 @@ impl SoftSpectralNorm {
             .matmul(&w.matmul(&v.unsqueeze(1)?)?)?
             .reshape(1)?;
         let sigma_value = sigma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?[0];
-        let buffers = SnBuffers {
-            u: u.clone(),
-            v: v.clone(),
-            sigma: sigma.detach(),
-            iterated,
-        };
-        match ctx.deferred_sn.as_mut() {
-            Some(m) => {
-                m.insert(self.name.clone(), buffers);
-            }
-            None => commit_buffers(&self.u, &self.v, &self.sigma, &buffers)?,
-        }
         let factor = (sigma_value / self.coeff).max(1.0);
-        if let Some(trace) = ctx.sn_trace.as_mut() {
-            trace.push(SnCall {
+        if let Some(o) = ctx.observe() {
+            o.sn_calls.push(SnCall {
                 module: self.name.clone(),
                 u: u.clone(),
                 v: v.clone(),
@@ -121,6 +99,13 @@ impl SoftSpectralNorm {
                 factor,
             });
         }
+        let buffers = SnBuffers {
+            u,
+            v,
+            sigma: sigma.detach(),
+            iterated,
+        };
+        ctx.sn.record(&self.name, &self.vars(), buffers);
         if sigma_value / self.coeff > 1.0 {
             // Gradient flows into W both directly and through σ̂ (u, v constants).
             w.broadcast_div(&(sigma / self.coeff)?)
@@ -133,16 +118,6 @@ impl SoftSpectralNorm {
         let w = self.weight(ctx)?;
         linear(x, &w, Some(self.bias.as_tensor()), axis)
     }
-}
-
-/// Writes a call's buffers into a module's variables (u and v only after a power iteration: the
-/// reference's eval mode leaves them alone).
-pub fn commit_buffers(u: &Var, v: &Var, sigma: &Var, b: &SnBuffers) -> Result<()> {
-    if b.iterated {
-        u.set(&b.u)?;
-        v.set(&b.v)?;
-    }
-    sigma.set(&b.sigma)
 }
 
 /// `steps` power-iteration steps v ← normalize(Wᵀu), u ← normalize(W v) from (u, v).

@@ -141,17 +141,19 @@ impl IMlp {
                 let fixed = FixedMap::detached(&w1, b1, &w2, b2, axis);
                 let y_d = y.detach();
                 let (x_star, info) = fixed_point(|x| fixed.apply(x)? + &y_d, y_d.clone(), solver)?;
-                ctx.solver_stats.push(SolverStats {
-                    module: self.name.clone(),
-                    iterations: info.iterations,
-                    residual: info.residual,
-                    converged: info.converged,
-                });
+                if let Some(o) = ctx.observe() {
+                    o.solver_stats.push(SolverStats {
+                        module: self.name.clone(),
+                        iterations: info.iterations,
+                        residual: info.residual,
+                        converged: info.converged,
+                    });
+                }
                 let x_star = x_star.detach();
                 // x = y + F(x*) carries ∂/∂y and ∂/∂θ; the hook turns ∂L/∂x into the adjoint u.
                 let h = linear(&gelu(&x_star)?, &w1, Some(b1), axis)?;
                 let x = (linear(&gelu(&h)?, &w2, Some(b2), axis)? + y)?;
-                if !ctx.train {
+                if !ctx.is_train() {
                     return Ok(x);
                 }
                 x.apply_op1(ImplicitGradient {

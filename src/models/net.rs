@@ -1,12 +1,9 @@
 //! The network of every family: stem → blocks → LayerNorm(D) → mean over tokens → head.
 
-use std::collections::BTreeMap;
-
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::blocks::Block;
 use crate::config::ModelConfig;
-use crate::layers::spectral_norm::{commit_buffers, SnBuffers};
 use crate::layers::{mean_tokens, Axis, ForwardCtx, LayerNorm, Linear, PatchEmbed};
 use crate::params::{Builder, ParamStore};
 
@@ -75,11 +72,17 @@ impl MixerNet {
     /// (`candle_core::backprop::no_grad`, a patch of the vendored candle-core), so each
     /// intermediate activation is freed as soon as the next op has consumed it — lower peak
     /// memory and warm, reused buffers instead of a fresh allocation per op.
+    /// The σ̂ of this forward is committed, as the reference's eval forward records it.
     pub fn infer(&self, images: &Tensor) -> Result<Tensor> {
-        candle_core::backprop::no_grad(|| self.forward(images, &mut ForwardCtx::eval()))
+        let mut ctx = ForwardCtx::eval();
+        let logits = candle_core::backprop::no_grad(|| self.forward(images, &mut ctx))?;
+        ctx.sn.commit()?;
+        Ok(logits)
     }
 
-    /// (B, C, H, W) images → (B, classes) logits.
+    /// (B, C, H, W) images → (B, classes) logits. The model is not written: the spectral-norm
+    /// buffers the forward advanced are in `ctx.sn`, and `ctx.sn.commit()` stores them (the
+    /// training step does, once per step; see `layers::sn_state`).
     pub fn forward(&self, images: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let mut x = self.stem.forward(images)?;
         ctx.record("stem", &x);
@@ -90,21 +93,6 @@ impl MixerNet {
         let x = self.norm.forward(&x)?;
         ctx.record("norm", &x);
         self.head.forward(&mean_tokens(&x)?, Axis::Channels)
-    }
-
-    /// Writes the spectral-norm buffers a deferred forward advanced
-    /// ([`ForwardCtx::deferred_sn`], keyed by module name) into the model's variables.
-    pub fn commit_sn(&self, buffers: &BTreeMap<String, SnBuffers>) -> Result<()> {
-        for (module, b) in buffers {
-            let var = |leaf: &str| {
-                let name = format!("{module}.{leaf}");
-                self.params.get(&name).map(|e| &e.var).ok_or_else(|| {
-                    candle_core::Error::Msg(format!("no spectral-norm buffer {name} in the model"))
-                })
-            };
-            commit_buffers(var("weight_u")?, var("weight_v")?, var("weight_sigma")?, b)?;
-        }
-        Ok(())
     }
 
     /// AsymMixer's symmetry-breaking penalty λ·Σ_blocks(‖tok.fc2.W‖² + ‖ch.fc2.W‖²) (no ½);

@@ -141,12 +141,12 @@ impl Shards {
         }
         let parts = self.run(images.dim(0)?, |_, rows| {
             let x = images.narrow(0, rows.start, rows.len())?;
-            let mut ctx = ForwardCtx::eval().with_deferred_sn();
+            let mut ctx = ForwardCtx::eval();
             let logits = candle_core::backprop::no_grad(|| model.forward(&x, &mut ctx))?;
-            Ok((logits, ctx.deferred_sn))
+            Ok((logits, ctx.sn))
         })?;
-        if let Some((_, Some(sn))) = parts.first() {
-            model.commit_sn(sn)?;
+        if let Some((_, sn)) = parts.first() {
+            sn.commit()?;
         }
         let logits: Vec<Tensor> = parts.into_iter().map(|(l, _)| l).collect();
         Ok(Tensor::cat(&logits, 0)?)

@@ -39,9 +39,9 @@ fn shard_seed(seed: u64, i: usize) -> u64 {
 
 /// Forward and backward over `images` in `shards`. Shard i's loss is its mean over its rows;
 /// it is backpropagated divided by (B · accum / rows), so the summed gradients are those of the
-/// batch mean divided by `accum` (gradient accumulation). Spectral-norm buffers: with several
-/// shards each forward advances its own copy from the same start (the power iteration depends
-/// only on W and u, so all copies agree) and shard 0's is committed at the end.
+/// batch mean divided by `accum` (gradient accumulation). Spectral-norm buffers: each shard's
+/// forward advances its own copy from the same start (the power iteration depends only on W and
+/// u, so all copies agree), and shard 0's is committed at the end, however many shards run.
 pub fn forward_backward(
     model: &MixerNet,
     shards: &Shards,
@@ -51,16 +51,12 @@ pub fn forward_backward(
     accum: usize,
 ) -> Result<BatchGrads> {
     let b = images.dim(0)?;
-    let sharded = shards.count() > 1;
     let parts = shards.run(b, |i, rows| {
         let n = rows.len();
         // A full-range narrow is the tensor itself (candle), so one shard sees exactly the
         // unsharded inputs.
         let rows_of = |t: &Tensor| t.narrow(0, rows.start, n);
-        let mut ctx = ForwardCtx::train(shard_seed(seed, i));
-        if sharded {
-            ctx = ctx.with_deferred_sn();
-        }
+        let mut ctx = ForwardCtx::train(shard_seed(seed, i)).observed();
         let logits = model.forward(&rows_of(images)?, &mut ctx)?;
         let (loss, ce, _) = match targets {
             Targets::Hard(labels) => model.loss(&logits, &rows_of(labels)?)?,
@@ -84,14 +80,14 @@ pub fn forward_backward(
     let mut logits = Vec::with_capacity(parts.len());
     let mut solver_stats = Vec::new();
     for (i, (grads, l, c, z, ctx)) in parts.into_iter().enumerate() {
-        if let (0, Some(sn)) = (i, &ctx.deferred_sn) {
-            model.commit_sn(sn)?;
+        if i == 0 {
+            ctx.sn.commit()?;
         }
         add_grads(&mut acc, grads, model)?;
         loss += l;
         ce += c;
         logits.push(z);
-        solver_stats.extend(ctx.solver_stats);
+        solver_stats.extend(ctx.observer.map(|o| o.solver_stats).unwrap_or_default());
     }
     let grads = acc.ok_or_else(|| anyhow::anyhow!("empty batch: nothing to train on"))?;
     let logits = match logits.len() {
