@@ -322,19 +322,23 @@ def busy_cores_counter():
     return busy, r.ru_utime + r.ru_stime
 
 
-def bench(family, config, mode, threads, warmup, steps, budget, seed, amp="none", compile_=False):
+def bench(family, config, mode, threads, warmup, steps, budget, seed, amp="none", compile_=False,
+          device="cpu"):
     torch.set_num_threads(threads)
     cfg = CONFIGS[config]
     torch.manual_seed(seed)
-    model = build_model(family, cfg)
-    # Optional speed modes a PyTorch user would reach for: CPU autocast to bfloat16 (matmuls in
-    # bf16 on AVX-512-BF16/AMX hardware, reductions in fp32) and torch.compile (inductor).
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if amp == "bf16"
+    dev = torch.device(device)
+    model = build_model(family, cfg).to(dev)
+    # Optional speed modes a PyTorch user would reach for: autocast to bfloat16 (matmuls in bf16
+    # on AVX-512-BF16/AMX hardware or tensor cores, reductions in fp32) and torch.compile.
+    autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if amp == "bf16"
                 else contextlib.nullcontext())
     forward = torch.compile(model) if compile_ else model
     b = cfg["batch"]
-    x = torch.randn(b, cfg["in_chans"], cfg["img_size"], cfg["img_size"])
-    y = torch.randint(0, cfg["num_classes"], (b,))
+    x = torch.randn(b, cfg["in_chans"], cfg["img_size"], cfg["img_size"]).to(dev)
+    y = torch.randint(0, cfg["num_classes"], (b,)).to(dev)
+    # A GPU runs asynchronously: a step is timed to the end of its kernels.
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     losses = []
     if mode == "train":
         model.train()
@@ -357,6 +361,7 @@ def bench(family, config, mode, threads, warmup, steps, budget, seed, amp="none"
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
+    sync()
     t_warm = time.perf_counter() - t0
     load0 = busy_cores_counter()
     times = []
@@ -364,6 +369,7 @@ def bench(family, config, mode, threads, warmup, steps, budget, seed, amp="none"
     while len(times) < max(1, steps):
         t0 = time.perf_counter()
         step()
+        sync()
         times.append((time.perf_counter() - t0) * 1e3)
         if time.perf_counter() - t_start >= budget:
             break
@@ -382,7 +388,7 @@ def bench(family, config, mode, threads, warmup, steps, budget, seed, amp="none"
             "threads": torch.get_num_threads(), "batch": b, "median_ms": round(median, 3),
             "min_ms": round(min(times), 3), "img_per_s": round(b / (median / 1e3), 2),
             "peak_rss_mb": round(peak_rss_mb(), 1), "torch_version": torch.__version__,
-            "amp": amp, "compile": compile_}
+            "amp": amp, "compile": compile_, "device": device}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -485,8 +491,9 @@ def main():
                     help="stop the timed loop after this many seconds (default 20; >= 1 step always)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--amp", choices=["none", "bf16"], default="none",
-                    help="bf16: run forward under torch.autocast('cpu', bfloat16), as a speed-seeking user would")
+                    help="bf16: run forward under torch.autocast(<device>, bfloat16), as a speed-seeking user would")
     ap.add_argument("--compile", action="store_true", help="wrap the model in torch.compile (inductor)")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     ap.add_argument("--out", help="also append the JSON lines to this file")
     ap.add_argument("--verify", metavar="GOLDEN_DIR",
                     help="check the models against the golden vectors in GOLDEN_DIR and exit")
@@ -502,12 +509,12 @@ def main():
     for family, config, mode in runs:
         if len(runs) == 1:
             line = json.dumps(bench(family, config, mode, a.threads, a.warmup, a.steps, a.budget, a.seed,
-                                    a.amp, a.compile))
+                                    a.amp, a.compile, a.device))
         else:  # one subprocess per run: peak RSS belongs to that run alone
             cmd = [sys.executable, os.path.abspath(__file__), "--family", family, "--config", config,
                    "--mode", mode, "--threads", str(a.threads), "--warmup", str(a.warmup),
                    "--steps", str(a.steps), "--budget", str(a.budget), "--seed", str(a.seed),
-                   "--amp", a.amp] + (["--compile"] if a.compile else [])
+                   "--amp", a.amp, "--device", a.device] + (["--compile"] if a.compile else [])
             env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
             p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
             sys.stderr.write(p.stderr)

@@ -6,7 +6,7 @@
 //! # Architecture
 //!
 //! ```text
-//! cli (one file per subcommand)
+//! imixer binary: src/main.rs + src/cli/ (argument parsing and printing, one file per subcommand)
 //!  ├─ train ── data (readers, augmentation, deterministic loader) ── optim (AdamW)
 //!  │    └──── models (MLPs, iMLP + solvers, blocks, MixerNet) ── layers (ops) ── kernels (CPU)
 //!  ├─ eval / predict / inspect ── analysis (spectral norms, fixed points, symmetry)
@@ -15,7 +15,11 @@
 //!  ├─ export ── checkpoint (any format → model-only safetensors)
 //!  └─ bench (timed steps)              plot (PNG figures) is shared by all of them
 //! config + registry: what a model is;   params + checkpoint: its named tensors on disk
+//! device (cpu | cuda[:N]);   threads (one call sizes every pool)
 //! ```
+//!
+//! The library has no command line: the CLI is the binary's, and library functions return
+//! errors (typed where callers branch on them: [`data::DataError`], [`device::DeviceError`]).
 //!
 //! A model is a [`ModelConfig`] (every knob, serialisable) built into a [`MixerNet`] whose
 //! parameters carry the reference `state_dict` names, so checkpoints move between PyTorch and
@@ -28,7 +32,10 @@
 //! - [`config`]: the serde model configuration — every architectural knob.
 //! - [`registry`]: the reference model names (`mixer_s16_224`, `asymmixer_s16_224_l01`, …).
 //! - [`layers`]: building blocks (fused LayerNorm / GELU ops, linear maps on either axis, soft
-//!   spectral normalisation, drop-path, patch embedding).
+//!   spectral normalisation, drop-path, patch embedding) and the state a forward carries
+//!   ([`layers::ForwardCtx`]: mode and RNG, spectral-norm updates committed once, an observer).
+//! - [`kernels`]: the CPU kernels (AVX2/AVX-512 chosen at run time, bf16 on AMX through oneDNN)
+//!   and the one switch between them and the portable candle compositions.
 //! - [`models`]: the MLPs, the blocks of each family and the whole network.
 //! - [`params`]: named parameters and buffers in reference state_dict order, initialisation.
 //! - [`checkpoint`]: safetensors load/save under the reference names, atomically; reading of
@@ -36,6 +43,8 @@
 //! - [`optim`]: AdamW with timm's parameter groups.
 //! - [`sweep`]: grids of training settings × seeds, run side by side and resumably, with mean ±
 //!   std per setting and error-bar plots.
+//! - [`device`]: `cpu` / `cuda[:N]` from their names, with errors that say what to do.
+//! - [`threads`]: the thread count of every pool, as one call.
 
 pub mod analysis;
 pub mod bench;

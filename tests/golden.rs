@@ -4,6 +4,9 @@
 //! `tests/golden/`, the reference tensors shipped with the repository): eval activations and
 //! logits, train-mode logits and losses, every gradient, the spectral-norm buffers and per-call
 //! traces, the eval forward after training, and one AdamW step. A missing file fails the test.
+//!
+//! `IMIXER_TEST_DEVICE=cuda[:N]` runs the models on that device instead of the CPU (a build with
+//! the `cuda` feature; `scripts/gpu_check.sh` does): the portable path, which is what a GPU runs.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,17 +27,25 @@ fn golden_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden"))
 }
 
+/// The device the models run on: `IMIXER_TEST_DEVICE`, else the CPU.
+fn test_device() -> Result<Device> {
+    match std::env::var("IMIXER_TEST_DEVICE") {
+        Ok(spec) if !spec.is_empty() => Ok(imixer::device::open(&spec)?),
+        _ => Ok(Device::Cpu),
+    }
+}
+
 struct Golden {
     tensors: HashMap<String, Tensor>,
     sidecar: Value,
 }
 
 impl Golden {
-    fn load(family: &str) -> Result<Self> {
+    fn load(family: &str, dev: &Device) -> Result<Self> {
         let dir = golden_dir();
         let st = dir.join(format!("{family}.safetensors"));
         let js = dir.join(format!("{family}.json"));
-        let tensors = candle_core::safetensors::load(&st, &Device::Cpu).with_context(|| {
+        let tensors = candle_core::safetensors::load(&st, dev).with_context(|| {
             format!(
                 "golden file {} is missing or unreadable (restore tests/golden/ from the \
                  repository, or set IMIXER_GOLDEN_DIR to a directory with the reference files)",
@@ -131,8 +142,13 @@ impl Checker {
         rtol: f64,
     ) -> Result<()> {
         self.checked += 1;
-        let a = actual.to_dtype(DType::F64)?.flatten_all()?;
-        let e = expected.to_dtype(DType::F64)?.flatten_all()?;
+        // Compared on the CPU, in f64, whatever device produced them.
+        let on_cpu = |t: &Tensor| {
+            t.to_device(&Device::Cpu)?
+                .to_dtype(DType::F64)?
+                .flatten_all()
+        };
+        let (a, e) = (on_cpu(actual)?, on_cpu(expected)?);
         if a.dims() != e.dims() {
             self.failures.push(format!(
                 "{name}: {} elements vs expected {}",
@@ -303,9 +319,9 @@ fn run_family(family: &str) -> Result<()> {
 }
 
 fn run_family_on_current_path(family: &str) -> Result<()> {
-    let g = Golden::load(family)?;
+    let dev = test_device()?;
+    let g = Golden::load(family, &dev)?;
     let cfg = g.config()?;
-    let dev = Device::Cpu;
     let model = MixerNet::new(&cfg, 0, &dev)?;
     let mut c = Checker::default();
 
