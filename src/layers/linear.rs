@@ -50,6 +50,16 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// GELU(x Wᵀ + b) along the last axis: one op on the CPU, which keeps GELU′ for its backward
+    /// ([`super::linear_epilogue::linear_gelu`]).
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        super::linear_epilogue::linear_gelu(
+            x,
+            self.weight.as_tensor(),
+            self.bias.as_ref().map(|b| b.as_tensor()),
+        )
+    }
+
     /// x Wᵀ + b along the last axis, plus `residual` when given (fused into the matmul).
     pub fn forward_residual(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         linear_epilogue(

@@ -34,11 +34,7 @@ impl Mlp {
 
     /// fc2(GELU(fc1(x))) along the last axis, plus `residual` in fc2's epilogue when given.
     pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        let h = linear_gelu(
-            x,
-            self.fc1.weight.as_tensor(),
-            self.fc1.bias.as_ref().map(|b| b.as_tensor()),
-        )?;
+        let h = self.fc1.forward_gelu(x)?;
         self.fc2.forward_residual(&h, residual)
     }
 }
