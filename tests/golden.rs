@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use imixer::config::{Family, IMixerConfig, ModelConfig};
 use imixer::kernels::KernelPath;
-use imixer::layers::ForwardCtx;
+use imixer::layers::{ForwardCtx, Observe};
 use imixer::optim::{AdamW, AdamWConfig};
 use imixer::MixerNet;
 use serde_json::Value;
@@ -348,7 +348,7 @@ fn run_family_on_current_path(family: &str) -> Result<()> {
     let logit_tol = 10.0 * g.floor("logits_eval");
 
     // Eval forward, with intermediate activations and SN calls.
-    let mut ctx = ForwardCtx::eval().with_activations();
+    let mut ctx = ForwardCtx::eval().observing(&[Observe::Activations, Observe::SnCalls]);
     let logits = model.forward(&input, &mut ctx)?;
     c.close(
         "logits_eval",
@@ -357,7 +357,7 @@ fn run_family_on_current_path(family: &str) -> Result<()> {
         logit_tol,
         RTOL,
     )?;
-    let observed = ctx.observer.take().expect("observed");
+    let observed = std::mem::take(&mut ctx.observer);
     for (name, act) in observed.activations.expect("activations") {
         c.close(
             &format!("act_eval.{name}"),
@@ -368,11 +368,16 @@ fn run_family_on_current_path(family: &str) -> Result<()> {
         )?;
     }
     if family == "imixer" {
-        check_sn_trace(&g, &mut c, "eval", &observed.sn_calls)?;
+        check_sn_trace(
+            &g,
+            &mut c,
+            "eval",
+            observed.sn_calls.as_deref().expect("SN calls observed"),
+        )?;
     }
 
     // Train forward + loss + backward.
-    let mut ctx = ForwardCtx::train(0).observed();
+    let mut ctx = ForwardCtx::train(0).observing(&[Observe::SnCalls]);
     let logits = model.forward(&input, &mut ctx)?;
     c.close(
         "logits_train",
@@ -403,7 +408,7 @@ fn run_family_on_current_path(family: &str) -> Result<()> {
             &g,
             &mut c,
             "train",
-            &ctx.observer.as_ref().unwrap().sn_calls,
+            ctx.observer.sn_calls.as_deref().expect("SN calls observed"),
         )?;
     }
     let grads = loss.backward()?;
@@ -454,7 +459,7 @@ fn run_family_on_current_path(family: &str) -> Result<()> {
             RTOL,
         )?;
     }
-    let mut ctx = ForwardCtx::eval().observed();
+    let mut ctx = ForwardCtx::eval().observing(&[Observe::SnCalls]);
     let logits = model.forward(&input, &mut ctx)?;
     c.close(
         "logits_eval_after",
@@ -468,7 +473,7 @@ fn run_family_on_current_path(family: &str) -> Result<()> {
             &g,
             &mut c,
             "eval_after",
-            &ctx.observer.as_ref().unwrap().sn_calls,
+            ctx.observer.sn_calls.as_deref().expect("SN calls observed"),
         )?;
     }
 

@@ -8,7 +8,7 @@ use imixer::hopfield::lagrangian::{gelu, phi_gelu, Lagrangian};
 use imixer::hopfield::mixer_energy::{block_interaction_energy, ToyBlock};
 use imixer::hopfield::ode::{rk45, OdeOptions};
 use imixer::hopfield::{Ham, Layer, Synapse};
-use imixer::layers::{Axis, ForwardCtx};
+use imixer::layers::{transpose12, Epilogue, ForwardCtx};
 use imixer::MixerNet;
 use rand::{Rng, SeedableRng};
 
@@ -75,7 +75,8 @@ fn paper2_model(family: Family) -> Result<MixerNet> {
 fn block_update(net: &MixerNet, g: &Tensor) -> Result<Tensor> {
     let (tok, ch) = net.blocks[0].mlps();
     let mut ctx = ForwardCtx::eval();
-    Ok((tok.forward(g, Axis::Tokens, &mut ctx)? + ch.forward(g, Axis::Channels, &mut ctx)?)?)
+    let t = transpose12(&tok.forward(&transpose12(g)?, Epilogue::None, &mut ctx)?)?;
+    Ok((t + ch.forward(g, Epilogue::None, &mut ctx)?)?)
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use imixer::config::{Family, IMixerConfig, ModelConfig};
-use imixer::layers::{gelu, Axis, ForwardCtx, SoftSpectralNorm};
+use imixer::layers::{gelu, Epilogue, ForwardCtx, Observe, SoftSpectralNorm};
 use imixer::models::imlp::IMlp;
 use imixer::models::net::count_params;
 use imixer::params::Builder;
@@ -221,10 +221,11 @@ fn imlp(coeff: f64, n_iter: usize, n_power: usize) -> Result<(IMlp, Tensor)> {
     let b = Builder::new(11, DType::F64, &Device::Cpu);
     let m = IMlp::new(&b.root().sub("imlp"), 9, 8, &cfg)?;
     // Make F strongly non-trivial: weights well above the SN bound before normalisation.
-    for sn in [&m.fc_sn1, &m.fc_sn2] {
+    for sn in [&m.f.fc_sn1, &m.f.fc_sn2] {
         sn.weight_orig.set(&(sn.weight_orig.as_tensor() * 4.0)?)?;
     }
-    let z = seeded_normal(5, &[3, 9, 5], 1.0)?;
+    // The iMLP acts on the last axis (the token axis, as the block feeds it LN(x)ᵀ).
+    let z = seeded_normal(5, &[3, 5, 9], 1.0)?;
     Ok((m, z))
 }
 
@@ -232,10 +233,10 @@ fn imlp(coeff: f64, n_iter: usize, n_power: usize) -> Result<(IMlp, Tensor)> {
 fn one_iteration_imlp_is_fc2_gelu_y_plus_f_y() -> Result<()> {
     let (m, z) = imlp(0.9, 1, 8)?;
     let mut ctx = ForwardCtx::eval();
-    let out = m.forward(&z, Axis::Tokens, &mut ctx)?;
-    let y = m.fc1.forward(&z, Axis::Tokens)?;
-    let f = m.residual_map(&y, Axis::Tokens, &mut ctx)?;
-    let expected = m.fc2.forward(&gelu(&(y + f)?)?, Axis::Tokens)?;
+    let out = m.forward(&z, Epilogue::None, &mut ctx)?;
+    let y = m.fc1.forward(&z, Epilogue::None)?;
+    let f = m.f.forward(&y, Epilogue::None, &mut ctx)?;
+    let expected = m.fc2.forward(&gelu(&(y + f)?)?, Epilogue::None)?;
     let d = (out - expected)?.abs()?.max_all()?.to_scalar::<f64>()?;
     assert!(d < 1e-12, "{d}");
     Ok(())
@@ -246,16 +247,20 @@ fn fixed_point_converges_geometrically_and_uniquely_for_c_088() -> Result<()> {
     let (m, z) = imlp(0.88, 1, 500)?;
     // Converge u, v (one training call of each layer), then evaluate F with the stored state.
     let mut train = ForwardCtx::train(0);
-    m.residual_map(&z.narrow(1, 0, 8)?.contiguous()?, Axis::Tokens, &mut train)?;
+    m.f.forward(
+        &z.narrow(2, 0, 8)?.contiguous()?,
+        Epilogue::None,
+        &mut train,
+    )?;
     train.sn.commit()?;
     let mut ctx = ForwardCtx::eval();
-    let y = m.fc1.forward(&z, Axis::Tokens)?;
+    let y = m.fc1.forward(&z, Epilogue::None)?;
     let norm = |t: &Tensor| -> Result<f64> { Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?) };
     let solve = |x0: Tensor, ctx: &mut ForwardCtx| -> Result<(Tensor, Vec<f64>)> {
         let mut x = x0;
         let mut residuals = Vec::new();
         for _ in 0..200 {
-            let next = (m.residual_map(&x, Axis::Tokens, ctx)? + &y)?;
+            let next = (m.f.forward(&x, Epilogue::None, ctx)? + &y)?;
             residuals.push(norm(&(&next - &x)?)?);
             x = next;
         }
@@ -281,7 +286,7 @@ fn fixed_point_converges_geometrically_and_uniquely_for_c_088() -> Result<()> {
         }
     }
     // x* = y + F(x*), and the same x* from a random start.
-    let fx = (m.residual_map(&x_a, Axis::Tokens, &mut ctx)? + &y)?;
+    let fx = (m.f.forward(&x_a, Epilogue::None, &mut ctx)? + &y)?;
     assert!(norm(&(&fx - &x_a)?)? < 1e-8);
     let (x_b, _) = solve(seeded_normal(6, y.dims(), 3.0)?, &mut ctx)?;
     assert!(norm(&(&x_a - &x_b)?)? < 1e-8, "fixed point not unique");
@@ -289,8 +294,8 @@ fn fixed_point_converges_geometrically_and_uniquely_for_c_088() -> Result<()> {
     for seed in 0..5 {
         let a = seeded_normal(100 + seed, y.dims(), 1.0 + seed as f64)?;
         let b = seeded_normal(200 + seed, y.dims(), 1.0)?;
-        let ga = (&a - m.residual_map(&a, Axis::Tokens, &mut ctx)?)?;
-        let gb = (&b - m.residual_map(&b, Axis::Tokens, &mut ctx)?)?;
+        let ga = (&a - m.f.forward(&a, Epilogue::None, &mut ctx)?)?;
+        let gb = (&b - m.f.forward(&b, Epilogue::None, &mut ctx)?)?;
         let (dx, dg) = (norm(&(&a - &b)?)?, norm(&(ga - gb)?)?);
         assert!(
             dg >= (1.0 - lip) * dx - 1e-12 && dg <= (1.0 + lip) * dx + 1e-12,
@@ -350,18 +355,18 @@ fn implicit_gradients_match_unrolled_and_finite_differences() -> Result<()> {
         };
         let b = Builder::new(21, DType::F64, &dev);
         let m = IMlp::new(&b.root().sub("imlp"), 9, 8, &cfg)?;
-        for sn in [&m.fc_sn1, &m.fc_sn2] {
+        for sn in [&m.f.fc_sn1, &m.f.fc_sn2] {
             sn.weight_orig.set(&(sn.weight_orig.as_tensor() * 4.0)?)?;
         }
         Ok(m)
     };
     let make = |solver: Solver, n_iter: usize| make_c(solver, n_iter, 0.6);
-    let z = seeded_normal(7, &[2, 9, 3], 1.0)?;
-    let probe = seeded_normal(8, &[2, 9, 3], 1.0)?;
+    let z = seeded_normal(7, &[2, 3, 9], 1.0)?;
+    let probe = seeded_normal(8, &[2, 3, 9], 1.0)?;
     // A training forward whose spectral-norm buffers are committed, as a training step's are.
     let loss = |m: &IMlp, z: &Tensor| -> Result<Tensor> {
         let mut ctx = ForwardCtx::train(0);
-        let out = m.forward(z, Axis::Tokens, &mut ctx)?;
+        let out = m.forward(z, Epilogue::None, &mut ctx)?;
         ctx.sn.commit()?;
         Ok((out * &probe)?.sum_all()?)
     };
@@ -371,9 +376,9 @@ fn implicit_gradients_match_unrolled_and_finite_differences() -> Result<()> {
         let mut out = vec![g.get(zv.as_tensor()).unwrap().clone()];
         for v in [
             &m.fc1.weight,
-            &m.fc_sn1.weight_orig,
-            &m.fc_sn1.bias,
-            &m.fc_sn2.weight_orig,
+            &m.f.fc_sn1.weight_orig,
+            &m.f.fc_sn1.bias,
+            &m.f.fc_sn2.weight_orig,
             &m.fc2.weight,
         ] {
             out.push(g.get(v.as_tensor()).unwrap().clone());
@@ -417,7 +422,7 @@ fn implicit_gradients_match_unrolled_and_finite_differences() -> Result<()> {
     // Power iterations have converged (n_power 50): evaluate with the stored u, v from now on.
     let f = |z: &Tensor| -> Result<f64> {
         let mut ctx = ForwardCtx::eval();
-        Ok((m.forward(z, Axis::Tokens, &mut ctx)? * &probe)?
+        Ok((m.forward(z, Epilogue::None, &mut ctx)? * &probe)?
             .sum_all()?
             .to_scalar::<f64>()?)
     };
@@ -444,11 +449,11 @@ fn implicit_gradients_match_unrolled_and_finite_differences() -> Result<()> {
     let iters = |solver: Solver| -> Result<(usize, Tensor)> {
         let m = make_c(solver, 2, 0.88)?;
         let mut warm = ForwardCtx::train(0);
-        m.forward(&z, Axis::Tokens, &mut warm)?; // converge u, v (n_power 50)
+        m.forward(&z, Epilogue::None, &mut warm)?; // converge u, v (n_power 50)
         warm.sn.commit()?;
-        let mut ctx = ForwardCtx::eval().observed();
-        let out = m.forward(&z, Axis::Tokens, &mut ctx)?;
-        let stats = ctx.observer.expect("observed").solver_stats;
+        let mut ctx = ForwardCtx::eval().observing(&[Observe::SolverStats]);
+        let out = m.forward(&z, Epilogue::None, &mut ctx)?;
+        let stats = ctx.observer.solver_stats.expect("observed");
         assert!(stats.iter().all(|s| s.converged && s.residual <= 1e-10));
         Ok((stats[0].iterations, out))
     };

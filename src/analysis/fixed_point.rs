@@ -6,7 +6,7 @@ use candle_core::{Result, Tensor};
 use serde::Serialize;
 
 use crate::config::Solver;
-use crate::layers::{Axis, ForwardCtx};
+use crate::layers::{Epilogue, ForwardCtx};
 use crate::models::imlp::IMlp;
 use crate::models::implicit::{fixed_point, norm};
 
@@ -23,11 +23,11 @@ pub struct FixedPointTrace {
 /// `z` is the iMLP input in the layout the model feeds it (token axis last: (B, D, N)).
 pub fn trace(imlp: &IMlp, z: &Tensor, steps: usize) -> Result<FixedPointTrace> {
     let mut ctx = ForwardCtx::eval();
-    let y = imlp.fc1.forward(z, Axis::Channels)?;
+    let y = imlp.fc1.forward(z, Epilogue::None)?;
     let mut x = y.clone();
     let mut residuals = Vec::with_capacity(steps);
     for _ in 0..steps {
-        let next = (imlp.residual_map(&x, Axis::Channels, &mut ctx)? + &y)?;
+        let next = imlp.f.forward(&x, Epilogue::Add(&y), &mut ctx)?;
         residuals.push(norm(&(&next - &x)?)? / norm(&next)?.max(1e-30));
         x = next;
     }
@@ -78,8 +78,8 @@ pub fn compare_solvers(
             .map_err(candle_core::Error::Msg)?;
     }
     let mut ctx = ForwardCtx::eval();
-    let y = imlp.fc1.forward(z, Axis::Channels)?;
-    let map = imlp.fixed_map(Axis::Channels, &mut ctx)?;
+    let y = imlp.fc1.forward(z, Epilogue::None)?;
+    let map = imlp.f.detached(&mut ctx)?;
     let solve = |solver: Solver| fixed_point(|x| map.apply(x)? + &y, y.clone(), &solver);
     tols.iter()
         .map(|&tol| {

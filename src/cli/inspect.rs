@@ -17,7 +17,7 @@ use imixer::analysis::fixed_point::{compare_solvers, trace, FixedPointTrace, Sol
 use imixer::analysis::spectral::{sn_report, SnReport, GELU_MAX_SLOPE};
 use imixer::analysis::symmetry::{symmetry, SymmetryReport};
 use imixer::data::{self, DatasetKind, Loader, LoaderConfig};
-use imixer::layers::ForwardCtx;
+use imixer::layers::{Emit, ForwardCtx};
 use imixer::models::{AnyMlp, Block};
 
 #[derive(Args)]
@@ -138,12 +138,12 @@ pub fn run(a: InspectArgs) -> Result<()> {
             ],
         };
         if let (AnyMlp::Implicit(m), Block::Serial(sb)) = (tok, block) {
-            let s1 = sn_report(&m.fc_sn1)?;
-            let s2 = sn_report(&m.fc_sn2)?;
+            let s1 = sn_report(&m.f.fc_sn1)?;
+            let s2 = sn_report(&m.f.fc_sn2)?;
             r.lipschitz_bound =
                 Some(GELU_MAX_SLOPE * GELU_MAX_SLOPE * s1.sigma_effective * s2.sigma_effective);
             r.spectral_norms = vec![s1, s2];
-            let z = sb.norm1.forward(&x)?.transpose(1, 2)?.contiguous()?;
+            let z = sb.norm1.forward(&x, Emit::Transposed)?;
             r.fixed_point = Some(trace(m, &z, a.steps)?);
             r.solvers = compare_solvers(m, &z, &a.solver_tols, a.anderson_m, a.solver_max_iter)?;
         }

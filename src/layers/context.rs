@@ -28,19 +28,31 @@ pub struct ForwardCtx {
     /// The spectral-norm buffers this forward advanced; the model holds them only after
     /// [`SnUpdates::commit`].
     pub sn: SnUpdates,
-    /// What the forward reports besides its output, when asked.
-    pub observer: Option<Observer>,
+    /// What the forward reports besides its output: nothing unless asked ([`Self::observing`]).
+    pub observer: Observer,
 }
 
-/// Observations of one forward, for tests, diagnostics and training logs.
+/// One kind of observation a forward can record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observe {
+    /// Every spectral-norm call: σ̂, the clamp factor and the power-iteration vectors.
+    SnCalls,
+    /// Fixed-point solver statistics per iMLP call (what training logs).
+    SolverStats,
+    /// The stem's, every block's and the final norm's output. They outlive the forward (and
+    /// keep its graph alive), so only tests and `imixer inspect` ask for them.
+    Activations,
+}
+
+/// Observations of one forward. Each list is `None` unless its [`Observe`] kind was asked for,
+/// so a training step that wants solver statistics does not also clone every SN call.
 #[derive(Debug, Default)]
 pub struct Observer {
     /// Every spectral-norm call, in call order.
-    pub sn_calls: Vec<SnCall>,
+    pub sn_calls: Option<Vec<SnCall>>,
     /// Fixed-point solver statistics per iMLP call (block name, iterations, final residual).
-    pub solver_stats: Vec<SolverStats>,
-    /// (name, activation) for the stem, every block and the final norm, when asked for: they
-    /// outlive the forward, so they are off unless [`ForwardCtx::with_activations`] is used.
+    pub solver_stats: Option<Vec<SolverStats>>,
+    /// (name, activation) for the stem, every block and the final norm.
     pub activations: Option<Vec<(String, Tensor)>>,
 }
 
@@ -58,7 +70,7 @@ impl ForwardCtx {
             mode,
             rng: ChaCha8Rng::seed_from_u64(seed),
             sn: SnUpdates::default(),
-            observer: None,
+            observer: Observer::default(),
         }
     }
 
@@ -66,28 +78,46 @@ impl ForwardCtx {
         self.mode == Mode::Train
     }
 
-    /// Records spectral-norm calls and solver statistics.
-    pub fn observed(mut self) -> Self {
-        self.observer.get_or_insert_with(Observer::default);
+    /// Records the given kinds of observation (in addition to any already on).
+    pub fn observing(mut self, kinds: &[Observe]) -> Self {
+        for kind in kinds {
+            let o = &mut self.observer;
+            match kind {
+                Observe::SnCalls => o.sn_calls = o.sn_calls.take().or_else(|| Some(Vec::new())),
+                Observe::SolverStats => {
+                    o.solver_stats = o.solver_stats.take().or_else(|| Some(Vec::new()))
+                }
+                Observe::Activations => {
+                    o.activations = o.activations.take().or_else(|| Some(Vec::new()))
+                }
+            }
+        }
         self
     }
 
-    /// Records activations too ([`Self::observed`] plus the block outputs).
-    pub fn with_activations(mut self) -> Self {
-        self.observer
-            .get_or_insert_with(Observer::default)
-            .activations = Some(Vec::new());
-        self
-    }
-
-    /// The observer, if this forward has one.
-    pub(crate) fn observe(&mut self) -> Option<&mut Observer> {
-        self.observer.as_mut()
-    }
-
+    /// Records `t` under `name` when activations are observed.
     pub(crate) fn record(&mut self, name: impl Into<String>, t: &Tensor) {
-        if let Some(a) = self.observe().and_then(|o| o.activations.as_mut()) {
+        if let Some(a) = self.observer.activations.as_mut() {
             a.push((name.into(), t.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_requested_observations_are_recorded() {
+        let ctx = ForwardCtx::eval();
+        assert!(ctx.observer.sn_calls.is_none() && ctx.observer.solver_stats.is_none());
+        let ctx = ForwardCtx::train(1).observing(&[Observe::SolverStats]);
+        let o = &ctx.observer;
+        assert!(o.solver_stats.is_some() && o.sn_calls.is_none() && o.activations.is_none());
+        let mut ctx = ctx.observing(&[Observe::Activations]);
+        let t = Tensor::zeros(1, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        ctx.record("stem", &t);
+        assert_eq!(ctx.observer.activations.as_ref().map(Vec::len), Some(1));
+        assert!(ctx.observer.solver_stats.is_some());
     }
 }

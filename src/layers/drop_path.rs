@@ -5,28 +5,29 @@ use candle_core::{Result, Tensor};
 use rand::Rng;
 
 use super::context::ForwardCtx;
+use super::linear::Epilogue;
 
 /// Whether drop-path at rate `p` leaves a branch unchanged in this forward (eval, or p = 0).
 pub fn is_identity(p: f64, ctx: &ForwardCtx) -> bool {
     !ctx.is_train() || p <= 0.0
 }
 
-/// x + drop_path(branch), where `branch(r)` returns the branch output plus r when given one.
+/// x + drop_path(branch), where `branch(epilogue)` applies `epilogue` to its last product.
 ///
 /// Why: when drop-path is the identity the residual goes into the branch, whose last matmul adds
-/// it in its epilogue (`linear_epilogue`) — one pass fewer, and the branch output is never kept
+/// it in its epilogue (`Epilogue::Add`) — one pass fewer, and the branch output is never kept
 /// for the backward. Otherwise the branch runs alone and its masked output is added, drawing the
 /// mask after the branch as before.
 pub fn add_residual_branch(
     x: &Tensor,
     p: f64,
     ctx: &mut ForwardCtx,
-    branch: impl FnOnce(Option<&Tensor>, &mut ForwardCtx) -> Result<Tensor>,
+    branch: impl FnOnce(Epilogue, &mut ForwardCtx) -> Result<Tensor>,
 ) -> Result<Tensor> {
     if is_identity(p, ctx) {
-        return branch(Some(x), ctx);
+        return branch(Epilogue::Add(x), ctx);
     }
-    let c = branch(None, ctx)?;
+    let c = branch(Epilogue::None, ctx)?;
     x + drop_path(&c, p, ctx)?
 }
 
@@ -62,11 +63,11 @@ mod tests {
     #[test]
     fn residual_branch_fuses_only_when_drop_path_is_identity() -> Result<()> {
         let x = Tensor::arange(0f64, 12.0, &Device::Cpu)?.reshape((4, 3))?;
-        let branch = |r: Option<&Tensor>, _: &mut ForwardCtx| -> Result<Tensor> {
+        let branch = |e: Epilogue, _: &mut ForwardCtx| -> Result<Tensor> {
             let c = (Tensor::ones((4, 3), candle_core::DType::F64, &Device::Cpu)? * 10.0)?;
-            match r {
-                Some(r) => c + r,
-                None => Ok(c),
+            match e {
+                Epilogue::Add(r) => c + r,
+                _ => Ok(c),
             }
         };
         let fused = add_residual_branch(&x, 0.0, &mut ForwardCtx::train(3), branch)?;
@@ -74,7 +75,7 @@ mod tests {
         let mut ctx = ForwardCtx::train(3);
         let dropped = add_residual_branch(&x, 0.5, &mut ctx, branch)?;
         let mut reference_ctx = ForwardCtx::train(3);
-        let c = branch(None, &mut reference_ctx)?;
+        let c = branch(Epilogue::None, &mut reference_ctx)?;
         let reference = (&x + drop_path(&c, 0.5, &mut reference_ctx)?)?;
         assert_eq!(dropped.to_vec2::<f64>()?, reference.to_vec2::<f64>()?);
         Ok(())

@@ -40,14 +40,25 @@ impl LayerNorm {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm(x, self.weight.as_tensor(), self.bias.as_tensor(), self.eps)
+    /// LN(x), emitted as `emit` says: a token-mixing branch takes LN(x)ᵀ, which the op writes
+    /// straight into the transposed layout ([`layer_norm_transposed`]) instead of normalising and
+    /// then copying.
+    pub fn forward(&self, x: &Tensor, emit: Emit) -> Result<Tensor> {
+        let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
+        match emit {
+            Emit::AsIs => layer_norm(x, w, b, self.eps),
+            Emit::Transposed => layer_norm_transposed(x, w, b, self.eps),
+        }
     }
+}
 
-    /// LN(x)ᵀ: (B, N, D) → (B, D, N), for a token-mixing branch ([`layer_norm_transposed`]).
-    pub fn forward_transposed(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm_transposed(x, self.weight.as_tensor(), self.bias.as_tensor(), self.eps)
-    }
+/// The layout a LayerNorm writes its (B, N, D) result in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emit {
+    /// (B, N, D), as the input.
+    AsIs,
+    /// (B, D, N): the token axis last, for a token-mixing MLP.
+    Transposed,
 }
 
 /// Functional LayerNorm over the trailing `weight.elem_count()` elements of `x`.

@@ -1,23 +1,34 @@
-//! y = x Wᵀ + b along one axis of a (B, N, D) activation.
+//! y = x Wᵀ + b over the last axis, followed by an optional fused [`Epilogue`].
 //!
-//! Token mixing transposes (B, N, D) → (B, D, N), applies a Linear over N and transposes back,
-//! as the reference; whole MLPs along the token axis transpose once around the MLP (see
-//! `models::mlp`), so this per-layer path is for single layers.
+//! Every layer of the zoo acts on the last axis of its input, as timm's `nn.Linear` does; the
+//! blocks bring the token axis last (one transpose, fused into LayerNorm where possible) before
+//! a token-mixing MLP. What follows the product — nothing, a GELU, or a residual addend — is part
+//! of the call rather than a second op, because on the CPU it runs inside the matmul's epilogue
+//! (`linear_epilogue`): the graph then keeps neither the raw product nor the pre-activation.
+//! Other devices compose the same function from candle's operations; the caller does not choose.
 
 use candle_core::{Result, Tensor, Var};
 
-use super::linear_epilogue::linear_epilogue;
-use super::transpose::transpose12;
+use super::linear_epilogue::{linear_epilogue, linear_gelu};
 
 use crate::params::Scope;
 
-/// Which axis of a (B, N, D) activation a linear map acts on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Axis {
-    /// The token axis N (dim 1): the token-mixing MLP.
-    Tokens,
-    /// The last axis D: the channel-mixing MLP, the head.
-    Channels,
+/// What a linear map applies to its product x Wᵀ + b before returning it.
+#[derive(Clone, Copy, Debug)]
+pub enum Epilogue<'a> {
+    /// x Wᵀ + b.
+    None,
+    /// GELU(x Wᵀ + b): an MLP's hidden layer.
+    Gelu,
+    /// r + x Wᵀ + b: the last layer of a residual branch (`r` has the output's shape).
+    Add(&'a Tensor),
+}
+
+impl<'a> Epilogue<'a> {
+    /// `Add(r)` when a residual is given, else `None`.
+    pub fn add(residual: Option<&'a Tensor>) -> Self {
+        residual.map_or(Epilogue::None, Epilogue::Add)
+    }
 }
 
 /// How a Linear's bias starts (timm: N(0, 1e-6) inside MLPs, 0 elsewhere).
@@ -50,78 +61,63 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
-    /// GELU(x Wᵀ + b) along the last axis: one op on the CPU, which keeps GELU′ for its backward
-    /// ([`super::linear_epilogue::linear_gelu`]).
-    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
-        super::linear_epilogue::linear_gelu(
-            x,
-            self.weight.as_tensor(),
-            self.bias.as_ref().map(|b| b.as_tensor()),
-        )
-    }
-
-    /// x Wᵀ + b along the last axis, plus `residual` when given (fused into the matmul).
-    pub fn forward_residual(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        linear_epilogue(
-            x,
-            self.weight.as_tensor(),
-            self.bias.as_ref().map(|b| b.as_tensor()),
-            residual,
-        )
-    }
-
-    pub fn forward(&self, x: &Tensor, axis: Axis) -> Result<Tensor> {
+    /// x Wᵀ + b over the last axis of x, then `epilogue`.
+    pub fn forward(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         linear(
             x,
             self.weight.as_tensor(),
             self.bias.as_ref().map(|b| b.as_tensor()),
-            axis,
+            epilogue,
         )
     }
 }
 
-/// y = W·x + b along `axis` for W (out, in).
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, axis: Axis) -> Result<Tensor> {
-    match axis {
-        Axis::Channels => linear_epilogue(x, w, b, None),
-        Axis::Tokens => {
-            let (_, n, _) = x.dims3()?;
-            let in_f = w.dim(1)?;
-            if n != in_f {
-                candle_core::bail!(
-                    "token linear: input {:?} has {n} tokens, weight expects {in_f}",
-                    x.shape()
-                );
-            }
-            // The reference's transpose → Linear over N → transpose: two copies, but every matmul
-            // and its backward stays 2-D (a broadcast left factor would reduce its gradient over
-            // the batch with candle's slow strided sum).
-            let y = linear(&transpose12(x)?, w, b, Axis::Channels)?;
-            transpose12(&y)
-        }
+/// x Wᵀ + b over the last axis of x (…, in) for W (out, in), then `epilogue`: one op on the CPU
+/// ([`linear_epilogue`], [`linear_gelu`]), candle's composition elsewhere.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, epilogue: Epilogue) -> Result<Tensor> {
+    match epilogue {
+        Epilogue::None => linear_epilogue(x, w, b, None),
+        Epilogue::Gelu => linear_gelu(x, w, b),
+        Epilogue::Add(r) => linear_epilogue(x, w, b, Some(r)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::gelu;
     use crate::params::seeded_normal;
-    use candle_core::{DType, Device, IndexOp};
+    use candle_core::{DType, Device};
 
-    /// Token-axis application == transpose, right-multiply, transpose back (the reference).
+    /// Each epilogue equals the product followed by the same operation as a separate op.
     #[test]
-    fn token_axis_equals_transposed_linear() -> Result<()> {
+    fn epilogues_equal_their_composition() -> Result<()> {
         let dev = Device::Cpu;
         let normal = |seed, shape: &[usize]| seeded_normal(seed, shape, 1.0, DType::F64, &dev);
-        let x = normal(1, &[2, 5, 3])?;
-        let w = normal(2, &[4, 5])?;
-        let b = normal(3, &[4])?;
-        let ours = linear(&x, &w, Some(&b), Axis::Tokens)?;
-        let xt = x.transpose(1, 2)?.contiguous()?;
-        let reference = linear(&xt, &w, Some(&b), Axis::Channels)?.transpose(1, 2)?;
-        let d = (ours - reference)?.abs()?.max_all()?.to_scalar::<f64>()?;
-        assert!(d < 1e-12);
-        let _ = x.i(0)?;
+        let (x, w, b, r) = (
+            normal(1, &[2, 5, 3])?,
+            normal(2, &[4, 3])?,
+            normal(3, &[4])?,
+            normal(4, &[2, 5, 4])?,
+        );
+        let plain = x.matmul(&w.t()?.unsqueeze(0)?.broadcast_as((2, 3, 4))?)?;
+        let plain = plain.broadcast_add(&b)?;
+        let cases = [
+            (linear(&x, &w, Some(&b), Epilogue::None)?, plain.clone()),
+            (linear(&x, &w, Some(&b), Epilogue::Gelu)?, gelu(&plain)?),
+            (linear(&x, &w, Some(&b), Epilogue::Add(&r))?, (&plain + &r)?),
+        ];
+        for (i, (ours, reference)) in cases.iter().enumerate() {
+            let d = (ours - reference)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            assert!(d < 1e-12, "epilogue {i}: {d}");
+        }
         Ok(())
+    }
+
+    #[test]
+    fn add_wraps_an_optional_residual() {
+        let r = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
+        assert!(matches!(Epilogue::add(None), Epilogue::None));
+        assert!(matches!(Epilogue::add(Some(&r)), Epilogue::Add(_)));
     }
 }

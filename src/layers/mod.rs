@@ -15,11 +15,11 @@ pub mod spectral_norm;
 pub mod token_mean;
 pub mod transpose;
 
-pub use context::{ForwardCtx, Mode, Observer};
+pub use context::{ForwardCtx, Mode, Observe, Observer};
 pub use drop_path::{add_residual_branch, drop_path};
 pub use gelu::gelu;
-pub use layer_norm::LayerNorm;
-pub use linear::{Axis, Linear};
+pub use layer_norm::{Emit, LayerNorm};
+pub use linear::{Epilogue, Linear};
 pub use patch_embed::PatchEmbed;
 pub use spectral_norm::SoftSpectralNorm;
 pub use token_mean::mean_tokens;

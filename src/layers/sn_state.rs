@@ -72,15 +72,6 @@ impl SnUpdates {
             .insert(name.to_string(), (vars.clone(), buffers));
     }
 
-    /// The layers this forward called, in name order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &SnBuffers)> {
-        self.layers.iter().map(|(n, (_, b))| (n.as_str(), b))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.layers.is_empty()
-    }
-
     /// Writes every layer's latest buffers into the model's variables.
     pub fn commit(&self) -> Result<()> {
         self.layers

@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, Var};
 
 use super::context::ForwardCtx;
-use super::linear::{linear, Axis, MLP_BIAS_STD};
+use super::linear::{linear, Epilogue, MLP_BIAS_STD};
 use super::sn_state::{SnBuffers, SnCall, SnVars};
 use crate::kernels::cpu::{dispatch, Float, SliceKernel};
 use crate::kernels::fused;
@@ -90,8 +90,8 @@ impl SoftSpectralNorm {
             .reshape(1)?;
         let sigma_value = sigma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?[0];
         let factor = (sigma_value / self.coeff).max(1.0);
-        if let Some(o) = ctx.observe() {
-            o.sn_calls.push(SnCall {
+        if let Some(calls) = ctx.observer.sn_calls.as_mut() {
+            calls.push(SnCall {
                 module: self.name.clone(),
                 u: u.clone(),
                 v: v.clone(),
@@ -114,9 +114,10 @@ impl SoftSpectralNorm {
         }
     }
 
-    pub fn forward(&self, x: &Tensor, axis: Axis, ctx: &mut ForwardCtx) -> Result<Tensor> {
+    /// x W̃ᵀ + b over the last axis with this call's normalised weight W̃, then `epilogue`.
+    pub fn forward(&self, x: &Tensor, epilogue: Epilogue, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let w = self.weight(ctx)?;
-        linear(x, &w, Some(self.bias.as_tensor()), axis)
+        linear(x, &w, Some(self.bias.as_tensor()), epilogue)
     }
 }
 

@@ -12,7 +12,8 @@ use super::imlp::IMlp;
 use super::mlp::{AnyMlp, AsymMlp, Mlp, SymMlp};
 use crate::config::{Family, ModelConfig};
 use crate::layers::{
-    add_residual_branch, add_transposed, drop_path, transpose12, ForwardCtx, LayerNorm,
+    add_residual_branch, add_transposed, drop_path, transpose12, Emit, Epilogue, ForwardCtx,
+    LayerNorm,
 };
 use crate::params::Scope;
 
@@ -122,15 +123,12 @@ impl SerialBlock {
         let mut x = x.clone();
         for _ in 0..self.n_iter {
             // The token MLP runs on LN(x)ᵀ (B, D, N); its output is added back transposed.
-            let t = self.mlp_tokens.forward_last_axis(
-                &self.norm1.forward_transposed(&x)?,
-                None,
-                ctx,
-            )?;
+            let g1t = self.norm1.forward(&x, Emit::Transposed)?;
+            let t = self.mlp_tokens.forward(&g1t, Epilogue::None, ctx)?;
             x = add_transposed(&x, &drop_path(&t, self.drop_path, ctx)?)?;
-            let g2 = self.norm2.forward(&x)?;
-            x = add_residual_branch(&x, self.drop_path, ctx, |r, ctx| {
-                self.mlp_channels.forward_last_axis(&g2, r, ctx)
+            let g2 = self.norm2.forward(&x, Emit::AsIs)?;
+            x = add_residual_branch(&x, self.drop_path, ctx, |then, ctx| {
+                self.mlp_channels.forward(&g2, then, ctx)
             })?;
         }
         Ok(x)
@@ -141,14 +139,14 @@ impl ParallelBlock {
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let mut x = x.clone();
         for _ in 0..self.n_iter {
-            let g = self.norm.forward(&x)?;
+            let g = self.norm.forward(&x, Emit::AsIs)?;
             // g feeds both branches, so the token branch transposes it (one parallel pass).
             let t = self
                 .mlp_tokens
-                .forward_last_axis(&transpose12(&g)?, None, ctx)?;
+                .forward(&transpose12(&g)?, Epilogue::None, ctx)?;
             let x_t = add_transposed(&x, &drop_path(&t, self.drop_path, ctx)?)?;
-            x = add_residual_branch(&x_t, self.drop_path, ctx, |r, ctx| {
-                self.mlp_channels.forward_last_axis(&g, r, ctx)
+            x = add_residual_branch(&x_t, self.drop_path, ctx, |then, ctx| {
+                self.mlp_channels.forward(&g, then, ctx)
             })?;
         }
         Ok(x)

@@ -22,43 +22,40 @@ use crate::config::Solver;
 use crate::kernels::cpu::{dispatch, Float, SliceKernel, PAR_CHUNK};
 use crate::kernels::{fused, simd_kernel};
 use crate::layers::gelu::{gelu, gelu_derivative};
-use crate::layers::linear::{linear, Axis};
+use crate::layers::linear::{linear, Epilogue};
 
-/// F with fixed (detached) weights: F(x) = W2·GELU(W1·GELU(x) + b1) + b2 along `axis`.
+/// F with fixed (detached) weights: F(x) = W2·GELU(W1·GELU(x) + b1) + b2 over the last axis.
 #[derive(Clone, Debug)]
 pub struct FixedMap {
     pub w1: Tensor,
     pub b1: Tensor,
     pub w2: Tensor,
     pub b2: Tensor,
-    pub axis: Axis,
 }
 
 impl FixedMap {
-    pub fn detached(w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor, axis: Axis) -> Self {
+    pub fn detached(w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor) -> Self {
         Self {
             w1: w1.detach(),
             b1: b1.detach(),
             w2: w2.detach(),
             b2: b2.detach(),
-            axis,
         }
     }
 
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let h = linear(&gelu(x)?, &self.w1, Some(&self.b1), self.axis)?;
-        linear(&gelu(&h)?, &self.w2, Some(&self.b2), self.axis)
+        let h = linear(&gelu(x)?, &self.w1, Some(&self.b1), Epilogue::None)?;
+        linear(&gelu(&h)?, &self.w2, Some(&self.b2), Epilogue::None)
     }
 
     /// J_F(x)ᵀ as a linear map: u ↦ GELU′(x) ⊙ W1ᵀ (GELU′(h) ⊙ W2ᵀ u), h = W1·GELU(x) + b1.
     pub fn transposed_jacobian_at(&self, x: &Tensor) -> Result<TransposedJacobian> {
-        let h = linear(&gelu(x)?, &self.w1, Some(&self.b1), self.axis)?;
+        let h = linear(&gelu(x)?, &self.w1, Some(&self.b1), Epilogue::None)?;
         Ok(TransposedJacobian {
             slope_x: gelu_derivative(x)?,
             slope_h: gelu_derivative(&h)?,
             w1_t: self.w1.t()?.contiguous()?,
             w2_t: self.w2.t()?.contiguous()?,
-            axis: self.axis,
         })
     }
 }
@@ -69,13 +66,12 @@ pub struct TransposedJacobian {
     slope_h: Tensor,
     w1_t: Tensor,
     w2_t: Tensor,
-    axis: Axis,
 }
 
 impl TransposedJacobian {
     pub fn apply(&self, u: &Tensor) -> Result<Tensor> {
-        let t = (linear(u, &self.w2_t, None, self.axis)? * &self.slope_h)?;
-        linear(&t, &self.w1_t, None, self.axis)? * &self.slope_x
+        let t = (linear(u, &self.w2_t, None, Epilogue::None)? * &self.slope_h)?;
+        linear(&t, &self.w1_t, None, Epilogue::None)? * &self.slope_x
     }
 }
 
@@ -400,7 +396,6 @@ mod tests {
             b1: Tensor::full(3f64, 2 * d, &dev)?,
             w2,
             b2: Tensor::zeros(d, DType::F64, &dev)?,
-            axis: Axis::Channels,
         };
         let y = crate::params::seeded_normal(1, &[2, 5, d], 0.5, DType::F64, &dev)?
             .broadcast_add(&Tensor::new(2f64, &dev)?)?;

@@ -1,4 +1,6 @@
-//! The MLPs of the family, each applied along one axis of (B, N, D):
+//! The MLPs of the family, each over the last axis of its input (the block transposes for token
+//! mixing), each with one `forward(x, epilogue)` whose epilogue applies to the last product — a
+//! block passes `Epilogue::Add(r)` to add its residual inside that matmul:
 //!
 //! - [`Mlp`]: fc2(GELU(fc1(x))) — timm's Mlp (biases) and paper 2's vMlp (no biases);
 //! - [`SymMlp`]: y = GELU(x Wᵀ) W — one weight, stored as `fc2.weight` (hidden, in);
@@ -8,9 +10,8 @@
 use candle_core::{Result, Tensor, Var};
 
 use super::imlp::IMlp;
-use crate::layers::linear::{BiasInit, MLP_BIAS_STD};
-use crate::layers::linear_epilogue::{linear_epilogue, linear_gelu};
-use crate::layers::{transpose12, Axis, ForwardCtx, Linear};
+use crate::layers::linear::{linear, BiasInit, MLP_BIAS_STD};
+use crate::layers::{Epilogue, ForwardCtx, Linear};
 use crate::params::Scope;
 
 #[derive(Clone, Debug)]
@@ -32,10 +33,10 @@ impl Mlp {
         })
     }
 
-    /// fc2(GELU(fc1(x))) along the last axis, plus `residual` in fc2's epilogue when given.
-    pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.fc1.forward_gelu(x)?;
-        self.fc2.forward_residual(&h, residual)
+    /// fc2(GELU(fc1(x))), then `epilogue` on fc2's product.
+    pub fn forward(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+        let h = self.fc1.forward(x, Epilogue::Gelu)?;
+        self.fc2.forward(&h, epilogue)
     }
 }
 
@@ -52,11 +53,11 @@ impl SymMlp {
         })
     }
 
-    /// GELU(x Wᵀ) W along the last axis, plus `residual` when given.
-    pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+    /// GELU(x Wᵀ) W, then `epilogue`.
+    pub fn forward(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         let w = self.weight.as_tensor();
-        let h = linear_gelu(x, w, None)?;
-        linear_epilogue(&h, &w.t()?, None, residual)
+        let h = linear(x, w, None, Epilogue::Gelu)?;
+        linear(&h, &w.t()?, None, epilogue)
     }
 }
 
@@ -76,13 +77,13 @@ impl AsymMlp {
         })
     }
 
-    /// h W1 + h W2ᵀ with h = GELU(x W1ᵀ) along the last axis, plus `residual` when given.
-    pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+    /// h W1 + h W2ᵀ with h = GELU(x W1ᵀ), then `epilogue`.
+    pub fn forward(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         let w1 = self.fc1.weight.as_tensor();
-        let h = linear_gelu(x, w1, None)?;
+        let h = linear(x, w1, None, Epilogue::Gelu)?;
         // h W1 + h W2ᵀ = h (W1 + W2ᵀ)ᵀ-applied: one matmul with the summed (in, hidden) weight.
         let w_out = (w1.t()? + self.fc2.weight.as_tensor())?;
-        linear_epilogue(&h, &w_out, None, residual)
+        linear(&h, &w_out, None, epilogue)
     }
 }
 
@@ -97,34 +98,14 @@ pub enum AnyMlp {
 }
 
 impl AnyMlp {
-    /// Applies the MLP along `axis` of a (B, N, D) activation. Along the token axis the input is
-    /// transposed once to (B, D, N), the whole MLP runs along the last axis (2-D matmuls, fused
-    /// bias epilogues), and the output is transposed back — the reference's `mlp(xᵀ)ᵀ`. The
-    /// blocks avoid both transposes (`forward_last_axis` between fused LayerNorm/residual ops).
-    pub fn forward(&self, x: &Tensor, axis: Axis, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        match axis {
-            Axis::Channels => self.forward_last_axis(x, None, ctx),
-            Axis::Tokens => {
-                let y = self.forward_last_axis(&transpose12(x)?, None, ctx)?;
-                transpose12(&y)
-            }
-        }
-    }
-
-    /// The MLP along the last axis: the channel MLP on (B, N, D), or the token MLP on an
-    /// already transposed activation xᵀ (B, D, N). A `residual` (same shape as the output) is
-    /// added inside the last matmul's epilogue: `r + mlp(x)` without keeping `mlp(x)` alive.
-    pub fn forward_last_axis(
-        &self,
-        x: &Tensor,
-        residual: Option<&Tensor>,
-        ctx: &mut ForwardCtx,
-    ) -> Result<Tensor> {
+    /// The MLP over the last axis — the channel MLP on (B, N, D), the token MLP on LN(x)ᵀ
+    /// (B, D, N) — then `epilogue` on its last product.
+    pub fn forward(&self, x: &Tensor, epilogue: Epilogue, ctx: &mut ForwardCtx) -> Result<Tensor> {
         match self {
-            AnyMlp::Plain(m) => m.forward(x, residual),
-            AnyMlp::Sym(m) => m.forward(x, residual),
-            AnyMlp::Asym(m) => m.forward(x, residual),
-            AnyMlp::Implicit(m) => m.forward_last_axis(x, residual, ctx),
+            AnyMlp::Plain(m) => m.forward(x, epilogue),
+            AnyMlp::Sym(m) => m.forward(x, epilogue),
+            AnyMlp::Asym(m) => m.forward(x, epilogue),
+            AnyMlp::Implicit(m) => m.forward(x, epilogue, ctx),
         }
     }
 

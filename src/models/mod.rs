@@ -5,6 +5,7 @@ pub mod imlp;
 pub mod implicit;
 pub mod mlp;
 pub mod net;
+pub mod residual_map;
 
 pub use blocks::Block;
 pub use mlp::AnyMlp;

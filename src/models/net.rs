@@ -4,7 +4,7 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::blocks::Block;
 use crate::config::ModelConfig;
-use crate::layers::{mean_tokens, Axis, ForwardCtx, LayerNorm, Linear, PatchEmbed};
+use crate::layers::{mean_tokens, Emit, Epilogue, ForwardCtx, LayerNorm, Linear, PatchEmbed};
 use crate::params::{Builder, ParamStore};
 
 #[derive(Clone, Debug)]
@@ -90,9 +90,9 @@ impl MixerNet {
             x = block.forward(&x, ctx)?;
             ctx.record(format!("blocks.{i}"), &x);
         }
-        let x = self.norm.forward(&x)?;
+        let x = self.norm.forward(&x, Emit::AsIs)?;
         ctx.record("norm", &x);
-        self.head.forward(&mean_tokens(&x)?, Axis::Channels)
+        self.head.forward(&mean_tokens(&x)?, Epilogue::None)
     }
 
     /// AsymMixer's symmetry-breaking penalty λ·Σ_blocks(‖tok.fc2.W‖² + ‖ch.fc2.W‖²) (no ½);

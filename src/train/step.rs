@@ -6,7 +6,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 
 use super::shards::Shards;
-use crate::layers::ForwardCtx;
+use crate::layers::{ForwardCtx, Observe};
 use crate::models::imlp::SolverStats;
 use crate::models::MixerNet;
 use crate::optim::AdamW;
@@ -56,7 +56,7 @@ pub fn forward_backward(
         // A full-range narrow is the tensor itself (candle), so one shard sees exactly the
         // unsharded inputs.
         let rows_of = |t: &Tensor| t.narrow(0, rows.start, n);
-        let mut ctx = ForwardCtx::train(shard_seed(seed, i)).observed();
+        let mut ctx = ForwardCtx::train(shard_seed(seed, i)).observing(&[Observe::SolverStats]);
         let logits = model.forward(&rows_of(images)?, &mut ctx)?;
         let (loss, ce, _) = match targets {
             Targets::Hard(labels) => model.loss(&logits, &rows_of(labels)?)?,
@@ -87,7 +87,7 @@ pub fn forward_backward(
         loss += l;
         ce += c;
         logits.push(z);
-        solver_stats.extend(ctx.observer.map(|o| o.solver_stats).unwrap_or_default());
+        solver_stats.extend(ctx.observer.solver_stats.unwrap_or_default());
     }
     let grads = acc.ok_or_else(|| anyhow::anyhow!("empty batch: nothing to train on"))?;
     let logits = match logits.len() {
