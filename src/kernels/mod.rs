@@ -13,6 +13,14 @@
 //! same source with 16-lane registers (`simd_kernel!`). Both compilations evaluate the same
 //! floating-point operations in the same order, so they give the same bits.
 //!
+//! A fused op's forward sometimes computes something only its backward reads (GELU′ beside a
+//! GELU, the packed bf16 copy of x that ∂W reads again). candle's custom ops return one tensor,
+//! so such a by-product is kept in the op value itself, in a `OnceLock` written by the one
+//! forward and read by the backward: an op value is built per call and never reused, so there
+//! is no state shared between forwards, and nothing is locked on the hot path. The alternative —
+//! returning the by-product as part of a larger output and narrowing it off — would make every
+//! consumer of the result copy it.
+//!
 //! At bf16 precision the matmuls have two CPU engines with the same products ([`bf16`]): AMX
 //! tiles through oneDNN where the CPU and the machine have them ([`onednn`]), gemm on
 //! bf16-rounded operands everywhere else.

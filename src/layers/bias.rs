@@ -7,7 +7,7 @@
 //! matmul, the models use `linear_epilogue::linear_gelu` instead: the bias, and the GELU with its
 //! derivative, go into the matmul's output pass. This op is for a GELU(y + b) of any tensor.)
 
-use std::sync::Mutex;
+use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
@@ -192,7 +192,8 @@ impl CustomOp3 for BiasGeluBackward {
 pub(crate) struct ScaleWithColumnSums<'a> {
     pub factor: &'a CpuStorage,
     pub cols: usize,
-    pub sums: Option<Mutex<Vec<f64>>>,
+    /// Written once by the forward (see `kernels`: by-products of a fused op).
+    pub sums: Option<OnceLock<Vec<f64>>>,
 }
 
 impl SliceKernel for ScaleWithColumnSums<'_> {
@@ -214,7 +215,9 @@ impl SliceKernel for ScaleWithColumnSums<'_> {
             scale_block_with_sums(&g[start..end], &factor[start..end], o, &mut acc);
             acc
         });
-        *sums.lock().unwrap_or_else(|e| e.into_inner()) = sum_in_block_order(&partials, cols);
+        // The op runs once per value (the caller builds it per call), so the set cannot fail;
+        // a second run would keep the first, identical, sums.
+        let _ = sums.set(sum_in_block_order(&partials, cols));
         out
     }
 }

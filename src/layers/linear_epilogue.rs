@@ -16,7 +16,7 @@
 //! with a bias alone, or a residual alone, it is the same single addition (bit-identical when gemm
 //! accumulates k in one block).
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
@@ -439,12 +439,14 @@ impl LinearEpilogue {
         let scale = ScaleWithColumnSums {
             factor: derivative,
             cols: self.out_f,
-            sums: has_bias.then(|| Mutex::new(Vec::new())),
+            sums: has_bias.then(OnceLock::new),
         };
         let dz = g.apply_op1_no_bwd(&scale)?;
         let db = match scale.sums {
             Some(sums) => {
-                let sums = sums.into_inner().unwrap_or_else(|e| e.into_inner());
+                let sums = sums.into_inner().ok_or_else(|| {
+                    candle_core::Error::Msg(format!("{}: column sums not computed", self.name()))
+                })?;
                 Some(Tensor::from_vec(sums, self.out_f, g.device())?.to_dtype(g.dtype())?)
             }
             None => None,

@@ -94,11 +94,10 @@ impl IMlp {
                 if !ctx.is_train() {
                     return Ok(x);
                 }
-                x.apply_op1(ImplicitGradient {
+                x.contiguous()?.apply_op1(ImplicitGradient {
                     x_star,
                     map: fixed,
                     solver: solver.clone(),
-                    last_backward: Default::default(),
                 })
             }
         }

@@ -328,8 +328,6 @@ pub struct ImplicitGradient {
     pub x_star: Tensor,
     pub map: FixedMap,
     pub solver: Solver,
-    /// Adjoint solve statistics of the last backward (diagnostics).
-    pub last_backward: std::sync::Mutex<Option<SolveInfo>>,
 }
 
 impl CustomOp1 for ImplicitGradient {
@@ -344,16 +342,26 @@ impl CustomOp1 for ImplicitGradient {
         ))
     }
 
+    /// The identity on a GPU: a device copy. Unlike the other custom ops this one is not a fused
+    /// alternative to a portable composition — the implicit backward has no composition — so
+    /// every device needs its forward.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        Ok((s.try_clone(l)?, l.shape().clone()))
+    }
+
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         // J_F(x*)ᵀ is linearised once at x*; every adjoint iteration is then two matmuls and two
         // products (no autograd graph per iteration).
         let jt = self.map.transposed_jacobian_at(&self.x_star)?;
         let g = grad.detach();
         let vjp_step = |u: &Tensor| -> Result<Tensor> { &g + jt.apply(u)? };
-        let (u, info) = fixed_point(vjp_step, g.clone(), &self.solver)?;
-        if let Ok(mut slot) = self.last_backward.lock() {
-            *slot = Some(info);
-        }
+        let (u, _) = fixed_point(vjp_step, g.clone(), &self.solver)?;
         Ok(Some(u.detach()))
     }
 }
