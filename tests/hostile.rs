@@ -17,7 +17,8 @@ use imixer::checkpoint::CONFIG_KEY;
 use imixer::config::{Family, ModelConfig};
 use imixer::data::DatasetKind;
 use imixer::train::state::{self, RunState};
-use imixer::train::trainer::{Interrupted, LOCK_FILE};
+use imixer::train::trainer::LOCK_FILE;
+use imixer::train::TrainError;
 use imixer::train::{train, RunOptions, TrainConfig};
 use imixer::MixerNet;
 
@@ -370,9 +371,9 @@ fn an_interrupt_saves_last_and_resume_is_bit_identical() {
         },
     )
     .unwrap_err();
-    let stopped = err
-        .downcast_ref::<Interrupted>()
-        .expect("an Interrupted error");
+    let TrainError::Interrupted(stopped) = &err else {
+        panic!("an Interrupted error, not {err:?}");
+    };
     assert_eq!((stopped.epoch, stopped.batch, stopped.step), (0, 1, 1));
     assert!(err.to_string().contains("--resume"), "{err}");
     assert_eq!(run_state(&b.join("last.safetensors")).step, 1);

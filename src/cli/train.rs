@@ -12,7 +12,7 @@ use imixer::data::transforms::SpatialAug;
 use imixer::data::{DatasetKind, Interpolation, TrainInterpolation};
 use imixer::train::config::SchedUnit;
 use imixer::train::lr_scale::LrScale;
-use imixer::train::trainer::Interrupted;
+use imixer::train::TrainError;
 use imixer::train::{train, RunOptions, TrainConfig};
 
 #[derive(Args, Debug)]
@@ -393,11 +393,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
     );
     let summary = match result {
         Ok(s) => s,
-        Err(e) if e.is::<Interrupted>() => {
+        Err(e @ TrainError::Interrupted(_)) => {
             eprintln!("{e}");
             std::process::exit(INTERRUPTED_EXIT);
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     if a.json {
         outln!("{}", serde_json::to_string(&summary)?)?;

@@ -346,5 +346,9 @@ fn check_unchanged(run: &PlannedRun, dir: &Path) -> Result<()> {
 
 /// One sweep per directory at a time.
 fn lock(out: &Path) -> Result<std::fs::File> {
-    crate::train::trainer::lock_dir(out, ".sweep.lock", "imixer sweep")
+    Ok(crate::train::trainer::lock_dir(
+        out,
+        ".sweep.lock",
+        "imixer sweep",
+    )?)
 }

@@ -244,22 +244,28 @@ impl TrainConfig {
     /// one run of a sweep): the defaults of `dataset` — else of the data set the table names,
     /// else Fashion-MNIST — deep-merged with the table. A misspelt or mistyped field is an error
     /// naming it.
-    pub fn from_table(dataset: Option<DatasetKind>, table: toml::Table) -> anyhow::Result<Self> {
+    pub fn from_table(
+        dataset: Option<DatasetKind>,
+        table: toml::Table,
+    ) -> Result<Self, super::TrainError> {
+        use super::TrainError::Config;
         let named = match table.get("dataset") {
             Some(v) => Some(
                 v.as_str()
-                    .ok_or_else(|| anyhow::anyhow!("dataset must be a string, not {v}"))?
-                    .parse::<DatasetKind>()
-                    .map_err(anyhow::Error::msg)?,
+                    .ok_or_else(|| Config(format!("dataset must be a string, not {v}")))?
+                    .parse::<DatasetKind>()?,
             ),
             None => None,
         };
         let dataset = dataset.or(named).unwrap_or(DatasetKind::FashionMnist);
-        let mut base = toml::Table::try_from(TrainConfig::defaults_for(dataset))?;
+        let mut base = toml::Table::try_from(TrainConfig::defaults_for(dataset))
+            .map_err(|e| Config(format!("cannot represent the defaults as TOML: {e}")))?;
         for (k, v) in table {
             merge_toml(&mut base, k, v);
         }
-        let mut c: TrainConfig = toml::Value::Table(base).try_into()?;
+        let mut c: TrainConfig = toml::Value::Table(base)
+            .try_into()
+            .map_err(|e| Config(format!("{e}")))?;
         c.dataset = dataset;
         Ok(c)
     }

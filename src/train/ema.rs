@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use super::error::{Doing, Result, TrainError};
 use candle_core::Tensor;
 
 use crate::checkpoint::EMA_PREFIX;
@@ -76,14 +76,14 @@ impl ModelEma {
             .filter_map(|(k, v)| Some((k.strip_prefix(EMA_PREFIX)?.to_string(), v.clone())))
             .collect();
         if ema.is_empty() {
-            bail!(
-                "{} holds no model EMA ({EMA_PREFIX}* tensors): it was not written by a --model-ema run",
-                path.display()
-            );
+            return Err(TrainError::unusable(
+                path,
+                format!("holds no model EMA ({EMA_PREFIX}* tensors): it was not written by a --model-ema run"),
+            ));
         }
         self.model
             .load_state(&ema, false)
-            .with_context(|| format!("while restoring the model EMA from {}", path.display()))
+            .doing(|| format!("while restoring the model EMA from {}", path.display()))
     }
 }
 

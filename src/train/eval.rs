@@ -1,9 +1,9 @@
 //! Evaluation: loss, top-1/top-5, per-class accuracy and the confusion matrix.
 
-use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
+use super::error::Result;
 use super::shards::Shards;
 use crate::data::Loader;
 use crate::MixerNet;

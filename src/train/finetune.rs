@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use super::error::{Doing, Result, TrainError};
 use candle_core::Tensor;
 
 use crate::checkpoint::{self, Checkpoint, ModelSpec, Weights};
@@ -51,10 +51,9 @@ impl Loaded {
 /// neither is known, so that the run's own model is used.
 pub fn stored_model_config(path: &Path) -> Result<Option<ModelConfig>> {
     let ckpt = Checkpoint::open(path, Weights::Model)
-        .with_context(|| format!("cannot read the initial checkpoint {}", path.display()))?;
+        .doing(|| format!("cannot read the initial checkpoint {}", path.display()))?;
     if let Some(cfg) = ckpt.stored_config()? {
-        cfg.validate()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        cfg.validate().map_err(|e| TrainError::unusable(path, e))?;
         return Ok(Some(cfg));
     }
     Ok(checkpoint::load::resolve(&ckpt, &ModelSpec::default())
@@ -66,23 +65,23 @@ pub fn stored_model_config(path: &Path) -> Result<Option<ModelConfig>> {
 /// fresh head when the class count differs. On any error the model is unchanged.
 pub fn load_initial_weights(model: &MixerNet, path: &Path) -> Result<Loaded> {
     let ckpt = Checkpoint::open(path, Weights::Model)
-        .with_context(|| format!("cannot load the initial checkpoint {}", path.display()))?;
+        .doing(|| format!("cannot load the initial checkpoint {}", path.display()))?;
     let stored = ckpt.stored_config()?;
     if let Some(s) = &stored {
-        s.validate()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        s.validate().map_err(|e| TrainError::unusable(path, e))?;
     }
     // The model weights only (no optimizer moments, no EMA), under reference names.
     let mut weights: HashMap<String, Tensor> = ckpt.decode(model.device())?.into_iter().collect();
     let cfg = &model.config;
     if let Some(s) = &stored {
         if s.family != cfg.family {
-            bail!(
-                "{} holds a {} model but this run trains a {}: fine-tune the same family (drop --model to take the checkpoint's)",
-                path.display(),
-                s.family,
-                cfg.family
-            );
+            return Err(TrainError::unusable(
+                path,
+                format!(
+                    "holds a {} model but this run trains a {}: fine-tune the same family (drop --model to take the checkpoint's)",
+                    s.family, cfg.family
+                ),
+            ));
         }
     }
     let shapes: HashMap<&str, &[usize]> = weights
@@ -98,13 +97,15 @@ pub fn load_initial_weights(model: &MixerNet, path: &Path) -> Result<Loaded> {
                 ),
                 None => "; fine-tune with a model of the checkpoint's img_size / patch".into(),
             };
-            bail!(
-                "{}: the checkpoint's token-mixing MLPs take {file_tokens} tokens{theirs}, or drop --model to take the checkpoint's model. This model has {} tokens (img_size {} / patch {})², and a Mixer's token MLPs are sized by the token count, so none of their weights carry over",
-                path.display(),
-                cfg.num_tokens(),
-                cfg.img_size,
-                cfg.patch_size
-            );
+            return Err(TrainError::unusable(
+                path,
+                format!(
+                    "the checkpoint's token-mixing MLPs take {file_tokens} tokens{theirs}, or drop --model to take the checkpoint's model. This model has {} tokens (img_size {} / patch {})², and a Mixer's token MLPs are sized by the token count, so none of their weights carry over",
+                    cfg.num_tokens(),
+                    cfg.img_size,
+                    cfg.patch_size
+                ),
+            ));
         }
     }
     // Another class count (or no head): the fresh head stays; a head of the right class count
@@ -122,12 +123,14 @@ pub fn load_initial_weights(model: &MixerNet, path: &Path) -> Result<Loaded> {
     }
     model
         .load_state(&weights, false)
-        .with_context(|| format!("{} does not fit the model to fine-tune", path.display()))?;
+        .doing(|| format!("{} does not fit the model to fine-tune", path.display()))?;
     if let Some(name) = crate::train::trainer::first_non_finite(model)? {
-        bail!(
-            "{} holds non-finite weights ({name} contains NaN or ±∞): use an earlier checkpoint",
-            path.display()
-        );
+        return Err(TrainError::unusable(
+            path,
+            format!(
+                "holds non-finite weights ({name} contains NaN or ±∞): use an earlier checkpoint"
+            ),
+        ));
     }
     Ok(Loaded { head_reset_from })
 }

@@ -5,7 +5,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use super::error::{Result, TrainError};
 use serde::{Deserialize, Serialize};
 
 use crate::plot::{line_panels, Series};
@@ -110,8 +110,7 @@ pub fn read_history(path: &Path) -> Result<Vec<EpochMetrics>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io("read", path, e))?;
     let torn = (!text.ends_with('\n'))
         .then(|| text.lines().last())
         .flatten();
@@ -126,7 +125,7 @@ pub fn read_history(path: &Path) -> Result<Vec<EpochMetrics>> {
                 );
             }
             Err(e) => {
-                return Err(e).with_context(|| format!("{}: bad line {l}", path.display()));
+                return Err(TrainError::unusable(path, format!("bad line {l}: {e}")));
             }
         }
     }
@@ -139,7 +138,7 @@ pub(crate) fn rewrite_history(path: &Path, history: &[EpochMetrics]) -> Result<(
         text.push_str(&serde_json::to_string(m)?);
         text.push('\n');
     }
-    crate::checkpoint::write_atomically(path, text.as_bytes())
+    Ok(crate::checkpoint::write_atomically(path, text.as_bytes())?)
 }
 
 pub(crate) fn append_history(path: &Path, m: &EpochMetrics) -> Result<()> {
@@ -147,14 +146,14 @@ pub(crate) fn append_history(path: &Path, m: &EpochMetrics) -> Result<()> {
         .create(true)
         .append(true)
         .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+        .map_err(|e| TrainError::io("open", path, e))?;
     // One write of the whole line, then fsync: a kill leaves either the line or a torn tail
     // that `read_history` recognises.
     let mut line = serde_json::to_string(m)?;
     line.push('\n');
     f.write_all(line.as_bytes())
         .and_then(|()| f.sync_data())
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        .map_err(|e| TrainError::io("write", path, e))?;
     Ok(())
 }
 
@@ -182,13 +181,13 @@ pub(crate) fn plot_curves(path: &Path, h: &[EpochMetrics]) -> Result<()> {
         series("val top-5", |m| m.val_top5),
     ];
     accuracy.extend(ema_series("val EMA top-1", |m| m.val_top1_ema));
-    line_panels(
+    Ok(line_panels(
         path,
         &[
             ("loss", "epoch", "cross-entropy", loss),
             ("accuracy", "epoch", "accuracy", accuracy),
         ],
-    )
+    )?)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod ema;
+pub mod error;
 pub mod eval;
 pub mod finetune;
 pub mod lr_scale;
@@ -13,6 +14,7 @@ pub mod step;
 pub mod trainer;
 
 pub use config::TrainConfig;
+pub use error::{Interrupted, TrainError};
 pub use metrics::EpochMetrics;
 pub use shards::Shards;
 pub use step::{forward_backward, train_step, BatchGrads, StepOutput, Targets};

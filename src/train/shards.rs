@@ -13,9 +13,9 @@
 
 use std::ops::Range;
 
-use anyhow::{anyhow, Context, Result};
 use candle_core::Tensor;
 
+use super::error::{Result, TrainError};
 use crate::layers::ForwardCtx;
 use crate::MixerNet;
 
@@ -31,7 +31,11 @@ impl Shards {
     /// `count` shards per batch on `threads` compute threads (0: all cores). One shard runs on
     /// the calling thread with the global pools, exactly as an unsharded step.
     pub fn new(count: usize, threads: usize) -> Result<Self> {
-        anyhow::ensure!(count >= 1, "--shards must be at least 1 (got {count})");
+        if count < 1 {
+            return Err(TrainError::Config(format!(
+                "--shards must be at least 1 (got {count})"
+            )));
+        }
         let threads = if threads > 0 {
             threads
         } else {
@@ -45,7 +49,9 @@ impl Shards {
                     .num_threads(threads_per_lane)
                     .thread_name(move |t| format!("imixer-shard{i}-{t}"))
                     .build()
-                    .context("could not start the shard thread pools")
+                    .map_err(|e| {
+                        TrainError::Shard(format!("could not start the shard thread pools: {e}"))
+                    })
             })
             .collect::<Result<_>>()?;
         Ok(Self {
@@ -122,9 +128,12 @@ impl Shards {
                 .collect();
             let mut done = run_lane(0);
             for h in others {
-                done.extend(h.join().map_err(|_| anyhow!("a batch shard panicked"))?);
+                done.extend(
+                    h.join()
+                        .map_err(|_| TrainError::Shard("a batch shard panicked".into()))?,
+                );
             }
-            Ok::<_, anyhow::Error>(done)
+            Ok::<_, TrainError>(done)
         })?;
         done.sort_by_key(|(i, _)| *i);
         done.into_iter().map(|(_, r)| r).collect()
@@ -187,7 +196,7 @@ mod tests {
         let err = s
             .run(4, |i, _| {
                 if i == 1 {
-                    anyhow::bail!("shard {i} failed")
+                    return Err(TrainError::Shard(format!("shard {i} failed")));
                 }
                 Ok(())
             })

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use super::error::{Doing, Result, TrainError};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -102,7 +102,7 @@ pub fn save(
     meta.insert(TRAIN_CONFIG_KEY.to_string(), train_config_toml.to_string());
     meta.insert(CLASSES_KEY.to_string(), serde_json::to_string(classes)?);
     meta.insert("format".to_string(), "pt".to_string());
-    checkpoint::write(path, &tensors, &meta)
+    Ok(checkpoint::write(path, &tensors, &meta)?)
 }
 
 /// Restores model weights, optimizer moments, the model EMA (when the run keeps one) and the
@@ -115,12 +115,14 @@ pub fn restore(
     device: &Device,
 ) -> Result<RunState> {
     let file = checkpoint::read(path, device)?;
-    let state: RunState = serde_json::from_str(
-        file.metadata
-            .get(STATE_KEY)
-            .with_context(|| format!("{} is not a training checkpoint", path.display()))?,
-    )
-    .with_context(|| format!("{}: unreadable run state", path.display()))?;
+    let state = file.metadata.get(STATE_KEY).ok_or_else(|| {
+        TrainError::unusable(
+            path,
+            "is not a training checkpoint (no run state): resume from a run's last.safetensors",
+        )
+    })?;
+    let state: RunState = serde_json::from_str(state)
+        .map_err(|e| TrainError::unusable(path, format!("unreadable run state: {e}")))?;
     let weights: HashMap<String, Tensor> = file
         .tensors
         .iter()
@@ -129,13 +131,13 @@ pub fn restore(
         .collect();
     model
         .load_state(&weights, false)
-        .with_context(|| format!("while resuming from {}", path.display()))?;
+        .doing(|| format!("while resuming from {}", path.display()))?;
     opt.load_state(state.step, |name| {
         file.tensors
             .get(&format!("{TRAIN_STATE_PREFIX}{name}"))
             .cloned()
     })
-    .with_context(|| format!("while restoring the optimizer from {}", path.display()))?;
+    .doing(|| format!("while restoring the optimizer from {}", path.display()))?;
     if let Some(ema) = ema {
         ema.restore(&file.tensors, path)?;
     }

@@ -1,10 +1,10 @@
 //! One optimisation step: train-mode forward → loss (+ λ term) → backward → AdamW, the batch
 //! optionally split into data-parallel shards ([`Shards`]).
 
-use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 
+use super::error::{Result, TrainError};
 use super::shards::Shards;
 use crate::layers::{ForwardCtx, Observe};
 use crate::models::imlp::SolverStats;
@@ -89,7 +89,7 @@ pub fn forward_backward(
         logits.push(z);
         solver_stats.extend(ctx.observer.solver_stats.unwrap_or_default());
     }
-    let grads = acc.ok_or_else(|| anyhow::anyhow!("empty batch: nothing to train on"))?;
+    let grads = acc.ok_or_else(|| TrainError::Config("empty batch: nothing to train on".into()))?;
     let logits = match logits.len() {
         1 => logits.pop().expect("one shard"),
         _ => Tensor::cat(&logits, 0)?,
@@ -141,7 +141,13 @@ pub fn train_step(
 ) -> Result<StepOutput> {
     let pass = forward_backward(model, shards, images, targets, seed, 1)?;
     if !pass.loss.is_finite() {
-        bail!("non-finite loss {}", pass.loss);
+        return Err(TrainError::NonFinite {
+            quantity: "loss".into(),
+            value: pass.loss.to_string(),
+            when: "in a training step".into(),
+            step: None,
+            last: None,
+        });
     }
     let grads = match clip_grad {
         Some(max_norm) => crate::optim::clip::clip_grad_norm(&model.params, pass.grads, max_norm)?,

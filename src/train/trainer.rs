@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,6 +12,7 @@ use serde::Serialize;
 
 use super::config::{SchedUnit, TrainConfig};
 use super::ema::ModelEma;
+use super::error::{Result, TrainError};
 use super::eval::{evaluate, images_tensor, rank, EvalReport};
 use super::finetune;
 use super::metrics::{
@@ -67,48 +67,40 @@ pub struct RunOptions {
     pub stop: Option<Arc<AtomicBool>>,
 }
 
-/// The error of a run stopped through [`RunOptions::stop`]: `last.safetensors` holds the step
-/// it stopped at, and `--resume` continues bit-identically from there.
-#[derive(Debug, thiserror::Error)]
-#[error("interrupted: saved {} at epoch {epoch}, batch {batch} (step {step}); continue with `imixer train --resume --out {}` and the same settings", last.display(), out.display())]
-pub struct Interrupted {
-    pub out: PathBuf,
-    pub last: PathBuf,
-    pub epoch: usize,
-    pub batch: usize,
-    pub step: u64,
-}
+pub use super::error::Interrupted;
 
 /// The model configuration a training config asks for, adapted to the data set's classes.
 pub fn resolve_model(cfg: &TrainConfig, num_classes: usize) -> Result<ModelConfig> {
     let mut m = match &cfg.model_config {
         Some(m) => m.clone(),
-        None => registry::lookup(&cfg.model).map_err(anyhow::Error::msg)?,
+        None => registry::lookup(&cfg.model).map_err(TrainError::Config)?,
     };
     m.num_classes = num_classes;
     m.drop_path = cfg.drop_path;
     if let Some(solver) = &cfg.solver {
         // Only the iMixer has a fixed point to solve; ignoring the flag would hide a mistake.
-        anyhow::ensure!(
-            m.family == Family::IMixer,
-            "--solver applies to iMixer models only, but {} is a {} model: add --model imixer_n4_28 \
-             (or another imixer_*) or drop --solver",
-            cfg.model_config.as_ref().map_or(cfg.model.as_str(), |_| "the custom model"),
-            m.family
-        );
+        if m.family != Family::IMixer {
+            return Err(TrainError::Config(format!(
+                "--solver applies to iMixer models only, but {} is a {} model: add --model imixer_n4_28 \
+                 (or another imixer_*) or drop --solver",
+                cfg.model_config.as_ref().map_or(cfg.model.as_str(), |_| "the custom model"),
+                m.family
+            )));
+        }
         m.imixer.solver = solver.clone();
     }
     if let Some(lambda) = cfg.lambda {
         // λ weighs the ‖W2‖² term of the paper-2 blocks; on other families it would be ignored.
-        anyhow::ensure!(
-            m.family.is_paper2(),
-            "--lambda applies to paper-2 models (vanillamixer, paramixer, symmixer, asymmixer), but {} is a {} model",
-            cfg.model_config.as_ref().map_or(cfg.model.as_str(), |_| "the custom model"),
-            m.family
-        );
+        if !m.family.is_paper2() {
+            return Err(TrainError::Config(format!(
+                "--lambda applies to paper-2 models (vanillamixer, paramixer, symmixer, asymmixer), but {} is a {} model",
+                cfg.model_config.as_ref().map_or(cfg.model.as_str(), |_| "the custom model"),
+                m.family
+            )));
+        }
         m.lambda = lambda;
     }
-    m.validate().map_err(anyhow::Error::msg)?;
+    m.validate().map_err(TrainError::Config)?;
     Ok(m)
 }
 
@@ -146,7 +138,7 @@ fn splitmix(mut z: u64) -> u64 {
 /// bit-identical to an uninterrupted one.
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary> {
     cfg.validate()
-        .map_err(|e| anyhow::anyhow!("training config: {e}"))?;
+        .map_err(|e| TrainError::Config(format!("training config: {e}")))?;
     // Data, model, loaders and the initial checkpoint first: a bad path, model name or flag must
     // fail before the run directory is touched.
     let ds = load_data(cfg)?;
@@ -325,15 +317,16 @@ impl RunDir {
     fn prepare(cfg: &TrainConfig, opts: &RunOptions) -> Result<Self> {
         let out = cfg.out.clone();
         std::fs::create_dir_all(&out)
-            .with_context(|| format!("cannot create run directory {}", out.display()))?;
+            .map_err(|e| TrainError::io("create run directory", &out, e))?;
         let lock = lock_run_dir(&out)?;
         remove_stale_temps(&out);
         let dir = Self {
             last: out.join("last.safetensors"),
             best: out.join("best.safetensors"),
             metrics: out.join("metrics.jsonl"),
-            config_toml: toml::to_string_pretty(cfg)
-                .context("cannot serialise the training config")?,
+            config_toml: toml::to_string_pretty(cfg).map_err(|e| {
+                TrainError::Config(format!("cannot serialise the training config: {e}"))
+            })?,
             out,
             _lock: lock,
         };
@@ -349,34 +342,33 @@ impl RunDir {
                 } else {
                     format!("files of another run ({});", existing.join(", "))
                 };
-                bail!(
-                    "{} already holds {what} pass --overwrite to replace it or choose another --out",
-                    dir.out.display()
-                );
+                return Err(TrainError::OutputOccupied {
+                    dir: dir.out.clone(),
+                    what,
+                });
             }
             for f in existing {
                 let p = dir.out.join(f);
                 std::fs::remove_file(&p)
-                    .with_context(|| format!("--overwrite: cannot remove {}", p.display()))?;
+                    .map_err(|e| TrainError::io("remove (--overwrite)", &p, e))?;
             }
         }
         if opts.resume {
-            let saved = std::fs::read_to_string(&saved_path).with_context(|| {
-                format!(
-                    "--resume: no run to resume in {} ({} missing)",
-                    dir.out.display(),
-                    saved_path.display()
-                )
+            let saved = std::fs::read_to_string(&saved_path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => TrainError::NothingToResume {
+                    dir: dir.out.clone(),
+                    missing: saved_path.clone(),
+                },
+                _ => TrainError::io("read", &saved_path, e),
             })?;
             let saved: TrainConfig = toml::from_str(&saved)
-                .with_context(|| format!("cannot parse {}", saved_path.display()))?;
+                .map_err(|e| TrainError::unusable(&saved_path, format!("cannot parse: {e}")))?;
             let differences = result_differences(&saved, cfg);
             if !differences.is_empty() {
-                bail!(
-                    "--resume: the configuration differs from the one saved in {} ({}); resume with the same settings",
-                    saved_path.display(),
-                    differences.join("; ")
-                );
+                return Err(TrainError::ResumeMismatch {
+                    saved: saved_path,
+                    differences,
+                });
             }
         }
         crate::checkpoint::write_atomically(&saved_path, dir.config_toml.as_bytes())?;
@@ -413,17 +405,15 @@ pub fn lock_dir(dir: &Path, name: &str, holder: &str) -> Result<std::fs::File> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+        .map_err(|e| TrainError::io("open the lock file", &path, e))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "{} is in use by another {holder} (it holds {}); wait for it to finish or choose another --out",
-            dir.display(),
-            path.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("cannot lock {}", path.display()))
-        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::InUse {
+            dir: dir.to_path_buf(),
+            lock: path,
+            holder: holder.to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(TrainError::io("lock", &path, e)),
     }
 }
 
@@ -528,16 +518,16 @@ fn build_loaders(cfg: &TrainConfig, ds: &Dataset, mcfg: &ModelConfig) -> Result<
     )?
     .with_mixup(Mixup::new(mix_cfg)?)?;
     if train_loader.is_empty() {
-        bail!(
+        return Err(TrainError::Config(format!(
             "the training split has {} images, fewer than one batch of {}",
             ds.train.len(),
             cfg.batch_size
-        );
+        )));
     }
     if ds.val.is_empty() {
-        bail!(
-            "the validation split is empty: nothing to evaluate or pick the best checkpoint by (check the data directory, or give --val-subset ≥ 1)"
-        );
+        return Err(TrainError::Config(
+            "the validation split is empty: nothing to evaluate or pick the best checkpoint by (check the data directory, or give --val-subset ≥ 1)".into(),
+        ));
     }
     let val_loader = Loader::new(
         Arc::new(ds.val.clone()),
@@ -610,7 +600,9 @@ impl Run<'_> {
             let b = batch.labels.len();
             let x = images_tensor(batch.images, batch.shape, self.model.device())?;
             let targets = Tensor::from_vec(
-                batch.soft_targets.context("loader produced no targets")?,
+                batch.soft_targets.ok_or_else(|| {
+                    TrainError::Config("the training loader produced no targets".into())
+                })?,
                 (b, k),
                 self.model.device(),
             )?;
@@ -640,11 +632,13 @@ impl Run<'_> {
             let loss_value = pass.loss;
             if !loss_value.is_finite() {
                 bar.abandon();
-                bail!(
-                    "loss became {loss_value} at epoch {epoch}, batch {kb} (step {}); the last good checkpoint {} is untouched — lower --lr or enable --clip-grad",
-                    self.st.step,
-                    self.dir.last.display()
-                );
+                return Err(TrainError::NonFinite {
+                    quantity: "loss".into(),
+                    value: loss_value.to_string(),
+                    when: format!("at epoch {epoch}, batch {kb} (step {})", self.st.step),
+                    step: Some(self.st.step),
+                    last: Some(self.dir.last.clone()),
+                });
             }
             add_grads(&mut grads, pass.grads, &self.model)?;
             let logits = pass.logits;
@@ -720,10 +714,9 @@ impl Run<'_> {
         {
             bar.abandon();
             self.save_last()?;
-            bail!(
-                "stopped after {} steps as requested (--stop-after-steps); resume with --resume",
-                self.steps_this_process
-            );
+            return Err(TrainError::StoppedAfterSteps {
+                steps: self.steps_this_process,
+            });
         }
         Ok(())
     }
@@ -756,12 +749,13 @@ impl Run<'_> {
         self.ensure_finite()?;
         for r in std::iter::once(&report).chain(&ema_report) {
             if !r.loss.is_finite() {
-                bail!(
-                    "validation loss became {} after epoch {epoch} (step {}); the last good checkpoint {} is untouched — lower --lr or enable --clip-grad",
-                    r.loss,
-                    self.st.step,
-                    self.dir.last.display()
-                );
+                return Err(TrainError::NonFinite {
+                    quantity: "validation loss".into(),
+                    value: r.loss.to_string(),
+                    when: format!("after epoch {epoch} (step {})", self.st.step),
+                    step: Some(self.st.step),
+                    last: Some(self.dir.last.clone()),
+                });
             }
         }
         let EpochTrained {
@@ -839,15 +833,14 @@ impl Run<'_> {
             .is_some_and(|f| f.load(Ordering::SeqCst))
     }
 
-    fn interrupted(&self) -> anyhow::Error {
-        Interrupted {
+    fn interrupted(&self) -> TrainError {
+        TrainError::Interrupted(Interrupted {
             out: self.dir.out.clone(),
             last: self.dir.last.clone(),
             epoch: self.st.epoch,
             batch: self.st.next_batch,
             step: self.st.step,
-        }
-        .into()
+        })
     }
 
     /// Writes `last.safetensors` mid-epoch, refusing non-finite weights (at the end of an epoch
@@ -888,10 +881,13 @@ impl Run<'_> {
 /// good checkpoint with garbage.
 fn ensure_finite_weights(model: &MixerNet, epoch: usize, step: u64, last: &Path) -> Result<()> {
     if let Some(name) = first_non_finite(model)? {
-        bail!(
-            "the weights became non-finite ({name}) at epoch {epoch} (step {step}); the last good checkpoint {} is untouched — lower --lr or enable --clip-grad",
-            last.display()
-        );
+        return Err(TrainError::NonFinite {
+            quantity: "the weights".into(),
+            value: format!("non-finite ({name})"),
+            when: format!("at epoch {epoch} (step {step})"),
+            step: Some(step),
+            last: Some(last.to_path_buf()),
+        });
     }
     Ok(())
 }
