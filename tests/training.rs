@@ -18,7 +18,7 @@ use imixer::config::Family;
 use imixer::data::{self, DatasetKind, MixupConfig};
 use imixer::layers::ForwardCtx;
 use imixer::train::config::SchedUnit;
-use imixer::train::{train, RunOptions, TrainConfig};
+use imixer::train::{train, RunOptions, TrainConfig, TrainError};
 use imixer::MixerNet;
 
 const METRIC_FIELDS: [&str; 9] = [
@@ -328,7 +328,12 @@ fn resume_is_bit_identical() {
     assert_eq!(metrics(&b).len(), 2);
 
     // A run directory is never overwritten by accident, and a changed config cannot resume.
-    let err = train(&cfg_b, &opts()).unwrap_err().to_string();
+    let err = train(&cfg_b, &opts()).unwrap_err();
+    assert!(
+        matches!(&err, TrainError::OutputOccupied { dir, .. } if dir == &b),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(
         err.contains("already holds a run") && err.contains("--resume"),
         "{err}"
@@ -337,8 +342,15 @@ fn resume_is_bit_identical() {
         lr: Some(1e-3),
         ..cfg_b.clone()
     };
-    let err = train(&changed, &resume()).unwrap_err().to_string();
-    assert!(err.contains("configuration differs"), "{err}");
+    let err = train(&changed, &resume()).unwrap_err();
+    let TrainError::ResumeMismatch { differences, .. } = &err else {
+        panic!("a ResumeMismatch error, not {err:?}");
+    };
+    assert!(
+        differences.iter().any(|d| d.starts_with("lr")),
+        "{differences:?}"
+    );
+    assert!(err.to_string().contains("configuration differs"), "{err}");
 }
 
 fn assert_bit_identical_model(a: &Path, b: &Path) {
@@ -530,7 +542,12 @@ fn nan_loss_is_an_error_and_keeps_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let (first, second) = (dir.path().join("first"), dir.path().join("second"));
     let (cfg2, good) = continue_with_absurd_lr(&first, &second, 320);
-    let err = format!("{:#}", train(&cfg2, &resume()).unwrap_err());
+    let err = train(&cfg2, &resume()).unwrap_err();
+    assert!(
+        matches!(&err, TrainError::NonFinite { quantity, step: Some(_), .. } if quantity == "loss"),
+        "{err:?}"
+    );
+    let err = format!("{err:#}");
     eprintln!("NaN run: {err}");
     assert!(err.contains("loss became"), "{err}");
     assert!(err.contains("NaN") || err.contains("inf"), "{err}");
@@ -619,7 +636,9 @@ fn weights_broken_by_an_epochs_last_step_are_not_saved() {
     let dir = tempfile::tempdir().unwrap();
     let (first, second) = (dir.path().join("first"), dir.path().join("second"));
     let (cfg2, good) = continue_with_absurd_lr(&first, &second, 32);
-    let err = format!("{:#}", train(&cfg2, &resume()).unwrap_err());
+    let err = train(&cfg2, &resume()).unwrap_err();
+    assert!(matches!(err, TrainError::NonFinite { .. }), "{err:?}");
+    let err = format!("{err:#}");
     eprintln!("broken-weights run: {err}");
     assert!(
         err.contains("non-finite") || err.contains("validation loss became"),
