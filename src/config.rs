@@ -261,7 +261,7 @@ impl ModelConfig {
             }
             c.solver.validate()?;
         }
-        let params = crate::models::net::count_params(self);
+        let params = self.num_params();
         let budget = limits::max_params()?;
         if params > budget {
             return Err(format!(
@@ -270,6 +270,30 @@ impl ModelConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Trainable parameter count of a configuration, without allocating the model (L/16 has
+    /// 232 M). Cross-checked against built models in the tests. Here, not in `models`, so that
+    /// [`Self::validate`] can bound it without the configuration depending on the model code.
+    pub fn num_params(&self) -> usize {
+        use Family::*;
+        let cfg = self;
+        let (n, d, k) = (cfg.num_tokens(), cfg.embed_dim, cfg.num_classes);
+        let (dt, dc, p) = (cfg.tokens_dim(), cfg.channels_dim(), cfg.patch_size);
+        let mlp = |dim: usize, hidden: usize, bias: bool| {
+            2 * dim * hidden + if bias { hidden + dim } else { 0 }
+        };
+        let block = match cfg.family {
+            Mixer => 4 * d + mlp(n, dt, true) + mlp(d, dc, true),
+            IMixer => {
+                let dh = cfg.imlp_inner_dim();
+                4 * d + mlp(n, dt, true) + mlp(dt, dh, true) + mlp(d, dc, true)
+            }
+            VanillaMixer => 4 * n * d + mlp(n, dt, false) + mlp(d, dc, false),
+            ParaMixer | AsymMixer => 2 * n * d + mlp(n, dt, false) + mlp(d, dc, false),
+            SymMixer => 2 * n * d + n * dt + d * dc,
+        };
+        d * cfg.in_chans * p * p + d + cfg.depth * block + 2 * d + d * k + k
     }
 
     /// The per-knob ceilings of [`limits`]: every size finite and small enough that the

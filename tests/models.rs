@@ -6,7 +6,6 @@ use candle_core::{DType, Device, Tensor};
 use imixer::config::{Family, IMixerConfig, ModelConfig};
 use imixer::layers::{gelu, Epilogue, ForwardCtx, Observe, SoftSpectralNorm};
 use imixer::models::imlp::IMlp;
-use imixer::models::net::count_params;
 use imixer::params::Builder;
 use imixer::{registry, MixerNet};
 
@@ -31,7 +30,7 @@ fn parameter_counts_match_spec() -> Result<()> {
     assert_eq!(built("asymmixer_s16_224", &|_| {})?, 19_585_546);
     assert_eq!(built("symmixer_s16_224", &|_| {})?, 10_795_530);
     // The big ones analytically (the analytic count is checked against built models below).
-    let analytic = |name: &str| count_params(&registry::lookup(name).unwrap());
+    let analytic = |name: &str| registry::lookup(name).unwrap().num_params();
     assert_eq!(analytic("imixer_b16_224"), 66_210_874);
     assert_eq!(analytic("imixer_l16_224"), 232_384_106);
     Ok(())
@@ -44,7 +43,7 @@ fn analytic_count_equals_built_model_for_every_family() -> Result<()> {
             continue;
         }
         let model = MixerNet::new(&cfg, 0, &Device::Cpu)?;
-        assert_eq!(model.params.num_params(), count_params(&cfg), "{name}");
+        assert_eq!(model.params.num_params(), cfg.num_params(), "{name}");
     }
     Ok(())
 }

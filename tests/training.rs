@@ -1079,11 +1079,7 @@ fn models_command_lists_counts() {
         "every registry name, in registry order"
     );
     for ((name, params), (_, cfg)) in listed.iter().zip(&registry) {
-        assert_eq!(
-            *params as usize,
-            imixer::models::net::count_params(cfg),
-            "{name}"
-        );
+        assert_eq!(*params as usize, cfg.num_params(), "{name}");
     }
     let count = |n: &str| listed.iter().find(|(m, _)| m == n).unwrap().1;
     assert_eq!(count("imixer_s16_224"), 20_123_690);

@@ -219,7 +219,7 @@ pub fn load_model(path: &Path, spec: &ModelSpec, device: &Device) -> Result<Load
     let net = MixerNet::new(&resolved.config, 0, device)?;
     net.load_state(&tensors, false)
         .with_context(|| format!("while loading {}", path.display()))?;
-    if let Some(name) = crate::train::trainer::first_non_finite(&net)? {
+    if let Some(name) = net.first_non_finite()? {
         bail!(
             "{} holds non-finite weights ({name} contains NaN or ±∞): the run that wrote it diverged; use an earlier checkpoint",
             path.display()

@@ -26,7 +26,7 @@ pub fn run(args: ModelsArgs) -> Result<()> {
             continue;
         }
         cfg.num_classes = args.classes;
-        let count = imixer::models::net::count_params(&cfg);
+        let count = cfg.num_params();
         if args.json {
             outln!(
                 "{}",

@@ -10,33 +10,14 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+pub use super::cifar_image::{CIFAR100_COARSE_CLASSES, CIFAR10_CLASSES, IMAGE_BYTES, SIDE};
+
+use super::cifar_image::chw_to_hwc;
 use super::error::{DataError, Result};
 use super::split::{Samples, Split};
 use super::{download_hint, Dataset, DatasetKind};
 
-/// Side of a CIFAR image.
-pub const SIDE: usize = 32;
-/// Pixel bytes of one record.
-pub const IMAGE_BYTES: usize = 3 * SIDE * SIDE;
-
-/// CIFAR-10 class names (what `batches.meta.txt` contains), used when the file is absent.
-pub const CIFAR10_CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
-
 const REDOWNLOAD: &str = "The file is probably truncated or corrupt: extract the archive again";
-
-/// Superclasses of CIFAR-100 (the first label byte of its records).
-pub const CIFAR100_COARSE_CLASSES: usize = 20;
 
 /// Parse the records of one CIFAR binary file.
 ///
@@ -93,15 +74,6 @@ pub fn parse_records(
         );
     }
     Ok((pixels, labels))
-}
-
-/// One CIFAR image from planar R, G, B (as both versions store it) to interleaved HWC.
-pub(crate) fn chw_to_hwc(chw: &[u8], hwc: &mut [u8]) {
-    for p in 0..SIDE * SIDE {
-        for c in 0..3 {
-            hwc[p * 3 + c] = chw[c * SIDE * SIDE + p];
-        }
-    }
 }
 
 /// Read and concatenate several record files into one split.

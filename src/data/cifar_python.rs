@@ -10,7 +10,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::cifar::{chw_to_hwc, CIFAR100_COARSE_CLASSES, CIFAR10_CLASSES, IMAGE_BYTES, SIDE};
+use super::cifar_image::{chw_to_hwc, CIFAR100_COARSE_CLASSES, CIFAR10_CLASSES, IMAGE_BYTES, SIDE};
 use super::error::{DataError, Result};
 use super::pickle::{Id, Pickle};
 use super::split::{Samples, Split};

@@ -10,6 +10,7 @@
 //! * [`loader`]: deterministic, parallel, prefetching, resumable batch iterator.
 
 pub mod cifar;
+mod cifar_image;
 pub mod cifar_python;
 pub mod error;
 pub mod folder;

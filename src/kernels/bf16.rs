@@ -17,41 +17,11 @@
 //! per cycle does no more multiply-adds than two f32 FMAs, and the conversions come on top.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::cpu::{contiguous, gemm_parallelism, PAR_CHUNK};
-use super::dispatch::{fused, precision, Precision};
+use super::cpu::{contiguous, gemm_parallelism};
+use super::dispatch::{cpu_flags, fused, precision, Precision};
 use super::onednn::{self, Key, Packed};
-use super::simd_kernel;
-
-/// `x` rounded to the nearest bfloat16 (ties to even), as an f32. NaN stays a quiet NaN with its
-/// sign, ±∞ stays ±∞, and values beyond bf16's largest finite value round to ±∞ — the same
-/// results as `half::bf16::from_f32(x).to_f32()`.
-#[inline(always)]
-pub fn round_to_bf16(x: f32) -> f32 {
-    let bits = x.to_bits();
-    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) & 0xFFFF_0000;
-    let quiet_nan = (bits | 0x0040_0000) & 0xFFFF_0000;
-    f32::from_bits(if x.is_nan() { quiet_nan } else { rounded })
-}
-
-simd_kernel! {
-    /// out[i] = round_to_bf16(x[i]).
-    fn round_block(x: &[f32], out: &mut [f32]) {
-        for (o, &x) in out.iter_mut().zip(x) {
-            *o = round_to_bf16(x);
-        }
-    }
-}
-
-/// `x` rounded to bf16 values, in parallel blocks.
-pub fn round_slice(x: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(PAR_CHUNK)
-        .zip(x.par_chunks(PAR_CHUNK))
-        .for_each(|(o, x)| round_block(x, o));
-    out
-}
+use super::rounding::round_slice;
 
 /// The bf16 rounding of an f32 CPU tensor as one op. Its backward rounds the incoming gradient
 /// (autocast's cast backward).
@@ -129,16 +99,6 @@ pub fn how_this_cpu_runs_it() -> String {
             None => " (this CPU has no bf16 units)".to_string(),
         }
     )
-}
-
-/// The CPU's feature flags as `lscpu` names them (read from `/proc/cpuinfo`: the standard
-/// library's AMX detection is not stable Rust).
-pub fn cpu_flags() -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    info.lines()
-        .find(|l| l.starts_with("flags"))
-        .map(|l| l.split_whitespace().skip(2).map(str::to_string).collect())
-        .unwrap_or_default()
 }
 
 /// The CPU's bf16 matrix units, as `lscpu` names them.
@@ -272,42 +232,6 @@ impl CustomOp2 for Bf16Product {
 /// backward pass under bf16 precision (2-D f32 CPU tensors, any strides).
 pub fn product_no_grad(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.apply_op2_no_bwd(b, &Bf16Product)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
-
-    #[test]
-    fn rounding_equals_candles_bf16_cast() -> Result<()> {
-        let mut xs: Vec<f32> = (0..20_000)
-            .map(|i| ((i as f32) * 0.731).sin() * 10f32.powi(i % 20 - 10))
-            .collect();
-        xs.extend([
-            0.0,
-            -0.0,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::MAX,
-            -f32::MAX,
-            f32::MIN_POSITIVE,
-            1e-40,
-            -1e-42,
-            1.0 + f32::EPSILON,
-            // Exactly halfway between two bf16 values: ties go to the even one.
-            f32::from_bits(0x3F80_8000),
-            f32::from_bits(0x3F81_8000),
-        ]);
-        let t = Tensor::from_vec(xs.clone(), xs.len(), &Device::Cpu)?;
-        let cast: Vec<f32> = t.to_dtype(DType::BF16)?.to_dtype(DType::F32)?.to_vec1()?;
-        let ours = round_slice(&xs);
-        for ((x, c), o) in xs.iter().zip(&cast).zip(&ours) {
-            assert_eq!(c.to_bits(), o.to_bits(), "x = {x:e}");
-        }
-        assert!(round_to_bf16(f32::NAN).is_nan());
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -143,14 +143,23 @@ pub fn precision() -> Precision {
     }
 }
 
-/// Sets the matmul precision of every following op in the process. The first switch to bf16
-/// says once how this CPU runs it.
-pub fn set_precision(p: Precision) {
-    let before = PRECISION.swap(u8::from(p == Precision::Bf16), Ordering::Relaxed);
-    if p == Precision::Bf16 && before == 0 {
-        static SAID: std::sync::Once = std::sync::Once::new();
-        SAID.call_once(|| eprintln!("{}", crate::kernels::bf16::how_this_cpu_runs_it()));
+/// Sets the matmul precision of every following op in the process and returns the one before
+/// (`kernels::set_precision` adds the one-time note on how the CPU runs bf16).
+pub fn swap_precision(p: Precision) -> Precision {
+    match PRECISION.swap(u8::from(p == Precision::Bf16), Ordering::Relaxed) {
+        1 => Precision::Bf16,
+        _ => Precision::Fp32,
     }
+}
+
+/// The CPU's feature flags as `lscpu` names them (read from `/proc/cpuinfo`: the standard
+/// library's AMX detection is not stable Rust).
+pub fn cpu_flags() -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| l.split_whitespace().skip(2).map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 const UNSET: u8 = 0;

@@ -29,12 +29,23 @@ pub mod bf16;
 pub mod cpu;
 pub mod dispatch;
 pub mod onednn;
+pub mod rounding;
 mod simd;
 
 pub(crate) use simd::simd_kernel;
 
 pub use bf16::matmul;
 pub use dispatch::{
-    fused, fused_calls, init_from_env, isa, kernel_path, precision, set_isa, set_kernel_path,
-    set_precision, Isa, KernelPath, Precision,
+    fused, fused_calls, init_from_env, isa, kernel_path, precision, set_isa, set_kernel_path, Isa,
+    KernelPath, Precision,
 };
+
+/// Sets the matmul precision of every following op in the process. The first switch to bf16
+/// says once how this CPU runs it ([`bf16::how_this_cpu_runs_it`]).
+pub fn set_precision(p: Precision) {
+    let before = dispatch::swap_precision(p);
+    if p == Precision::Bf16 && before == Precision::Fp32 {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| eprintln!("{}", bf16::how_this_cpu_runs_it()));
+    }
+}

@@ -11,7 +11,7 @@
 //! oneDNN exists, and these are the stable C ABI of oneDNN 2.x (the `.so.2` soname).
 //!
 //! What a call computes: the f32 operands rounded to bf16 (round to nearest even, exactly
-//! [`super::bf16::round_to_bf16`]) and multiplied with f32 accumulation, into an f32 result —
+//! [`super::rounding::round_to_bf16`]) and multiplied with f32 accumulation, into an f32 result —
 //! the same products as the f32 gemm on rounded operands, summed in oneDNN's order. The
 //! conversion to bf16 is ours, one pass per operand; oneDNN then reads half the bytes.
 //!
@@ -35,8 +35,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
-use super::bf16::round_to_bf16;
 use super::cpu::PAR_CHUNK;
+use super::rounding::round_to_bf16;
 use super::simd_kernel;
 
 type Status = c_int;
@@ -241,7 +241,7 @@ fn library_name() -> Option<String> {
 }
 
 fn load() -> Result<OneDnn, String> {
-    if !super::bf16::cpu_flags().iter().any(|f| f == "amx_bf16") {
+    if !super::dispatch::cpu_flags().iter().any(|f| f == "amx_bf16") {
         return Err("this CPU reports no AMX-BF16".into());
     }
     let name = library_name().ok_or("IMIXER_ONEDNN=off")?;
@@ -762,7 +762,7 @@ fn run_packed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::bf16::round_slice;
+    use crate::kernels::rounding::round_slice;
 
     fn values(seed: u32, n: usize) -> Vec<f32> {
         (0..n)

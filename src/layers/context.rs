@@ -9,9 +9,20 @@
 use candle_core::Tensor;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
 
 use super::sn_state::{SnCall, SnUpdates};
-use crate::models::imlp::SolverStats;
+
+/// What one fixed-point solve did (per iMLP call; recorded here, where the
+/// observer is, so that `layers` does not depend on `models`), for logs and `imixer inspect`.
+#[derive(Clone, Debug, Serialize)]
+pub struct SolverStats {
+    pub module: String,
+    pub iterations: usize,
+    /// Final relative residual ‖x_k − x_{k−1}‖ / ‖x_k‖.
+    pub residual: f64,
+    pub converged: bool,
+}
 
 /// Training or evaluation, as `model.train()` / `model.eval()` in the reference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

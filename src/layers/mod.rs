@@ -15,7 +15,7 @@ pub mod spectral_norm;
 pub mod token_mean;
 pub mod transpose;
 
-pub use context::{ForwardCtx, Mode, Observe, Observer};
+pub use context::{ForwardCtx, Mode, Observe, Observer, SolverStats};
 pub use drop_path::{add_residual_branch, drop_path};
 pub use gelu::gelu;
 pub use layer_norm::{Emit, LayerNorm};

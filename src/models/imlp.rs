@@ -8,24 +8,13 @@
 //! Like every layer, it acts on the last axis: the block hands it LN(x)ᵀ (B, D, N).
 
 use candle_core::{Result, Tensor};
-use serde::Serialize;
 
 use super::implicit::{fixed_point, FixedMap, ImplicitGradient};
 use super::residual_map::ResidualMap;
 use crate::config::{IMixerConfig, Solver};
 use crate::layers::linear::{linear, BiasInit, MLP_BIAS_STD};
-use crate::layers::{gelu, Epilogue, ForwardCtx, Linear};
+use crate::layers::{gelu, Epilogue, ForwardCtx, Linear, SolverStats};
 use crate::params::Scope;
-
-/// What one fixed-point solve did (per iMLP call), for logs and `imixer inspect`.
-#[derive(Clone, Debug, Serialize)]
-pub struct SolverStats {
-    pub module: String,
-    pub iterations: usize,
-    /// Final relative residual ‖x_k − x_{k−1}‖ / ‖x_k‖.
-    pub residual: f64,
-    pub converged: bool,
-}
 
 #[derive(Clone, Debug)]
 pub struct IMlp {

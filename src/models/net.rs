@@ -95,6 +95,23 @@ impl MixerNet {
         self.head.forward(&mean_tokens(&x)?, Epilogue::None)
     }
 
+    /// The name of the first parameter or buffer holding a NaN or ±∞, if any: checked before a
+    /// checkpoint is written or after one is loaded, so that broken weights are named, not kept.
+    pub fn first_non_finite(&self) -> Result<Option<String>> {
+        for e in self.params.entries() {
+            let values = e
+                .var
+                .as_tensor()
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_vec1::<f64>()?;
+            if values.iter().any(|v| !v.is_finite()) {
+                return Ok(Some(e.name.clone()));
+            }
+        }
+        Ok(None)
+    }
+
     /// AsymMixer's symmetry-breaking penalty λ·Σ_blocks(‖tok.fc2.W‖² + ‖ch.fc2.W‖²) (no ½);
     /// `None` when λ = 0 (the reference skips the term).
     pub fn regularizer(&self) -> Result<Option<Tensor>> {
@@ -142,26 +159,4 @@ impl MixerNet {
             None => Ok((ce.clone(), ce, None)),
         }
     }
-}
-
-/// Trainable parameter count of a configuration, without allocating the model (L/16 has 232 M).
-/// Cross-checked against built models in the tests.
-pub fn count_params(cfg: &ModelConfig) -> usize {
-    use crate::config::Family::*;
-    let (n, d, k) = (cfg.num_tokens(), cfg.embed_dim, cfg.num_classes);
-    let (dt, dc, p) = (cfg.tokens_dim(), cfg.channels_dim(), cfg.patch_size);
-    let mlp = |dim: usize, hidden: usize, bias: bool| {
-        2 * dim * hidden + if bias { hidden + dim } else { 0 }
-    };
-    let block = match cfg.family {
-        Mixer => 4 * d + mlp(n, dt, true) + mlp(d, dc, true),
-        IMixer => {
-            let dh = cfg.imlp_inner_dim();
-            4 * d + mlp(n, dt, true) + mlp(dt, dh, true) + mlp(d, dc, true)
-        }
-        VanillaMixer => 4 * n * d + mlp(n, dt, false) + mlp(d, dc, false),
-        ParaMixer | AsymMixer => 2 * n * d + mlp(n, dt, false) + mlp(d, dc, false),
-        SymMixer => 2 * n * d + n * dt + d * dc,
-    };
-    d * cfg.in_chans * p * p + d + cfg.depth * block + 2 * d + d * k + k
 }

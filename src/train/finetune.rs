@@ -124,7 +124,7 @@ pub fn load_initial_weights(model: &MixerNet, path: &Path) -> Result<Loaded> {
     model
         .load_state(&weights, false)
         .doing(|| format!("{} does not fit the model to fine-tune", path.display()))?;
-    if let Some(name) = crate::train::trainer::first_non_finite(model)? {
+    if let Some(name) = model.first_non_finite()? {
         return Err(TrainError::unusable(
             path,
             format!(

@@ -81,10 +81,7 @@ impl SolverTotals {
 }
 
 /// Accumulates [`BlockSolverStats`] per module, keeping first-seen (block) order.
-pub(crate) fn record_solve(
-    blocks: &mut Vec<BlockSolverStats>,
-    s: &crate::models::imlp::SolverStats,
-) {
+pub(crate) fn record_solve(blocks: &mut Vec<BlockSolverStats>, s: &crate::layers::SolverStats) {
     let i = match blocks.iter().position(|b| b.module == s.module) {
         Some(i) => i,
         None => {

@@ -6,8 +6,7 @@ use candle_core::{DType, Tensor};
 
 use super::error::{Result, TrainError};
 use super::shards::Shards;
-use crate::layers::{ForwardCtx, Observe};
-use crate::models::imlp::SolverStats;
+use crate::layers::{ForwardCtx, Observe, SolverStats};
 use crate::models::MixerNet;
 use crate::optim::AdamW;
 

@@ -880,7 +880,7 @@ impl Run<'_> {
 /// produce non-finite weights (an overflowing update), and saving them would replace the last
 /// good checkpoint with garbage.
 fn ensure_finite_weights(model: &MixerNet, epoch: usize, step: u64, last: &Path) -> Result<()> {
-    if let Some(name) = first_non_finite(model)? {
+    if let Some(name) = model.first_non_finite()? {
         return Err(TrainError::NonFinite {
             quantity: "the weights".into(),
             value: format!("non-finite ({name})"),
@@ -890,22 +890,6 @@ fn ensure_finite_weights(model: &MixerNet, epoch: usize, step: u64, last: &Path)
         });
     }
     Ok(())
-}
-
-/// The name of the first tensor of `model` holding a NaN or ±∞, if any.
-pub fn first_non_finite(model: &MixerNet) -> Result<Option<String>> {
-    for e in model.params.entries() {
-        let values = e
-            .var
-            .as_tensor()
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_vec1::<f64>()?;
-        if values.iter().any(|v| !v.is_finite()) {
-            return Ok(Some(e.name.clone()));
-        }
-    }
-    Ok(None)
 }
 
 fn progress_bar(enabled: bool, len: usize, epoch: usize, total: usize) -> ProgressBar {
@@ -949,7 +933,7 @@ mod tests {
     fn first_non_finite_names_the_broken_tensor() {
         let cfg = registry::lookup("mixer_n4_28").unwrap();
         let model = MixerNet::new(&cfg, 0, &Device::Cpu).unwrap();
-        assert_eq!(first_non_finite(&model).unwrap(), None);
+        assert_eq!(model.first_non_finite().unwrap(), None);
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             let e = &model.params.entries()[3];
             let mut values = e.var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -958,7 +942,7 @@ mod tests {
             values[mid] = bad;
             let broken = Tensor::from_vec(values, e.var.shape(), &Device::Cpu).unwrap();
             e.var.set(&broken).unwrap();
-            assert_eq!(first_non_finite(&model).unwrap(), Some(e.name.clone()));
+            assert_eq!(model.first_non_finite().unwrap(), Some(e.name.clone()));
             let err = ensure_finite_weights(&model, 4, 17, Path::new("run/last.safetensors"))
                 .unwrap_err()
                 .to_string();
@@ -969,7 +953,7 @@ mod tests {
             e.var
                 .set(&Tensor::from_vec(good, e.var.shape(), &Device::Cpu).unwrap())
                 .unwrap();
-            assert_eq!(first_non_finite(&model).unwrap(), None);
+            assert_eq!(model.first_non_finite().unwrap(), None);
         }
     }
 
