@@ -3,14 +3,32 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
+use thiserror::Error;
 
 use crate::config::{Family, IMixerConfig, ModelConfig, Solver};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::train::{train_step, Shards, Targets};
+use crate::train::{train_step, Shards, Targets, TrainError};
 use crate::MixerNet;
+
+/// Why a benchmark could not run.
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error("unknown bench config '{0}' (fmnist-tiny, cifar-s, s16-224)")]
+    UnknownConfig(String),
+    #[error("unknown bench mode '{0}' (train, infer)")]
+    UnknownMode(String),
+    /// The timed training step failed (a shard, a non-finite loss, the device).
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    /// Building the model or its inputs failed (out of memory, a device error).
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// Result alias of the benchmarks.
+pub type Result<T> = std::result::Result<T, BenchError>;
 
 /// (img, in_chans, patch, D, blocks, batch) of each benchmark configuration, with the iMixer's
 /// iMLP knobs (solver, n_iter) as given.
@@ -23,7 +41,7 @@ pub fn bench_config(
         "fmnist-tiny" => (28, 1, 4, 128, 4, 128),
         "cifar-s" => (32, 3, 4, 256, 8, 128),
         "s16-224" => (224, 3, 16, 512, 8, 16),
-        other => bail!("unknown bench config '{other}' (fmnist-tiny, cifar-s, s16-224)"),
+        other => return Err(BenchError::UnknownConfig(other.to_string())),
     };
     let cfg = ModelConfig {
         family,
@@ -214,7 +232,7 @@ pub fn run_model(
                 let logits = shards.infer(&model, &x)?;
                 logits.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
             }
-            other => bail!("unknown bench mode '{other}' (train, infer)"),
+            other => return Err(BenchError::UnknownMode(other.to_string())),
         }
         if i >= timing.warmup {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -252,4 +270,31 @@ pub fn run_model(
         }),
         n_iter: imixer.map(|m| m.n_iter),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_names_are_typed_errors() {
+        let imixer = IMixerConfig::default();
+        assert!(matches!(
+            bench_config("cifar-xl", Family::Mixer, &imixer),
+            Err(BenchError::UnknownConfig(n)) if n == "cifar-xl"
+        ));
+        let (cfg, _) = bench_config("fmnist-tiny", Family::Mixer, &imixer).unwrap();
+        let timing = Timing {
+            device: Device::Cpu,
+            threads: 1,
+            shards: 1,
+            warmup: 0,
+            steps: 1,
+            budget_s: 1.0,
+        };
+        assert!(matches!(
+            run_model("t", &cfg, 2, "fit", &timing),
+            Err(BenchError::UnknownMode(m)) if m == "fit"
+        ));
+    }
 }

@@ -18,8 +18,12 @@
 //! device (cpu | cuda[:N]);   threads (one call sizes every pool)
 //! ```
 //!
-//! The library has no command line: the CLI is the binary's, and library functions return
-//! errors (typed where callers branch on them: [`data::DataError`], [`device::DeviceError`]).
+//! The library has no command line: the CLI is the binary's. Library functions return typed
+//! errors (thiserror) that callers match on, one per module: [`data::DataError`],
+//! [`device::DeviceError`], [`checkpoint::CheckpointError`] (with [`checkpoint::torch::TorchError`]
+//! for malformed PyTorch files), [`train::TrainError`], [`sweep::SweepError`],
+//! [`plot::PlotError`], [`bench::BenchError`] and [`files::FileError`]; each wraps the errors of
+//! the modules it calls, so a caller can look through to the cause.
 //!
 //! A model is a [`ModelConfig`] (every knob, serialisable) built into a [`MixerNet`] whose
 //! parameters carry the reference `state_dict` names, so checkpoints move between PyTorch and
@@ -48,6 +52,7 @@
 //!   std per setting and error-bar plots.
 //! - [`device`]: `cpu` / `cuda[:N]` from their names, with errors that say what to do.
 //! - [`threads`]: the thread count of every pool, as one call.
+//! - [`files`]: atomic writes (temporary file, fsync, rename) for everything imixer saves.
 
 pub mod analysis;
 pub mod bench;
@@ -55,6 +60,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod files;
 pub mod hopfield;
 pub mod kernels;
 pub mod layers;

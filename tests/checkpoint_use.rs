@@ -352,6 +352,14 @@ fn fine_tuning_keeps_the_weights_and_resets_the_head_for_new_classes() {
     )
     .unwrap_err();
     assert!(format!("{err:#}").contains("nope.safetensors"), "{err:#}");
+    assert!(
+        matches!(
+            err.root(),
+            imixer::train::TrainError::Checkpoint(c)
+                if matches!(c.root(), imixer::checkpoint::CheckpointError::File(f) if f.path.ends_with("nope.safetensors"))
+        ),
+        "{err:?}"
+    );
     assert!(!out3.exists());
 }
 

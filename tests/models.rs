@@ -327,14 +327,24 @@ fn checkpoint_roundtrip_and_mismatch_errors() -> Result<()> {
         msg.contains("does not match") && msg.contains("file has shape [49, 64]"),
         "{msg}"
     );
+    match err.root() {
+        imixer::checkpoint::CheckpointError::Misfit { problems, .. } => {
+            assert!(problems
+                .iter()
+                .any(|p| p.contains("file has shape [49, 64]")))
+        }
+        other => panic!("expected a misfit, got {other:?}"),
+    }
     // A truncated file is a clear error, not a panic.
     let bytes = std::fs::read(&path)?;
     std::fs::write(&path, &bytes[..bytes.len() / 2])?;
-    let msg = format!(
-        "{:#}",
-        MixerNet::load(&path, None, &Device::Cpu).unwrap_err()
-    );
+    let err = MixerNet::load(&path, None, &Device::Cpu).unwrap_err();
+    let msg = format!("{err:#}");
     assert!(msg.contains("m.safetensors"), "{msg}");
+    assert!(
+        matches!(err.root(), imixer::checkpoint::CheckpointError::Unreadable { path: p, .. } if *p == path),
+        "{err:?}"
+    );
     Ok(())
 }
 

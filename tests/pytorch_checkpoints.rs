@@ -163,6 +163,7 @@ fn bare_state_dicts_half_precision_and_strided_views_read() {
     assert!(matches!(
         Checkpoint::open(&para, Weights::Ema),
         Err(e) if format!("{e:#}").contains("no EMA weights")
+            && matches!(e.root(), imixer::checkpoint::CheckpointError::NoWeights { weights: Weights::Ema, .. })
     ));
 
     // {"model": state_dict} in the legacy format at pickle protocol 4, head.weight a transposed
@@ -224,12 +225,14 @@ fn registry_settings_are_overridden_and_misfits_listed() {
         n_iter: Some(3),
         ..ModelSpec::default()
     };
-    let err = format!(
-        "{:#}",
-        load_model(&fixture("mixer_model_legacy_p4.pth"), &spec, &Device::Cpu)
-            .err()
-            .unwrap()
+    let err = load_model(&fixture("mixer_model_legacy_p4.pth"), &spec, &Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err.root(), imixer::checkpoint::CheckpointError::Settings(_)),
+        "{err:?}"
     );
+    let err = format!("{err:#}");
     assert!(err.contains("--n-iter does not apply to mixer"), "{err}");
 }
 

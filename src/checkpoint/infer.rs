@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Result};
+use super::error::{bail_settings as bail, CheckpointError, Result};
 
 use super::shapes::block_count;
 use crate::config::{Family, IMixerConfig, ModelConfig};
@@ -89,10 +89,11 @@ fn ratio(width: usize, base: usize) -> f64 {
 /// doc); the iteration counts are the defaults.
 pub fn infer(shapes: &BTreeMap<String, Vec<usize>>, family: Option<Family>) -> Result<ModelConfig> {
     let shape = |name: &str| -> Result<&[usize]> {
-        shapes
-            .get(name)
-            .map(|s| s.as_slice())
-            .ok_or_else(|| anyhow::anyhow!("cannot infer the model settings: {name} is missing"))
+        shapes.get(name).map(|s| s.as_slice()).ok_or_else(|| {
+            CheckpointError::Settings(format!(
+                "cannot infer the model settings: {name} is missing"
+            ))
+        })
     };
     let dims2 = |name: &str| -> Result<(usize, usize)> {
         match shape(name)? {

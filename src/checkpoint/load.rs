@@ -10,9 +10,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
+use super::error::{bail_settings as bail, CheckpointError, Doing, Result};
 use super::infer;
 use super::open::{Checkpoint, Format, Weights};
 use super::shapes;
@@ -37,7 +37,7 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// The spec of a registered model name.
     pub fn named(name: &str) -> Result<Self> {
-        let cfg = crate::registry::lookup(name).map_err(anyhow::Error::msg)?;
+        let cfg = crate::registry::lookup(name).map_err(CheckpointError::Settings)?;
         Ok(Self {
             config: Some((format!("the registered model {name}"), cfg)),
             ..Self::default()
@@ -78,7 +78,7 @@ pub fn resolve(ckpt: &Checkpoint, spec: &ModelSpec) -> Result<Resolved> {
         (None, Some(c)) => (c, "the file's stored configuration".to_string(), false),
         (None, None) => {
             let family = spec.family.or_else(|| hints.family());
-            let c = infer::infer(&ckpt.shapes, family).with_context(|| format!("{path}"))?;
+            let c = infer::infer(&ckpt.shapes, family).doing(|| format!("{path}"))?;
             (c, "the tensor shapes".to_string(), true)
         }
     };
@@ -159,7 +159,7 @@ pub fn resolve(ckpt: &Checkpoint, spec: &ModelSpec) -> Result<Resolved> {
         overridden.push("--img-size");
     }
     if let Some(n) = spec.n_iter {
-        set_n_iter(&mut cfg, n).with_context(|| format!("{path}"))?;
+        set_n_iter(&mut cfg, n).doing(|| format!("{path}"))?;
         overridden.push("--n-iter");
     }
     if let Some(r) = spec.hidden_ratio {
@@ -172,7 +172,8 @@ pub fn resolve(ckpt: &Checkpoint, spec: &ModelSpec) -> Result<Resolved> {
         cfg.imixer.hidden_ratio = r;
         overridden.push("--hidden-ratio");
     }
-    cfg.validate().map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+    cfg.validate()
+        .map_err(|e| CheckpointError::Settings(format!("{path}: {e}")))?;
     let problems = shapes::mismatches(&cfg, &ckpt.shapes);
     if !problems.is_empty() {
         let with = if overridden.is_empty() {
@@ -180,12 +181,11 @@ pub fn resolve(ckpt: &Checkpoint, spec: &ModelSpec) -> Result<Resolved> {
         } else {
             format!(" with {}", overridden.join(" "))
         };
-        bail!(
-            "{path} does not match the {} model from {source}{with} ({} problems):\n  {}",
-            cfg.family,
-            problems.len(),
-            problems.join("\n  ")
-        );
+        return Err(CheckpointError::Misfit {
+            file: path.to_string(),
+            model: format!("the {} model from {source}{with}", cfg.family),
+            problems,
+        });
     }
     Ok(Resolved {
         config: cfg,
@@ -218,12 +218,12 @@ pub fn load_model(path: &Path, spec: &ModelSpec, device: &Device) -> Result<Load
     let tensors: HashMap<String, Tensor> = ckpt.decode(device)?.into_iter().collect();
     let net = MixerNet::new(&resolved.config, 0, device)?;
     net.load_state(&tensors, false)
-        .with_context(|| format!("while loading {}", path.display()))?;
-    if let Some(name) = net.first_non_finite()? {
-        bail!(
-            "{} holds non-finite weights ({name} contains NaN or ±∞): the run that wrote it diverged; use an earlier checkpoint",
-            path.display()
-        );
+        .doing(|| format!("while loading {}", path.display()))?;
+    if let Some(tensor) = net.first_non_finite()? {
+        return Err(CheckpointError::NonFinite {
+            path: path.to_path_buf(),
+            tensor,
+        });
     }
     Ok(Loaded {
         net,

@@ -12,21 +12,25 @@
 //! [`shapes`] checks a configuration against every tensor, and [`load::load_model`] is the one
 //! entry point every command loads a model through.
 
+pub mod error;
 pub mod infer;
 pub mod load;
 pub mod open;
 pub mod shapes;
 pub mod torch;
+pub mod weights;
 
+pub use error::CheckpointError;
 pub use load::{load_model, Loaded, ModelSpec, Resolved};
 pub use open::{Checkpoint, Format, Weights};
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
+
+use crate::files::FileError;
+use error::{Doing, Result};
 
 use crate::config::ModelConfig;
 use crate::models::MixerNet;
@@ -55,13 +59,12 @@ pub struct TensorFile {
 
 /// Reads a safetensors file; a missing, truncated or corrupt file is an error naming it.
 pub fn read(path: &Path, device: &Device) -> Result<TensorFile> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| FileError::new("read checkpoint", path, e))?;
     let (_, meta) =
         safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| not_safetensors(path, e))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
-        .with_context(|| format!("cannot decode the tensors of {}", path.display()))?;
+        .doing(|| format!("cannot decode the tensors of {}", path.display()))?;
     Ok(TensorFile { tensors, metadata })
 }
 
@@ -73,7 +76,10 @@ pub fn write(
 ) -> Result<()> {
     let map: BTreeMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     if map.len() != tensors.len() {
-        bail!("duplicate tensor names while writing {}", path.display());
+        return Err(CheckpointError::Settings(format!(
+            "duplicate tensor names while writing {}",
+            path.display()
+        )));
     }
     let contiguous: Vec<(&str, Tensor)> = map
         .into_iter()
@@ -85,8 +91,11 @@ pub fn write(
         Some(metadata.clone())
     };
     let data = safetensors::serialize(contiguous.iter().map(|(n, t)| (*n, t)), meta)
-        .with_context(|| format!("cannot serialise checkpoint {}", path.display()))?;
-    write_atomically(path, &with_sorted_header(data))
+        .doing(|| format!("cannot serialise checkpoint {}", path.display()))?;
+    Ok(crate::files::write_atomically(
+        path,
+        &with_sorted_header(data),
+    )?)
 }
 
 /// Rewrites the JSON header with its keys sorted, so that the same tensors and metadata always
@@ -118,34 +127,6 @@ fn with_sorted_header(mut data: Vec<u8>) -> Vec<u8> {
         data[8..8 + len].copy_from_slice(&sorted);
     }
     data
-}
-
-/// Temp file in the destination directory, fsync, rename.
-pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create directory {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("checkpoint");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(data)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 impl MixerNet {
@@ -184,12 +165,11 @@ impl MixerNet {
             problems.extend(extra.into_iter().map(|k| format!("unexpected {k}")));
         }
         if !problems.is_empty() {
-            bail!(
-                "checkpoint does not match model {} ({} problems):\n  {}",
-                self.config.family,
-                problems.len(),
-                problems.join("\n  ")
-            );
+            return Err(CheckpointError::Misfit {
+                file: "the checkpoint".into(),
+                model: format!("model {}", self.config.family),
+                problems,
+            });
         }
         for e in self.params.entries() {
             let t = &tensors[&e.name];
@@ -233,10 +213,10 @@ impl MixerNet {
     }
 }
 
-fn not_safetensors(path: &Path, e: safetensors::SafeTensorError) -> anyhow::Error {
-    anyhow::anyhow!(
-        "{} is not a valid safetensors file ({e}); is it truncated or of another format?",
-        path.display()
+fn not_safetensors(path: &Path, e: safetensors::SafeTensorError) -> CheckpointError {
+    CheckpointError::unreadable(
+        path,
+        format!("is not a valid safetensors file ({e}); is it truncated or of another format?"),
     )
 }
 

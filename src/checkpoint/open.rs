@@ -9,13 +9,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
+use super::error::{CheckpointError, Doing, Result};
 use super::infer::Hints;
+pub use super::weights::Weights;
 use super::torch::{self, TensorRef, TorchFile};
 use super::{CONFIG_KEY, EMA_PREFIX, TRAIN_STATE_PREFIX};
 use crate::config::ModelConfig;
+use crate::files::FileError;
 
 /// The prefix `torch.nn.parallel.DistributedDataParallel` adds to every name.
 pub const DDP_PREFIX: &str = "module.";
@@ -40,16 +42,6 @@ impl std::fmt::Display for Format {
     }
 }
 
-/// Which weights of a checkpoint to use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Weights {
-    /// The trained weights.
-    #[default]
-    Model,
-    /// The exponential moving average of the weights (timm's `state_dict_ema`, imixer's
-    /// `ema.` tensors).
-    Ema,
-}
 
 /// A checkpoint opened, names and shapes known, values not yet read.
 pub struct Checkpoint {
@@ -84,19 +76,17 @@ enum Data {
 pub fn sniff(path: &Path) -> Result<Format> {
     let mut head = Vec::new();
     std::fs::File::open(path)
-        .with_context(|| format!("cannot read checkpoint {}", path.display()))?
-        .take(9)
-        .read_to_end(&mut head)
-        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+        .and_then(|f| f.take(9).read_to_end(&mut head))
+        .map_err(|e| FileError::new("read checkpoint", path, e))?;
     Ok(match head.as_slice() {
-        [] => bail!("checkpoint {} is empty", path.display()),
+        [] => return Err(CheckpointError::unreadable(path, "is empty: not a checkpoint (an interrupted download or copy?)")),
         [b'P', b'K', ..] => Format::TorchZip,
         [0x80, proto, ..] if *proto <= 5 => Format::TorchLegacy,
         [_, _, _, _, _, _, _, _, b'{'] => Format::Safetensors,
-        _ => bail!(
-            "{} is neither a safetensors file nor a PyTorch checkpoint (zip or legacy torch.save format); is it truncated or of another format?",
-            path.display()
-        ),
+        _ => return Err(CheckpointError::unreadable(
+            path,
+            "is neither a safetensors file nor a PyTorch checkpoint (zip or legacy torch.save format); is it truncated or of another format?",
+        )),
     })
 }
 
@@ -118,7 +108,9 @@ fn strip_ddp<T>(named: Vec<(String, T)>, notes: &mut Vec<String>) -> Result<Vec<
         .collect();
     let mut seen = std::collections::HashSet::new();
     if let Some((dup, _)) = out.iter().find(|(n, _)| !seen.insert(n.as_str())) {
-        bail!("{dup} appears both with and without the DDP prefix `module.`");
+        return Err(CheckpointError::Settings(format!(
+            "{dup} appears both with and without the DDP prefix `module.`"
+        )));
     }
     notes.push(format!(
         "stripped the DDP prefix `module.` from {stripped} names"
@@ -135,23 +127,17 @@ impl Checkpoint {
             Format::TorchZip => Self::open_torch(path, torch::Kind::Zip, weights),
             Format::TorchLegacy => Self::open_torch(path, torch::Kind::Legacy, weights),
         };
-        let ckpt =
-            result.with_context(|| format!("while reading {} ({format})", path.display()))?;
+        let ckpt = result.doing(|| format!("while reading {} ({format})", path.display()))?;
         if ckpt.shapes.is_empty() {
-            bail!("{} holds no model weights", path.display());
+            return Err(CheckpointError::unreadable(path, "holds no model weights"));
         }
         Ok(ckpt)
     }
 
     fn open_safetensors(path: &Path, weights: Weights) -> Result<Self> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-            anyhow::anyhow!(
-                "{} is not a valid safetensors file ({e}); is it truncated or of another format?",
-                path.display()
-            )
-        })?;
+        let bytes = std::fs::read(path).map_err(|e| FileError::new("read checkpoint", path, e))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| super::not_safetensors(path, e))?;
         let metadata = header.metadata().clone().unwrap_or_default();
         let mut chosen: Vec<(String, (String, Vec<usize>))> = Vec::new();
         for (name, info) in header.tensors() {
@@ -170,10 +156,12 @@ impl Checkpoint {
             chosen.push((reference, (name, info.shape.clone())));
         }
         if weights == Weights::Ema && chosen.is_empty() {
-            bail!(
-                "{} holds no EMA weights (no tensors named {EMA_PREFIX}…): train with EMA on, or drop --ema",
-                path.display()
-            );
+            return Err(CheckpointError::NoWeights {
+                path: path.to_path_buf(),
+                weights,
+                detail: format!("no tensors named {EMA_PREFIX}…"),
+                fix: "train with EMA on, or drop --ema".into(),
+            });
         }
         let mut notes = Vec::new();
         let chosen = strip_ddp(chosen, &mut notes)?;
@@ -203,18 +191,17 @@ impl Checkpoint {
             Weights::Ema => (contents.ema, contents.model),
         };
         let Some(sd) = chosen else {
-            match weights {
-                Weights::Ema => bail!(
-                    "{} holds no EMA weights (no {} entry): drop --ema",
-                    path.display(),
-                    torch::contents::EMA_KEYS.join(" / ")
-                ),
-                Weights::Model => bail!(
-                    "{} holds EMA weights only ({}): pass --ema",
-                    path.display(),
-                    torch::contents::EMA_KEYS.join(" / ")
-                ),
-            }
+            let keys = torch::contents::EMA_KEYS.join(" / ");
+            let (detail, fix) = match weights {
+                Weights::Ema => (format!("no {keys} entry"), "drop --ema"),
+                Weights::Model => (format!("only EMA weights, under {keys}"), "pass --ema"),
+            };
+            return Err(CheckpointError::NoWeights {
+                path: path.to_path_buf(),
+                weights,
+                detail,
+                fix: fix.into(),
+            });
         };
         notes.push(format!(
             "read {} tensors from {}",
@@ -236,7 +223,9 @@ impl Checkpoint {
         }
         notes.extend(contents.notes);
         let tensors = strip_ddp(sd.tensors, &mut notes)?;
-        let file_len = std::fs::metadata(path)?.len();
+        let file_len = std::fs::metadata(path)
+            .map_err(|e| FileError::new("read checkpoint", path, e))?
+            .len();
         file.check(&tensors, file_len)?;
         let shapes = tensors
             .iter()
@@ -265,10 +254,10 @@ impl Checkpoint {
         self.metadata
             .get(CONFIG_KEY)
             .map(|json| {
-                serde_json::from_str(json).with_context(|| {
-                    format!(
-                        "{} has an unreadable model configuration",
-                        self.path.display()
+                serde_json::from_str(json).map_err(|e| {
+                    CheckpointError::unreadable(
+                        &self.path,
+                        format!("has an unreadable model configuration ({e})"),
                     )
                 })
             })
@@ -290,13 +279,13 @@ impl Checkpoint {
                     .collect::<Result<Vec<_>>>()
             })(),
             Data::Torch { mut file, tensors } => {
-                let mut out = file.decode(&tensors, device);
+                let mut out = file.decode(&tensors, device).map_err(CheckpointError::from);
                 if let Ok(v) = &mut out {
                     v.sort_by(|a, b| a.0.cmp(&b.0));
                 }
                 out
             }
         };
-        result.with_context(|| format!("cannot decode the tensors of {}", path.display()))
+        result.doing(|| format!("cannot decode the tensors of {}", path.display()))
     }
 }

@@ -168,7 +168,7 @@ pub fn run(a: DynamicsArgs) -> Result<()> {
         &to_panels(&coord_panels, "x[0, 0]"),
     )?;
     let json = serde_json::json!({"sizes": [a.tokens, a.channels, a.token_hidden, a.channel_hidden], "runs": summary});
-    imixer::checkpoint::write_atomically(
+    imixer::files::write_atomically(
         &a.out.join("dynamics.json"),
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;

@@ -234,7 +234,7 @@ pub fn run(a: EnergyDemoArgs) -> Result<()> {
         "final_loss": losses.last().map(|l| l.1), "energy_descent": energies, "energy_monotone": monotone,
         "seconds": started.elapsed().as_secs_f64(),
     });
-    imixer::checkpoint::write_atomically(
+    imixer::files::write_atomically(
         &a.out.join("metrics.json"),
         serde_json::to_string_pretty(&metrics)?.as_bytes(),
     )?;

@@ -43,7 +43,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         Ok(r) => Some(r),
         // With --model (or a setting flag) the file must fit; otherwise a file whose settings
         // cannot be worked out is still converted, tensors as they are.
-        Err(e) if validate || a.model.has_settings() => return Err(e),
+        Err(e) if validate || a.model.has_settings() => return Err(e.into()),
         Err(e) => {
             eprintln!("warning: the model settings are unknown ({e:#}); writing the tensors without a config.json");
             None
@@ -80,7 +80,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
                 .map_or_else(|| PathBuf::from("config.json"), |d| d.join("config.json"))
         });
         let json = serde_json::to_string_pretty(&r.config)? + "\n";
-        checkpoint::write_atomically(&path, json.as_bytes())
+        imixer::files::write_atomically(&path, json.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
         outln!(
             "wrote {}: {} model (settings from {})",

@@ -4,10 +4,9 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-use super::{ensure_font, finish, temp_path};
+use super::{ensure_font, finish, temp_path, PlotError, Result};
 
 /// One line: (x, mean, std) points.
 pub struct ErrorSeries {
@@ -91,16 +90,16 @@ pub fn error_bars(
         _ => xlabel.to_string(),
     };
     let tmp = temp_path(path);
-    {
+    let drawn = (|| -> Result<()> {
         let root = BitMapBackend::new(&tmp, (860, 540)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        root.fill(&WHITE).map_err(|e| PlotError::draw(path, e))?;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
             .margin(14)
             .x_label_area_size(40)
             .y_label_area_size(64)
             .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|e| anyhow!("{e}"))?;
+            .map_err(|e| PlotError::draw(path, e))?;
         let xfmt = |v: &f64| {
             if !log_x {
                 format!("{v}")
@@ -124,7 +123,7 @@ pub fn error_bars(
             .x_labels(ticks)
             .x_label_formatter(&xfmt)
             .draw()
-            .map_err(|e| anyhow!("{e}"))?;
+            .map_err(|e| PlotError::draw(path, e))?;
         for (i, b) in bands.iter().enumerate() {
             let color = Palette99::pick(series.len() + i).to_rgba();
             chart
@@ -132,13 +131,13 @@ pub fn error_bars(
                     [(x0, b.mean - b.std), (x1, b.mean + b.std)],
                     color.mix(0.18).filled(),
                 )))
-                .map_err(|e| anyhow!("{e}"))?;
+                .map_err(|e| PlotError::draw(path, e))?;
             chart
                 .draw_series(LineSeries::new(
                     [(x0, b.mean), (x1, b.mean)],
                     color.stroke_width(2),
                 ))
-                .map_err(|e| anyhow!("{e}"))?
+                .map_err(|e| PlotError::draw(path, e))?
                 .label(b.name.clone())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
@@ -153,7 +152,7 @@ pub fn error_bars(
                     pts.iter().map(|&(x, m, _)| (x, m)),
                     color.stroke_width(2),
                 ))
-                .map_err(|e| anyhow!("{e}"))?
+                .map_err(|e| PlotError::draw(path, e))?
                 .label(s.name.clone())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
@@ -162,7 +161,7 @@ pub fn error_bars(
                 .draw_series(pts.iter().map(|&(x, m, sd)| {
                     ErrorBar::new_vertical(x, m - sd, m, m + sd, color.stroke_width(2), 8)
                 }))
-                .map_err(|e| anyhow!("{e}"))?;
+                .map_err(|e| PlotError::draw(path, e))?;
         }
         chart
             .configure_series_labels()
@@ -170,9 +169,9 @@ pub fn error_bars(
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
-            .map_err(|e| anyhow!("{e}"))?;
-        root.present()
-            .map_err(|e| anyhow!("cannot render {}: {e}", path.display()))?;
-    }
-    finish(&tmp, path)
+            .map_err(|e| PlotError::draw(path, e))?;
+        root.present().map_err(|e| PlotError::draw(path, e))?;
+        Ok(())
+    })();
+    finish(&tmp, path, drawn)
 }

@@ -7,11 +7,13 @@
 //! - [`results`]: `results.jsonl` and the statistics over seeds;
 //! - [`report`]: `summary.md` and the figures.
 
+pub mod error;
 pub mod plan;
 pub mod report;
 pub mod results;
 pub mod runner;
 pub mod spec;
 
+pub use error::SweepError;
 pub use runner::{run_sweep, SweepOptions, SweepOutcome};
 pub use spec::SweepSpec;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Context, Result};
+use super::error::{bail, Doing, Result, SweepError};
 
 use super::spec::SweepSpec;
 use crate::train::config::merge_toml;
@@ -31,11 +31,11 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>> {
     let mut settings: Vec<Settings> = Vec::new();
     for (i, r) in spec.runs.iter().enumerate() {
         let mut s = Settings::new();
-        flatten(&mut s, "", r, false).with_context(|| format!("in [[runs]] entry {}", i + 1))?;
+        flatten(&mut s, "", r, false).doing(|| format!("in [[runs]] entry {}", i + 1))?;
         settings.push(s);
     }
     let mut axes = Settings::new();
-    flatten(&mut axes, "", &spec.grid, true).context("in [grid]")?;
+    flatten(&mut axes, "", &spec.grid, true).doing(|| "in [grid]".into())?;
     if !axes.is_empty() || spec.runs.is_empty() {
         settings.extend(product(&axes));
     }
@@ -60,7 +60,7 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>> {
             table.insert("seed".into(), toml::Value::Integer(seed as i64));
             let id = format!("{}seed-{seed}", prefix(&setting_id));
             // Resolved now: a typo in run 40 must not wait for runs 1–39 to finish.
-            check(&table).with_context(|| format!("sweep run {id} ({})", describe(s)))?;
+            check(&table).doing(|| format!("sweep run {id} ({})", describe(s)))?;
             runs.push(PlannedRun {
                 id,
                 setting_id,
@@ -77,7 +77,7 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>> {
 /// matter for the checks).
 fn check(table: &toml::Table) -> Result<()> {
     let c = TrainConfig::from_table(None, table.clone())?;
-    c.validate().map_err(anyhow::Error::msg)?;
+    c.validate().map_err(SweepError::Spec)?;
     crate::train::trainer::resolve_model(&c, 10)?;
     Ok(())
 }

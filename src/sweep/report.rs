@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use super::error::{bail, Result};
 
 use super::plan::{describe, PlannedRun, Settings};
 use super::results::{group, summary_markdown, MeanStd, RunResult};
@@ -25,7 +25,7 @@ pub fn write(
             .into_owned())
     );
     let md = summary_markdown(&title, planned, results, failed, spec.metrics.as_deref());
-    crate::checkpoint::write_atomically(&out.join("summary.md"), md.as_bytes())?;
+    crate::files::write_atomically(&out.join("summary.md"), md.as_bytes())?;
     let mut paths = Vec::new();
     for p in &spec.plot {
         let path = out.join(p.file_name());

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use super::error::{Result, SweepError};
+use crate::files::FileError;
 use serde::{Deserialize, Serialize};
 
 use candle_core::Device;
@@ -74,11 +75,9 @@ impl RunResult {
     /// that `imixer train --json` printed).
     pub fn collect(run: &PlannedRun, dir: &Path, params: Option<f64>) -> Result<Self> {
         let history = read_history(&dir.join("metrics.jsonl"))?;
-        let last = history.last().with_context(|| {
-            format!(
-                "{}: the run finished without any epoch in metrics.jsonl",
-                dir.display()
-            )
+        let last = history.last().ok_or_else(|| SweepError::Unusable {
+            path: dir.join("metrics.jsonl"),
+            problem: "the run finished without any epoch in it".into(),
         })?;
         let mut metrics: BTreeMap<String, f64> = epoch_row(last)
             .into_iter()
@@ -122,8 +121,7 @@ pub fn read_results(path: &Path) -> Result<Vec<RunResult>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| FileError::new("read", path, e))?;
     let mut out = Vec::new();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     for (i, l) in lines.iter().enumerate() {
@@ -131,7 +129,10 @@ pub fn read_results(path: &Path) -> Result<Vec<RunResult>> {
             Ok(r) => out.push(r),
             Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {}
             Err(e) => {
-                return Err(e).with_context(|| format!("{}: line {} is not a run result; remove the line to run that setting again", path.display(), i + 1));
+                return Err(SweepError::Unusable {
+                    path: path.to_path_buf(),
+                    problem: format!("line {} is not a run result ({e}); remove the line to run that setting again", i + 1),
+                });
             }
         }
     }
@@ -145,7 +146,7 @@ pub fn write_results(path: &Path, results: &[RunResult]) -> Result<()> {
         text.push_str(&serde_json::to_string(r)?);
         text.push('\n');
     }
-    crate::checkpoint::write_atomically(path, text.as_bytes())
+    Ok(crate::files::write_atomically(path, text.as_bytes())?)
 }
 
 /// Mean and sample standard deviation (n − 1; `None` for a single value).

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use super::error::{Doing, Result, SweepError};
+use crate::files::FileError;
 
 use super::plan::{describe, plan, PlannedRun};
 use super::report;
@@ -68,14 +69,14 @@ struct Shared {
 
 pub fn run_sweep(spec_path: &Path, out: &Path, opts: &SweepOptions) -> Result<SweepOutcome> {
     let spec = SweepSpec::read(spec_path)?;
-    let planned = plan(&spec).with_context(|| format!("in {}", spec_path.display()))?;
+    let planned = plan(&spec).doing(|| format!("in {}", spec_path.display()))?;
     std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create the sweep directory {}", out.display()))?;
+        .map_err(|e| FileError::new("create the sweep directory", out, e))?;
     let _lock = lock(out)?;
-    crate::checkpoint::write_atomically(
+    crate::files::write_atomically(
         &out.join("sweep.toml"),
         std::fs::read(spec_path)
-            .with_context(|| format!("cannot read {}", spec_path.display()))?
+            .map_err(|e| FileError::new("read", spec_path, e))?
             .as_slice(),
     )?;
     let results_path = out.join("results.jsonl");
@@ -230,16 +231,16 @@ enum Finished {
 /// Trains one run in `DIR/<id>` (resuming it when a checkpoint is there) and collects its result.
 fn run_one(run: &PlannedRun, ctx: &SweepJob) -> Result<Finished> {
     let dir = ctx.out.join(&run.id);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|e| FileError::new("create", &dir, e))?;
     let config = dir.join("sweep-run.toml");
-    crate::checkpoint::write_atomically(&config, toml::to_string(&run.table)?.as_bytes())?;
+    crate::files::write_atomically(&config, toml::to_string(&run.table)?.as_bytes())?;
     let resume = dir.join("last.safetensors").is_file();
     let log_path = dir.join("train.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
+        .map_err(|e| FileError::new("open", &log_path, e))?;
     let mut cmd = Command::new(&ctx.opts.exe);
     cmd.arg("train")
         .arg("--config")
@@ -268,7 +269,7 @@ fn run_one(run: &PlannedRun, ctx: &SweepJob) -> Result<Finished> {
     }
     let mut child = cmd
         .spawn()
-        .with_context(|| format!("cannot start {}", ctx.opts.exe.display()))?;
+        .map_err(|e| SweepError::Run(format!("cannot start {}: {e}", ctx.opts.exe.display())))?;
     let status = wait_forwarding_signals(&mut child, &ctx.opts.signals)?;
     let mut stdout = String::new();
     if let Some(mut s) = child.stdout.take() {
@@ -277,11 +278,13 @@ fn run_one(run: &PlannedRun, ctx: &SweepJob) -> Result<Finished> {
     match status.code() {
         Some(0) => {}
         Some(INTERRUPTED) => return Ok(Finished::Interrupted),
-        _ => bail!(
-            "imixer train exited with {status}; its log {} ends with: {}",
-            log_path.display(),
-            log_tail(&log_path)
-        ),
+        _ => {
+            return Err(SweepError::Run(format!(
+                "imixer train exited with {status}; its log {} ends with: {}",
+                log_path.display(),
+                log_tail(&log_path)
+            )))
+        }
     }
     let params = serde_json::from_str::<serde_json::Value>(stdout.trim())
         .ok()
@@ -296,7 +299,10 @@ fn wait_forwarding_signals(
 ) -> Result<std::process::ExitStatus> {
     let mut forwarded = 0;
     loop {
-        if let Some(status) = child.try_wait()? {
+        let waited = child
+            .try_wait()
+            .map_err(|e| SweepError::Run(format!("cannot wait for imixer train: {e}")))?;
+        if let Some(status) = waited {
             return Ok(status);
         }
         let seen = signals.load(Ordering::SeqCst);
@@ -329,17 +335,18 @@ fn check_unchanged(run: &PlannedRun, dir: &Path) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(&saved_path) else {
         return Ok(());
     };
-    let saved: TrainConfig = toml::from_str(&text)
-        .with_context(|| format!("{} is not a training config", saved_path.display()))?;
+    let saved: TrainConfig = toml::from_str(&text).map_err(|e| SweepError::Unusable {
+        path: saved_path.clone(),
+        problem: format!("not a training config ({e})"),
+    })?;
     let now = TrainConfig::from_table(None, run.table.clone())?;
     let diff = crate::train::trainer::result_differences(&saved, &now);
     if !diff.is_empty() {
-        bail!(
-            "run {} finished with other settings than the sweep file now gives ({}); use another --out, or delete {} and its line in results.jsonl to run it again",
-            run.id,
-            diff.join("; "),
-            dir.display()
-        );
+        return Err(SweepError::Changed {
+            run: run.id.clone(),
+            dir: dir.to_path_buf(),
+            differences: diff,
+        });
     }
     Ok(())
 }

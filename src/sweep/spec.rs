@@ -25,7 +25,8 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use super::error::{bail, Result, SweepError};
+use crate::files::FileError;
 use serde::{Deserialize, Serialize};
 
 /// One `[[plot]]` of a sweep.
@@ -91,15 +92,17 @@ const RESERVED: [&str; 2] = ["out", "seed"];
 impl SweepSpec {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the sweep file {}", path.display()))?;
-        let spec: SweepSpec = toml::from_str(&text).with_context(|| {
-            format!(
-                "{} is not a valid sweep file (fields: seeds, threads, parallel, base, grid, runs, metrics, plot)",
+            .map_err(|e| FileError::new("read the sweep file", path, e))?;
+        let spec: SweepSpec = toml::from_str(&text).map_err(|e| {
+            SweepError::Spec(format!(
+                "{} is not a valid sweep file (fields: seeds, threads, parallel, base, grid, runs, metrics, plot): {e}",
                 path.display()
-            )
+            ))
         })?;
-        spec.validate()
-            .with_context(|| format!("in the sweep file {}", path.display()))?;
+        spec.validate().map_err(|e| SweepError::Context {
+            doing: format!("in the sweep file {}", path.display()),
+            error: Box::new(e),
+        })?;
         Ok(spec)
     }
 
@@ -150,7 +153,7 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<SweepSpec> {
-        let spec: SweepSpec = toml::from_str(s)?;
+        let spec: SweepSpec = toml::from_str(s).map_err(|e| SweepError::Spec(e.to_string()))?;
         spec.validate()?;
         Ok(spec)
     }
@@ -166,6 +169,26 @@ mod tests {
         let e = parse("seeds = [1, 1]\n").unwrap_err().to_string();
         assert!(e.contains("twice"), "{e}");
         assert!(toml::from_str::<SweepSpec>("seedz = [1]\n").is_err());
+    }
+
+    #[test]
+    fn a_bad_sweep_file_is_a_spec_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sweep.toml");
+        std::fs::write(&path, "seeds = [1, 1]\n").unwrap();
+        let e = SweepSpec::read(&path).unwrap_err();
+        assert!(
+            matches!(e.root(), SweepError::Spec(m) if m.contains("twice")),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("sweep.toml"), "{e}");
+        std::fs::write(&path, "seeds = 1\n").unwrap();
+        assert!(matches!(SweepSpec::read(&path), Err(SweepError::Spec(_))));
+        let missing = dir.path().join("none.toml");
+        match SweepSpec::read(&missing) {
+            Err(SweepError::File(f)) => assert_eq!(f.path, missing),
+            other => panic!("expected a file error, got {other:?}"),
+        }
     }
 
     #[test]

@@ -10,8 +10,11 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::checkpoint::CheckpointError;
 use crate::data::DataError;
 use crate::device::DeviceError;
+use crate::files::FileError;
+use crate::plot::PlotError;
 
 /// Result alias used throughout `train`.
 pub type Result<T> = std::result::Result<T, TrainError>;
@@ -27,8 +30,12 @@ pub enum TrainError {
     Data(#[from] DataError),
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// A checkpoint could not be read, written or fitted to the model.
     #[error(transparent)]
-    Other(#[from] anyhow::Error), // TEMP until checkpoint/plot are typed
+    Checkpoint(#[from] CheckpointError),
+    /// A figure of the run (curves, confusion matrix) could not be drawn.
+    #[error(transparent)]
+    Plot(#[from] PlotError),
     /// The tensor library failed (out of memory, a device error, a shape the model cannot take).
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
@@ -118,6 +125,16 @@ fn non_finite_advice(last: Option<&Path>) -> String {
             last.display()
         ),
         None => fix.to_string(),
+    }
+}
+
+impl From<FileError> for TrainError {
+    fn from(e: FileError) -> Self {
+        TrainError::Io {
+            action: e.action,
+            path: e.path,
+            error: e.error,
+        }
     }
 }
 

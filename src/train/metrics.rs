@@ -135,7 +135,7 @@ pub(crate) fn rewrite_history(path: &Path, history: &[EpochMetrics]) -> Result<(
         text.push_str(&serde_json::to_string(m)?);
         text.push('\n');
     }
-    Ok(crate::checkpoint::write_atomically(path, text.as_bytes())?)
+    Ok(crate::files::write_atomically(path, text.as_bytes())?)
 }
 
 pub(crate) fn append_history(path: &Path, m: &EpochMetrics) -> Result<()> {

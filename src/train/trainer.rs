@@ -371,7 +371,7 @@ impl RunDir {
                 });
             }
         }
-        crate::checkpoint::write_atomically(&saved_path, dir.config_toml.as_bytes())?;
+        crate::files::write_atomically(&saved_path, dir.config_toml.as_bytes())?;
         Ok(dir)
     }
 
@@ -432,7 +432,7 @@ fn remove_stale_temps(out: &Path) {
     }
 }
 
-/// `.NAME.PID.tmp`, as `checkpoint::write_atomically` names its temporary files.
+/// `.NAME.PID.tmp`, as `files::write_atomically` names its temporary files.
 fn is_atomic_temp(name: &str) -> bool {
     let Some(stem) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
         return false;

@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use super::error::{bail, err, Context, Result};
 
 use super::pickle::{self, Node, Pickle};
 use super::tensor::{storage_ref, Elem};
@@ -75,7 +75,7 @@ impl Archive {
             Storages::Legacy { spans, .. } => spans
                 .get(key)
                 .map(|s| s.1)
-                .ok_or_else(|| anyhow::anyhow!("storage {key} is missing from the file")),
+                .ok_or_else(|| err!("storage {key} is missing from the file")),
         }
     }
 
@@ -102,7 +102,7 @@ impl Archive {
             Storages::Legacy { file, spans } => {
                 let &(offset, len) = spans
                     .get(key)
-                    .ok_or_else(|| anyhow::anyhow!("storage {key} is missing from the file"))?;
+                    .ok_or_else(|| err!("storage {key} is missing from the file"))?;
                 file.seek(SeekFrom::Start(offset))?;
                 let mut v = Vec::new();
                 file.by_ref().take(len).read_to_end(&mut v)?;
@@ -121,7 +121,7 @@ fn open_zip(file: File) -> Result<Archive> {
     let names: Vec<String> = zip
         .file_names()
         .map(|n| n.map(|n| n.into_owned()))
-        .collect::<Result<_, _>>()
+        .collect::<std::result::Result<_, _>>()
         .context("the archive's file names are unreadable")?;
     let pickles: Vec<&String> = names
         .iter()
@@ -201,7 +201,7 @@ fn open_legacy(file: File) -> Result<Archive> {
         .map(|&k| {
             keys.str(k)
                 .map(str::to_string)
-                .ok_or_else(|| anyhow::anyhow!("a storage key that is not a string"))
+                .ok_or_else(|| err!("a storage key that is not a string"))
         })
         .collect::<Result<_>>()?;
     // Element sizes per key, from the storage references of the object pickle.
@@ -224,9 +224,7 @@ fn open_legacy(file: File) -> Result<Archive> {
             .checked_mul(es)
             .filter(|&l| l <= file_len.saturating_sub(start))
             .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "storage {key} claims {numel} elements: the file is truncated or corrupt"
-                )
+                err!("storage {key} claims {numel} elements: the file is truncated or corrupt")
             })?;
         spans.insert(key, (start, len));
         r.seek_relative(len as i64)?;

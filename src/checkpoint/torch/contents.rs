@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 
-use anyhow::{bail, Context, Result};
+use super::error::{bail, Context, Result};
 
 use super::pickle::{Id, Node, Pickle};
 use super::tensor::{tensor_ref, TensorRef};

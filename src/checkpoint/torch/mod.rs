@@ -14,16 +14,18 @@
 
 pub mod archive;
 pub mod contents;
+pub mod error;
 pub mod pickle;
 pub mod tensor;
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
+use error::{bail, Context, Result};
 
 pub use archive::Kind;
 pub use contents::{Contents, StateDict};
+pub use error::TorchError;
 pub use tensor::TensorRef;
 
 /// An opened PyTorch file: what it holds, storages still on disk.

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, Read};
 
-use anyhow::{bail, Result};
+use super::error::{bail, err, Result};
 
 /// Index of a node in [`Pickle::nodes`].
 pub type Id = u32;
@@ -243,7 +243,7 @@ impl Machine {
 
     fn exact(&mut self, r: &mut impl BufRead, buf: &mut [u8]) -> Result<()> {
         r.read_exact(buf)
-            .map_err(|_| anyhow::anyhow!("the pickle is truncated"))?;
+            .map_err(|_| err!("the pickle is truncated"))?;
         self.pos += buf.len() as u64;
         Ok(())
     }
@@ -445,7 +445,7 @@ impl Machine {
                 let v = line
                     .trim()
                     .parse::<f64>()
-                    .map_err(|_| anyhow::anyhow!("FLOAT {line:?} is not a number"))?;
+                    .map_err(|_| err!("FLOAT {line:?} is not a number"))?;
                 self.push(Node::Float(v))?
             }
             // Strings and bytes.
@@ -551,7 +551,7 @@ impl Machine {
                 let key = line
                     .trim()
                     .parse()
-                    .map_err(|_| anyhow::anyhow!("PUT {line:?} is not an index"))?;
+                    .map_err(|_| err!("PUT {line:?} is not an index"))?;
                 self.memo_put(key)?
             }
             b'q' => {
@@ -572,7 +572,7 @@ impl Machine {
                 let key = line
                     .trim()
                     .parse()
-                    .map_err(|_| anyhow::anyhow!("GET {line:?} is not an index"))?;
+                    .map_err(|_| err!("GET {line:?} is not an index"))?;
                 self.memo_get(key)?
             }
             b'h' => {

@@ -6,7 +6,7 @@
 //! element inside the storage), and may be strided: PyTorch saves views as they are, e.g. a
 //! transposed weight.
 
-use anyhow::{bail, Result};
+use super::error::{bail, err, Result};
 use candle_core::{DType, Device, Tensor};
 
 use super::pickle::{Id, Node, Pickle};
@@ -81,8 +81,9 @@ pub fn storage_ref(p: &Pickle, pid: Id) -> Result<StorageRef> {
         bail!("a persistent id that is not a storage reference");
     }
     let elem = match p.node(t[1]) {
-        Node::Global { name, .. } => Elem::from_storage_class(name)
-            .ok_or_else(|| anyhow::anyhow!("unsupported storage type {name}"))?,
+        Node::Global { name, .. } => {
+            Elem::from_storage_class(name).ok_or_else(|| err!("unsupported storage type {name}"))?
+        }
         _ => bail!("a storage reference without a storage class"),
     };
     if t.len() > 5 && !matches!(p.node(t[5]), Node::None) {
@@ -90,7 +91,7 @@ pub fn storage_ref(p: &Pickle, pid: Id) -> Result<StorageRef> {
     }
     let key = p
         .str(t[2])
-        .ok_or_else(|| anyhow::anyhow!("a storage reference without a key"))?;
+        .ok_or_else(|| err!("a storage reference without a key"))?;
     Ok(StorageRef {
         key: key.to_string(),
         elem,
@@ -137,7 +138,7 @@ pub fn tensor_ref(p: &Pickle, id: Id) -> Result<Option<TensorRef>> {
             ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
                 id = *args
                     .first()
-                    .ok_or_else(|| anyhow::anyhow!("_rebuild_parameter without its tensor"))?;
+                    .ok_or_else(|| err!("_rebuild_parameter without its tensor"))?;
             }
             ("torch._tensor", "_rebuild_from_type_v2") => {
                 let (Some(&func), Some(&inner)) = (args.first(), args.get(2)) else {
@@ -184,7 +185,7 @@ fn rebuild(p: &Pickle, args: &[Id]) -> Result<TensorRef> {
     }
     let shape = shape
         .into_iter()
-        .map(|s| usize::try_from(s).map_err(|_| anyhow::anyhow!("a tensor size overflows")))
+        .map(|s| usize::try_from(s).map_err(|_| err!("a tensor size overflows")))
         .collect::<Result<_>>()?;
     Ok(TensorRef {
         storage,
@@ -199,7 +200,7 @@ impl TensorRef {
     pub fn numel(&self) -> Result<u64> {
         self.shape.iter().try_fold(1u64, |n, &s| {
             n.checked_mul(s as u64)
-                .ok_or_else(|| anyhow::anyhow!("the tensor's element count overflows"))
+                .ok_or_else(|| err!("the tensor's element count overflows"))
         })
     }
 
@@ -209,7 +210,7 @@ impl TensorRef {
         if self.numel()? == 0 {
             return Ok(0);
         }
-        let overflow = || anyhow::anyhow!("the tensor's strides overflow");
+        let overflow = || err!("the tensor's strides overflow");
         self.shape
             .iter()
             .zip(&self.stride)
