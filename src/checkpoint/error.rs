@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use super::weights::Weights;
 use super::torch::TorchError;
+use super::weights::Weights;
 use crate::files::FileError;
 
 /// Result alias used throughout `checkpoint`.

@@ -13,8 +13,8 @@ use candle_core::{Device, Tensor};
 
 use super::error::{CheckpointError, Doing, Result};
 use super::infer::Hints;
-pub use super::weights::Weights;
 use super::torch::{self, TensorRef, TorchFile};
+pub use super::weights::Weights;
 use super::{CONFIG_KEY, EMA_PREFIX, TRAIN_STATE_PREFIX};
 use crate::config::ModelConfig;
 use crate::files::FileError;
@@ -41,7 +41,6 @@ impl std::fmt::Display for Format {
         })
     }
 }
-
 
 /// A checkpoint opened, names and shapes known, values not yet read.
 pub struct Checkpoint {
