@@ -184,6 +184,30 @@ fn no_file_imports_itself_through_a_cycle() {
     }
 }
 
+/// The library returns typed errors (thiserror) that callers can match on; `anyhow`, which erases
+/// the type, belongs to the binary. So no library file outside tests names it.
+#[test]
+fn the_library_returns_typed_errors() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut offenders = Vec::new();
+    for file in files {
+        let me = module_path(&src, &file);
+        if me.first().is_some_and(|m| m == "main" || m == "cli") {
+            continue;
+        }
+        let code = library_code(&std::fs::read_to_string(&file).expect("readable source"));
+        if code.contains("anyhow") {
+            offenders.push(me.join("::"));
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "library modules using anyhow instead of a typed error: {offenders:?}"
+    );
+}
+
 #[test]
 fn top_level_modules_form_a_hierarchy() {
     let mut top: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

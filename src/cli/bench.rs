@@ -3,18 +3,15 @@
 use anyhow::Result;
 use clap::Args;
 
+use super::exec_args::ExecArgs;
 use super::output::outln;
 
 use imixer::config::{Family, IMixerConfig, Solver};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Matmul precision: fp32 or bf16 (bfloat16 matmul inputs, f32 accumulation).
-    #[arg(long, default_value = "fp32")]
-    pub precision: imixer::kernels::Precision,
-    /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub exec: ExecArgs,
     /// fmnist-tiny (28²×1, D 128, 4 blocks, batch 128), cifar-s (32²×3, D 256, 8 blocks, batch 128)
     /// or s16-224 (the paper's S/16, batch 16); comma list or `all`.
     #[arg(long, default_value = "fmnist-tiny")]
@@ -66,7 +63,6 @@ fn list(arg: &str, all: &[&str]) -> Vec<String> {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    imixer::kernels::set_precision(a.precision);
     imixer::threads::set_threads(a.threads);
     let n_iter = a.n_iter.unwrap_or(IMixerConfig::default().n_iter);
     let solver = Solver::from_name(&a.solver, 0.0, n_iter, a.anderson_m)
@@ -77,7 +73,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ..IMixerConfig::default()
     };
     let timing = imixer::bench::Timing {
-        device: imixer::device::open(&a.device)?,
+        device: a.exec.apply()?,
         threads: a.threads,
         shards: a.shards,
         warmup: a.warmup,

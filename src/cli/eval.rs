@@ -8,6 +8,7 @@ use candle_core::Device;
 use clap::Args;
 
 use super::data_fit::{self, TrainedOn};
+use super::exec_args::ExecArgs;
 use super::model_args::{report, ModelArgs};
 use super::output::outln;
 use imixer::data::{self, DatasetKind, EvalTransform, Interpolation, Loader, LoaderConfig};
@@ -17,12 +18,8 @@ use imixer::MixerNet;
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Matmul precision: fp32 (default) or bf16 (bfloat16 matmul inputs, f32 accumulation).
-    #[arg(long, default_value = "fp32")]
-    pub precision: imixer::kernels::Precision,
-    /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub exec: ExecArgs,
     /// Checkpoint: last.safetensors / best.safetensors of a run, a timm safetensors file, or a
     /// PyTorch .pth / .pth.tar / .bin (zip or legacy torch.save format).
     #[arg(long)]
@@ -168,9 +165,8 @@ pub fn eval_transform(
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    imixer::kernels::set_precision(a.precision);
     imixer::threads::set_threads(a.threads);
-    let loaded = load_for_inference(&a.checkpoint, &a.model, &imixer::device::open(&a.device)?)?;
+    let loaded = load_for_inference(&a.checkpoint, &a.model, &a.exec.apply()?)?;
     let net = &loaded.net;
     let choice = data_fit::choose(
         a.dataset,

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::data_fit::{self, TrainedOn};
 use super::eval::{eval_transform, load_for_inference};
+use super::exec_args::ExecArgs;
 use super::model_args::ModelArgs;
 use super::output::outln;
 use imixer::analysis::fixed_point::{compare_solvers, trace, FixedPointTrace, SolverComparison};
@@ -22,12 +23,8 @@ use imixer::models::{AnyMlp, Block};
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// Matmul precision: fp32 (default) or bf16 (bfloat16 matmul inputs, f32 accumulation).
-    #[arg(long, default_value = "fp32")]
-    pub precision: imixer::kernels::Precision,
-    /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub exec: ExecArgs,
     /// Checkpoint to analyse (any format `imixer eval` reads).
     #[arg(long)]
     pub checkpoint: PathBuf,
@@ -117,9 +114,8 @@ fn batch(
 }
 
 pub fn run(a: InspectArgs) -> Result<()> {
-    imixer::kernels::set_precision(a.precision);
     imixer::threads::set_threads(0);
-    let loaded = load_for_inference(&a.checkpoint, &a.model, &imixer::device::open(&a.device)?)?;
+    let loaded = load_for_inference(&a.checkpoint, &a.model, &a.exec.apply()?)?;
     let net = loaded.net;
     let (images, source) = batch(&a, &net, loaded.eval_transform, loaded.trained_on.as_ref())?;
     let mut x = net.stem.forward(&images)?;

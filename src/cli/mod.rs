@@ -5,6 +5,7 @@ mod data_fit;
 mod dynamics;
 mod energy_demo;
 mod eval;
+mod exec_args;
 mod export;
 mod inspect;
 mod model_args;

@@ -7,6 +7,7 @@ use candle_core::Tensor;
 use clap::Args;
 
 use super::eval::{eval_transform, load_for_inference};
+use super::exec_args::ExecArgs;
 use super::model_args::ModelArgs;
 use super::output::outln;
 use imixer::data::RawImage;
@@ -14,12 +15,8 @@ use imixer::train::eval::rank;
 
 #[derive(Args)]
 pub struct PredictArgs {
-    /// Matmul precision: fp32 (default) or bf16 (bfloat16 matmul inputs, f32 accumulation).
-    #[arg(long, default_value = "fp32")]
-    pub precision: imixer::kernels::Precision,
-    /// Compute device: cpu, cuda or cuda:N (a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub exec: ExecArgs,
     /// Checkpoint of a run (class names come from it), a timm safetensors or a PyTorch .pth /
     /// .pth.tar / .bin file.
     #[arg(long)]
@@ -44,8 +41,7 @@ pub struct PredictArgs {
 }
 
 pub fn run(a: PredictArgs) -> Result<()> {
-    imixer::kernels::set_precision(a.precision);
-    let loaded = load_for_inference(&a.checkpoint, &a.model, &imixer::device::open(&a.device)?)?;
+    let loaded = load_for_inference(&a.checkpoint, &a.model, &a.exec.apply()?)?;
     let (net, saved_classes, saved_tf) = (loaded.net, loaded.classes, loaded.eval_transform);
     let k = net.config.num_classes;
     let classes: Vec<String> = match (&a.classes, saved_classes) {
