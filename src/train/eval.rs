@@ -1,8 +1,9 @@
 //! Evaluation: loss, top-1/top-5, per-class accuracy and the confusion matrix.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde::Serialize;
 
+use super::device_batches::on_device;
 use super::error::Result;
 use super::shards::Shards;
 use crate::data::Loader;
@@ -19,11 +20,6 @@ pub struct EvalReport {
     pub confusion: Vec<Vec<usize>>,
 }
 
-/// Turns a loader batch into an image tensor.
-pub fn images_tensor(images: Vec<f32>, shape: [usize; 4], device: &Device) -> Result<Tensor> {
-    Ok(Tensor::from_vec(images, shape.to_vec(), device)?)
-}
-
 /// Evaluates `model` (eval mode) over every batch of `loader` (epoch 0, stored order), each
 /// batch split into `shards` that run side by side.
 pub fn evaluate(
@@ -35,10 +31,10 @@ pub fn evaluate(
     let dev = model.device().clone();
     let mut confusion = vec![vec![0usize; num_classes]; num_classes];
     let (mut loss_sum, mut top5_hits, mut n) = (0f64, 0usize, 0usize);
-    for batch in loader.iter(0) {
+    for batch in on_device(loader.iter(0), num_classes, &dev) {
         let batch = batch?;
         let b = batch.labels.len();
-        let x = images_tensor(batch.images, batch.shape, &dev)?;
+        let x = batch.images;
         let logits = shards.infer(model, &x)?;
         let labels = Tensor::from_vec(
             batch.labels.iter().map(|&l| l as u32).collect::<Vec<_>>(),

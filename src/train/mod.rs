@@ -1,6 +1,7 @@
 //! Training: configuration, schedule, the optimisation step, the loop, evaluation, checkpoints.
 
 pub mod config;
+pub mod device_batches;
 pub mod ema;
 pub mod error;
 pub mod eval;

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::config::{SchedUnit, TrainConfig};
+use super::device_batches::on_device;
 use super::ema::ModelEma;
 use super::error::{Result, TrainError};
-use super::eval::{evaluate, images_tensor, rank, EvalReport};
+use super::eval::{evaluate, rank, EvalReport};
 use super::finetune;
 use super::metrics::{
     append_history, plot_curves, read_history, record_solve, rewrite_history, EpochMetrics,
@@ -406,16 +406,31 @@ pub fn lock_dir(dir: &Path, name: &str, holder: &str) -> Result<std::fs::File> {
         .write(true)
         .open(&path)
         .map_err(|e| TrainError::io("open the lock file", &path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::InUse {
-            dir: dir.to_path_buf(),
-            lock: path,
-            holder: holder.to_string(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(TrainError::io("lock", &path, e)),
+    // An flock belongs to the open file, and a process that spawns a child (a sweep, a test
+    // harness) shares its open files with the child between fork and exec, close-on-exec or
+    // not. A lock just released by this process can therefore still look held for that moment,
+    // so a busy lock is retried for a short grace period before it counts as another run's.
+    let deadline = Instant::now() + LOCK_GRACE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(TrainError::InUse {
+                    dir: dir.to_path_buf(),
+                    lock: path,
+                    holder: holder.to_string(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(TrainError::io("lock", &path, e)),
+        }
     }
 }
+
+/// How long a busy directory lock is retried before [`TrainError::InUse`] (see [`lock_dir`]).
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Removes the temporary files (`.NAME.PID.tmp`) that a killed run's atomic writes left behind.
 /// Called with the directory's lock held, so no live run is writing them.
@@ -586,10 +601,13 @@ impl Run<'_> {
         let mut progress = std::mem::take(&mut self.st.partial);
         let mut grads: Option<GradStore> = None;
         let mut lr = 0.0;
-        for batch in self
-            .train_loader
-            .iter_from(epoch as u64, self.st.next_batch)
-        {
+        let batches = on_device(
+            self.train_loader
+                .iter_from(epoch as u64, self.st.next_batch),
+            k,
+            self.model.device(),
+        );
+        for batch in batches {
             let batch = batch?;
             let kb = batch.batch_index;
             let t = match cfg.sched_on {
@@ -598,14 +616,10 @@ impl Run<'_> {
             };
             lr = self.sched.lr_at(t);
             let b = batch.labels.len();
-            let x = images_tensor(batch.images, batch.shape, self.model.device())?;
-            let targets = Tensor::from_vec(
-                batch.soft_targets.ok_or_else(|| {
-                    TrainError::Config("the training loader produced no targets".into())
-                })?,
-                (b, k),
-                self.model.device(),
-            )?;
+            let x = batch.images;
+            let targets = batch.soft_targets.ok_or_else(|| {
+                TrainError::Config("the training loader produced no targets".into())
+            })?;
             let seed = splitmix(
                 cfg.seed ^ splitmix(self.st.step.wrapping_mul(31).wrapping_add(kb as u64)),
             );
@@ -909,7 +923,7 @@ fn progress_bar(enabled: bool, len: usize, epoch: usize, total: usize) -> Progre
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{Device, Tensor};
 
     #[test]
     fn a_solver_on_a_model_without_a_fixed_point_is_an_error() {
