@@ -416,22 +416,11 @@ mod tests {
     use super::*;
     use crate::data::mix::MixupConfig;
     use crate::data::split::Samples;
-    use crate::data::testutil::save_rgb;
+    use crate::data::testutil::{grey_split, save_rgb};
     use crate::data::transforms::{EvalTransform, TrainTransform};
 
     fn split(n: usize) -> Arc<Split> {
-        let side = 12;
-        let data: Vec<u8> = (0..n * side * side)
-            .map(|i| ((i * 13 + i / 144 * 7) % 256) as u8)
-            .collect();
-        let samples = Samples::InMemory {
-            data,
-            count: n,
-            width: side,
-            height: side,
-            channels: 1,
-        };
-        Arc::new(Split::new(samples, (0..n).map(|i| i % 3).collect()).unwrap())
+        grey_split(n, 12)
     }
 
     fn cfg(workers: usize) -> LoaderConfig {

@@ -4,8 +4,12 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use flate2::write::GzEncoder;
 use flate2::Compression;
+
+use super::{Samples, Split};
 
 /// Bytes of an IDX3 u8 image file (magic 2051) holding `images` of `rows × cols`.
 pub fn idx_images_bytes(images: &[Vec<u8>], rows: u32, cols: u32) -> Vec<u8> {
@@ -210,4 +214,22 @@ impl PickleWriter {
         self.out.push(b'.');
         self.out
     }
+}
+
+/// An in-memory split of `n` grey `side × side` images with labels `i % 3`: a loader's input
+/// without any file. Pixels differ within and between images, so a shuffled or misplaced image
+/// shows in a comparison.
+pub fn grey_split(n: usize, side: usize) -> Arc<Split> {
+    let pixels = side * side;
+    let data: Vec<u8> = (0..n * pixels)
+        .map(|i| ((i * 13 + i / pixels * 7) % 256) as u8)
+        .collect();
+    let samples = Samples::InMemory {
+        data,
+        count: n,
+        width: side,
+        height: side,
+        channels: 1,
+    };
+    Arc::new(Split::new(samples, (0..n).map(|i| i % 3).collect()).unwrap())
 }

@@ -159,22 +159,13 @@ impl Drop for DeviceBatches {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::data::{EvalTransform, Loader, LoaderConfig, Samples, Split};
+    use crate::data::testutil::grey_split;
+    use crate::data::{EvalTransform, Loader, LoaderConfig};
 
     fn loader(n: usize) -> Loader {
         let side = 8;
-        let data: Vec<u8> = (0..n * side * side).map(|i| (i * 7 % 256) as u8).collect();
-        let samples = Samples::InMemory {
-            data,
-            count: n,
-            width: side,
-            height: side,
-            channels: 1,
-        };
-        let split = Arc::new(Split::new(samples, (0..n).map(|i| i % 3).collect()).unwrap());
+        let split = grey_split(n, side);
         let transform = EvalTransform {
             crop_pct: 1.0,
             ..EvalTransform::spec(side, 1)
