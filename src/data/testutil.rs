@@ -1,9 +1,9 @@
-//! Writers for the real on-disk formats, used by the tests to build small datasets in a tempdir.
+//! Test data: writers for the real on-disk formats (small datasets in a tempdir) and an in-memory
+//! split for tests that need images but no file.
 
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-
 use std::sync::Arc;
 
 use flate2::write::GzEncoder;
