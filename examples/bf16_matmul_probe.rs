@@ -2,8 +2,9 @@
 //! data-parallel shard, and all threads as with `--shards 1`.
 //!
 //! `cargo run --release --example bf16_matmul_probe [THREADS]` prints, per shape, the f32 gemm,
-//! gemm on bf16-rounded operands (the engine of CPUs without AMX) and oneDNN on AMX (where the
-//! CPU has AMX-BF16 and `libdnnl.so.2` is installed), each including its operand conversions.
+//! gemm on bf16-rounded operands (the engine of CPUs without a bf16 unit imixer uses) and oneDNN
+//! on the CPU's bf16 unit (AMX-BF16, or AVX512-BF16 on AMD: `onednn::unit_for`; with
+//! `libdnnl.so.2` installed), each including its operand conversions.
 use std::time::Instant;
 
 use imixer::kernels::bf16;
@@ -47,14 +48,14 @@ fn main() -> candle_core::Result<()> {
         ("cifar-s fc2 x·Wᵀ", 4096, 1024, 256, true),
     ];
     println!(
-        "{threads} thread(s); AMX engine: {}",
-        if onednn::available() {
-            "oneDNN".to_string()
+        "{threads} thread(s); oneDNN engine: {}",
+        if let Some(unit) = onednn::unit() {
+            unit.describe().to_string()
         } else {
             format!("off ({})", onednn::why_unavailable())
         }
     );
-    println!("| product | m × k × n | f32 gemm GFLOP/s | bf16 on gemm | bf16 on AMX |");
+    println!("| product | m × k × n | f32 gemm GFLOP/s | bf16 on gemm | bf16 on oneDNN |");
     println!("|---|---|---|---|---|");
     candle_core::utils::with_num_threads(threads, || -> candle_core::Result<()> {
         for (name, m, k, n, weight_rhs) in shapes {

@@ -85,7 +85,8 @@ pub struct BenchResult {
     pub kernels: &'static str,
     pub precision: &'static str,
     /// What multiplied the matrices: `gemm` (f32, or bf16-rounded operands at bf16) or
-    /// `onednn-amx` (bf16 on AMX tiles, [`crate::kernels::onednn`]).
+    /// `onednn-amx` / `onednn-avx512-bf16` (bf16 on AMX tiles or AVX512-BF16 units,
+    /// [`crate::kernels::onednn`]).
     pub matmul: &'static str,
     /// iMixer runs: the iMLP solver and its iteration count.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -117,12 +118,11 @@ pub fn forward_flops_per_sample(cfg: &ModelConfig) -> f64 {
 /// The engine of this process's model matmuls at the current precision (see
 /// [`BenchResult::matmul`]).
 pub fn matmul_engine() -> &'static str {
-    if crate::kernels::precision() == crate::kernels::Precision::Bf16
-        && crate::kernels::onednn::available()
-    {
-        "onednn-amx"
-    } else {
-        "gemm"
+    match crate::kernels::onednn::unit() {
+        Some(unit) if crate::kernels::precision() == crate::kernels::Precision::Bf16 => {
+            unit.engine_name()
+        }
+        _ => "gemm",
     }
 }
 

@@ -19,7 +19,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 use super::cpu::{contiguous, gemm_parallelism};
-use super::dispatch::{cpu_flags, fused, precision, Precision};
+use super::dispatch::{fused, precision, Precision};
 use super::onednn::{self, Key, Packed};
 use super::rounding::round_slice;
 
@@ -82,31 +82,21 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// The one-line note printed when bf16 is first selected: what runs the matmuls on this CPU.
 pub fn how_this_cpu_runs_it() -> String {
-    if onednn::available() {
-        return "precision bf16: matmuls run on this CPU's AMX-BF16 tiles through oneDNN \
-                (bf16 inputs, f32 accumulation)"
-            .to_string();
+    if let Some(unit) = onednn::unit() {
+        return format!(
+            "precision bf16: matmuls run on this CPU's {} through oneDNN \
+             (bf16 inputs, f32 accumulation)",
+            unit.describe()
+        );
     }
-    let why = onednn::why_unavailable();
+    let why = match onednn::unit_for_this_cpu() {
+        Ok(unit) => format!("its {} are unused: {}", unit.describe(), onednn::why_unavailable()),
+        Err(why) => why,
+    };
     format!(
         "precision bf16: matmul inputs rounded to bfloat16, products accumulated in f32 by the \
-         f32 gemm{}",
-        match bf16_units() {
-            Some("amx_bf16") => format!(" (AMX-BF16 is present but unused: {why})"),
-            Some(_) => " (this CPU has AVX512-BF16 but no AMX, and its bf16 units were \
-                        measured slower than f32 FMA: see BENCHMARKS.md)"
-                .to_string(),
-            None => " (this CPU has no bf16 units)".to_string(),
-        }
+         f32 gemm ({why})"
     )
-}
-
-/// The CPU's bf16 matrix units, as `lscpu` names them.
-fn bf16_units() -> Option<&'static str> {
-    let flags = cpu_flags();
-    ["amx_bf16", "avx512_bf16"]
-        .into_iter()
-        .find(|unit| flags.iter().any(|f| f == unit))
 }
 
 /// dst (m × n, row-major) = [dst +] bf16(lhs) · bf16(rhs), f32 accumulation, by gemm on

@@ -162,6 +162,17 @@ pub fn cpu_flags() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The CPU's vendor as `/proc/cpuinfo` names it (`GenuineIntel`, `AuthenticAMD`; empty where
+/// the file says nothing).
+pub fn cpu_vendor() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find(|l| l.starts_with("vendor_id"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
 const UNSET: u8 = 0;
 
 static PATH: AtomicU8 = AtomicU8::new(UNSET);

@@ -70,8 +70,74 @@ const DNNL_ARG_SRC: c_int = 1;
 const DNNL_ARG_DST: c_int = 17;
 const DNNL_ARG_WEIGHTS: c_int = 33;
 const DNNL_ARG_SCRATCHPAD: c_int = 80;
-/// `dnnl_cpu_isa_avx512_core_amx`: AVX-512 with AMX-BF16 and AMX-INT8.
+/// `dnnl_cpu_isa_avx512_core_amx`: AVX-512 with AMX-BF16 and AMX-INT8 (a bit mask: each ISA's
+/// bits include those of the ISAs below it).
 const DNNL_ISA_AMX: c_int = 0x3e7;
+/// `dnnl_cpu_isa_avx512_core_bf16`: AVX-512 with `vdpbf16ps`.
+const DNNL_ISA_AVX512_BF16: c_int = 0xe7;
+
+/// The bf16 matrix unit oneDNN runs the matmuls on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// Intel's AMX-BF16 tiles (`brg:avx512_core_amx`).
+    Amx,
+    /// AVX512-BF16's `vdpbf16ps` (`brg:avx512_core_bf16`), taken on AMD CPUs only: see
+    /// [`unit_for_this_cpu`].
+    Avx512Bf16,
+}
+
+impl Unit {
+    /// The name `imixer bench` reports (`onednn-amx`, `onednn-avx512-bf16`).
+    pub fn engine_name(self) -> &'static str {
+        match self {
+            Self::Amx => "onednn-amx",
+            Self::Avx512Bf16 => "onednn-avx512-bf16",
+        }
+    }
+
+    /// What a user reads: "AMX-BF16 tiles", "AVX512-BF16 units".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Amx => "AMX-BF16 tiles",
+            Self::Avx512Bf16 => "AVX512-BF16 units",
+        }
+    }
+
+    fn isa(self) -> c_int {
+        match self {
+            Self::Amx => DNNL_ISA_AMX,
+            Self::Avx512Bf16 => DNNL_ISA_AVX512_BF16,
+        }
+    }
+}
+
+/// The unit that pays on a CPU with these `lscpu` flags and this vendor, or why none does.
+///
+/// AMX always pays (2.0–3.5× gemm's f32 on the Mixer shapes, BENCHMARKS.md). AVX512-BF16 without
+/// AMX depends on the core: on an Intel Xeon (family 6, model 207) oneDNN's bf16 matmul ran at
+/// half its f32 rate, since one 512-bit `vdpbf16ps` per cycle does no more multiply-adds than its
+/// two 512-bit FMA pipes; an AMD Zen 4 core issues its 512-bit FMAs at half that rate, so the
+/// same instruction doubles the multiply-adds per cycle there (measured in BENCHMARKS.md, "bf16
+/// on AVX512-BF16").
+pub fn unit_for(flags: &[String], vendor: &str) -> Result<Unit, String> {
+    let has = |f: &str| flags.iter().any(|x| x == f);
+    if has("amx_bf16") {
+        Ok(Unit::Amx)
+    } else if has("avx512_bf16") && vendor == "AuthenticAMD" {
+        Ok(Unit::Avx512Bf16)
+    } else if has("avx512_bf16") {
+        Err("this CPU has AVX512-BF16 but no AMX, and on Intel CPUs those units were measured \
+             slower than f32 FMA (BENCHMARKS.md)"
+            .into())
+    } else {
+        Err("this CPU reports neither AMX-BF16 nor AVX512-BF16".into())
+    }
+}
+
+/// [`unit_for`] this CPU.
+pub fn unit_for_this_cpu() -> Result<Unit, String> {
+    unit_for(&super::dispatch::cpu_flags(), &super::dispatch::cpu_vendor())
+}
 
 /// The oneDNN entry points this module calls.
 struct Api {
@@ -112,6 +178,7 @@ struct Api {
 /// The loaded library and its CPU engine.
 struct OneDnn {
     api: Api,
+    unit: Unit,
     engine: Handle,
     /// Compiled primitives by shape; `None` for shapes oneDNN would not run on brgemm.
     primitives: Mutex<HashMap<Key, Option<Arc<Primitive>>>>,
@@ -211,6 +278,14 @@ pub fn available() -> bool {
     ENABLED.load(Ordering::Relaxed) && library().is_some()
 }
 
+/// The unit the bf16 matmuls run on through oneDNN now, or `None` where [`available`] is false.
+pub fn unit() -> Option<Unit> {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return None;
+    }
+    library().map(|lib| lib.unit)
+}
+
 /// Turns the AMX path on or off for the following matmuls (a test or benchmark compares it with
 /// the gemm path on the same CPU); on is the default where the library is usable.
 pub fn set_enabled(on: bool) {
@@ -241,9 +316,7 @@ fn library_name() -> Option<String> {
 }
 
 fn load() -> Result<OneDnn, String> {
-    if !super::dispatch::cpu_flags().iter().any(|f| f == "amx_bf16") {
-        return Err("this CPU reports no AMX-BF16".into());
-    }
+    let unit = unit_for_this_cpu()?;
     let name = library_name().ok_or("IMIXER_ONEDNN=off")?;
     // SAFETY: loading runs the library's initialisers; libdnnl's (and its OpenMP runtime's)
     // only set up their own globals. The symbols are declared with the signatures of
@@ -286,9 +359,10 @@ fn load() -> Result<OneDnn, String> {
             omp_set_num_threads: sym!("omp_set_num_threads"),
         };
         let isa = (api.effective_isa)();
-        if isa < DNNL_ISA_AMX {
+        if isa & unit.isa() != unit.isa() {
             return Err(format!(
-                "{name} runs ISA {isa:#x}, not AMX (ONEDNN_MAX_CPU_ISA may cap it)"
+                "{name} runs ISA {isa:#x}, not the {} (ONEDNN_MAX_CPU_ISA may cap it)",
+                unit.describe()
             ));
         }
         let mut engine: Handle = std::ptr::null_mut();
@@ -298,6 +372,7 @@ fn load() -> Result<OneDnn, String> {
         )?;
         Ok(OneDnn {
             api,
+            unit,
             engine,
             primitives: Mutex::new(HashMap::new()),
             _library: library,
