@@ -40,7 +40,7 @@
 //!   ([`layers::ForwardCtx`]: mode and RNG, spectral-norm updates committed once, an observer
 //!   that records only what it is asked for). Every layer acts on the last axis and has one
 //!   `forward`; the blocks bring the token axis last for token mixing.
-//! - [`kernels`]: the CPU kernels (AVX2/AVX-512 chosen at run time, bf16 on AMX through oneDNN)
+//! - [`kernels`]: the CPU kernels (AVX2/AVX-512 chosen at run time, bf16 on AMX or AVX512-BF16 through oneDNN)
 //!   and the one switch between them and the portable candle compositions.
 //! - [`models`]: the MLPs, the iMLP's residual map F and solvers, the blocks of each family and
 //!   the whole network.

@@ -22,7 +22,7 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
 }
 
-/// OpenMP threads that sleep as soon as their work is done. oneDNN (the AMX bf16 matmuls) runs
+/// OpenMP threads that sleep as soon as their work is done. oneDNN (the bf16 matmuls) runs
 /// on OpenMP, whose threads otherwise spin for a while after every matmul, on the cores that
 /// rayon's threads need for the next op. libgomp reads the variable when it is loaded, which
 /// happens later, at the first bf16 matmul; a value the user set is kept.

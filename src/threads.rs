@@ -2,7 +2,7 @@
 //!
 //! Three pools share the cores: rayon's global pool (gemm's matmuls, imixer's kernels, the
 //! data-parallel shards), candle's barrier pool (its elementwise ops), and OpenMP's (oneDNN's
-//! AMX matmuls, sized per call from candle's count). [`set_threads`] sets all of them through
+//! bf16 matmuls, sized per call from candle's count). [`set_threads`] sets all of them through
 //! their APIs; no environment variable is written, so a library user can call it from any thread.
 
 /// Sets the worker-thread count of candle's kernels, its matmuls and imixer's own kernels (0: all

@@ -3,18 +3,15 @@
 //! On CUDA the operands are cast to bf16 and candle runs cuBLAS's bf16 GEMM (tensor cores), the
 //! product cast back to f32. On the CPU there are two engines, computing the same products:
 //!
-//! - **AMX** (CPUs reporting `amx_bf16`, with oneDNN installed): the operands are converted to
-//!   bf16 and oneDNN's AMX kernels multiply them with f32 accumulation ([`super::onednn`]).
+//! - **oneDNN** (a CPU whose bf16 unit pays — AMX-BF16, or AVX512-BF16 on AMD — with oneDNN
+//!   installed): the operands are converted to bf16 and oneDNN's kernels for that unit multiply
+//!   them with f32 accumulation ([`super::onednn`]).
 //! - **gemm** (every other CPU): the operands are rounded to the nearest bf16 (round to nearest
 //!   even, PyTorch's and `half`'s rounding) and multiplied by the f32 gemm. The product of two
 //!   bf16 values is exact in f32 (8 + 8 significant bits fit in 24), so this computes exactly
 //!   what a bf16 unit with f32 accumulation computes, up to the order of the f32 additions.
 //!
-//! Why a CPU without AMX does not hand these matmuls to its AVX512-BF16 units: on a Xeon
-//! (family 6, model 207) that reports AVX512-BF16 but no AMX, oneDNN 2.6's bf16 matmul
-//! (`brg:avx512_core_bf16`, 2 threads) ran at 103–143 GFLOP/s on the Mixer shapes against
-//! 225–260 GFLOP/s for its own f32 matmul (BENCHMARKS.md, "bf16 on the CPU"): one `vdpbf16ps`
-//! per cycle does no more multiply-adds than two f32 FMAs, and the conversions come on top.
+//! Why an Intel CPU with AVX512-BF16 but no AMX stays on gemm: [`onednn::unit_for`].
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
@@ -90,7 +87,11 @@ pub fn how_this_cpu_runs_it() -> String {
         );
     }
     let why = match onednn::unit_for_this_cpu() {
-        Ok(unit) => format!("its {} are unused: {}", unit.describe(), onednn::why_unavailable()),
+        Ok(unit) => format!(
+            "its {} are unused: {}",
+            unit.describe(),
+            onednn::why_unavailable()
+        ),
         Err(why) => why,
     };
     format!(
@@ -100,8 +101,8 @@ pub fn how_this_cpu_runs_it() -> String {
 }
 
 /// dst (m × n, row-major) = [dst +] bf16(lhs) · bf16(rhs), f32 accumulation, by gemm on
-/// bf16-rounded copies of the operands: the engine of CPUs without AMX, and of shapes the AMX
-/// path does not take ([`onednn::product_packed`] computes the same products there). Operands
+/// bf16-rounded copies of the operands: the engine of CPUs without the oneDNN path, and of shapes
+/// that path does not take ([`onednn::product_packed`] computes the same products there). Operands
 /// are given by `key`'s strides from their first element.
 pub fn gemm(key: Key, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) -> Result<()> {
     let Key {

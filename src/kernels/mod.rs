@@ -21,9 +21,9 @@
 //! returning the by-product as part of a larger output and narrowing it off — would make every
 //! consumer of the result copy it.
 //!
-//! At bf16 precision the matmuls have two CPU engines with the same products ([`bf16`]): AMX
-//! tiles through oneDNN where the CPU and the machine have them ([`onednn`]), gemm on
-//! bf16-rounded operands everywhere else.
+//! At bf16 precision the matmuls have two CPU engines with the same products ([`bf16`]): the
+//! CPU's bf16 unit (AMX tiles, or AVX512-BF16 on AMD) through oneDNN where the CPU and the
+//! machine have them ([`onednn`]), gemm on bf16-rounded operands everywhere else.
 
 pub mod bf16;
 pub mod cpu;

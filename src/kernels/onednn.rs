@@ -1,14 +1,16 @@
-//! bf16 matmuls on the CPU's AMX tiles, through oneDNN loaded at run time.
+//! bf16 matmuls on the CPU's bf16 units — AMX tiles, or AVX512-BF16 on AMD — through oneDNN
+//! loaded at run time.
 //!
-//! Why oneDNN: it is the matmul library of the field for Intel's matrix units (PyTorch's AMP
-//! reaches AMX through it too), and Debian ships it (`libdnnl2`). gemm, which does every f32
-//! matmul, has no AMX kernels, and AMX tile kernels written by hand would be a second gemm.
+//! Why oneDNN: it is the matmul library of the field for these units (PyTorch's AMP reaches them
+//! through it too), and Debian ships it (`libdnnl2`). gemm, which does every f32 matmul, has no
+//! bf16 kernels, and tile or `vdpbf16ps` kernels written by hand would be a second gemm.
 //!
 //! Why loaded at run time (`dlopen` of `libdnnl.so.2`) and not linked: one binary must run on
-//! every x86-64-v3 CPU, with or without the library; only a CPU that reports `amx_bf16`, with
-//! the library installed and oneDNN confirming that it runs AMX kernels, takes this path. The
-//! handful of C entry points used here are declared by hand below: no maintained Rust binding of
-//! oneDNN exists, and these are the stable C ABI of oneDNN 2.x (the `.so.2` soname).
+//! every x86-64-v3 CPU, with or without the library. Only a CPU whose bf16 unit pays
+//! ([`unit_for`]: AMX-BF16, or AVX512-BF16 on an AMD core), with the library installed and oneDNN
+//! confirming that it runs kernels for that unit, takes this path. The handful of C entry points
+//! used here are declared by hand below: no maintained Rust binding of oneDNN exists, and these
+//! are the stable C ABI of oneDNN 2.x (the `.so.2` soname).
 //!
 //! What a call computes: the f32 operands rounded to bf16 (round to nearest even, exactly
 //! [`super::rounding::round_to_bf16`]) and multiplied with f32 accumulation, into an f32 result —
@@ -113,12 +115,14 @@ impl Unit {
 
 /// The unit that pays on a CPU with these `lscpu` flags and this vendor, or why none does.
 ///
-/// AMX always pays (2.0–3.5× gemm's f32 on the Mixer shapes, BENCHMARKS.md). AVX512-BF16 without
-/// AMX depends on the core: on an Intel Xeon (family 6, model 207) oneDNN's bf16 matmul ran at
-/// half its f32 rate, since one 512-bit `vdpbf16ps` per cycle does no more multiply-adds than its
-/// two 512-bit FMA pipes; an AMD Zen 4 core issues its 512-bit FMAs at half that rate, so the
-/// same instruction doubles the multiply-adds per cycle there (measured in BENCHMARKS.md, "bf16
-/// on AVX512-BF16").
+/// AMX pays: 2.2–3.7× gemm's f32 rate per thread on the channel and cifar-s products
+/// (BENCHMARKS.md, "bf16 on AMX tiles"). AVX512-BF16 without AMX depends on the core. On an Intel
+/// Xeon (family 6, model 207) oneDNN's bf16 matmul ran at half its own f32 rate: one 512-bit
+/// `vdpbf16ps` per cycle does no more multiply-adds than its two 512-bit FMA pipes. An AMD Zen 4
+/// core retires one 512-bit FMA per cycle (two 256-bit pipes) but also one 512-bit `vdpbf16ps`,
+/// which is twice the multiply-adds: there it ran at 1.45–1.94× gemm's f32 per thread
+/// (BENCHMARKS.md, "bf16 on AVX512-BF16 units"). Zen 4 is the first AMD core with AVX512-BF16,
+/// so every AMD CPU that reports it takes this path.
 pub fn unit_for(flags: &[String], vendor: &str) -> Result<Unit, String> {
     let has = |f: &str| flags.iter().any(|x| x == f);
     if has("amx_bf16") {
@@ -126,9 +130,11 @@ pub fn unit_for(flags: &[String], vendor: &str) -> Result<Unit, String> {
     } else if has("avx512_bf16") && vendor == "AuthenticAMD" {
         Ok(Unit::Avx512Bf16)
     } else if has("avx512_bf16") {
-        Err("this CPU has AVX512-BF16 but no AMX, and on Intel CPUs those units were measured \
+        Err(
+            "this CPU has AVX512-BF16 but no AMX, and on Intel CPUs those units were measured \
              slower than f32 FMA (BENCHMARKS.md)"
-            .into())
+                .into(),
+        )
     } else {
         Err("this CPU reports neither AMX-BF16 nor AVX512-BF16".into())
     }
@@ -136,7 +142,10 @@ pub fn unit_for(flags: &[String], vendor: &str) -> Result<Unit, String> {
 
 /// [`unit_for`] this CPU.
 pub fn unit_for_this_cpu() -> Result<Unit, String> {
-    unit_for(&super::dispatch::cpu_flags(), &super::dispatch::cpu_vendor())
+    unit_for(
+        &super::dispatch::cpu_flags(),
+        &super::dispatch::cpu_vendor(),
+    )
 }
 
 /// The oneDNN entry points this module calls.
@@ -250,8 +259,9 @@ impl Drop for Primitive {
     }
 }
 
-/// The library, loaded on first use; `None` when this CPU or machine cannot run the AMX path
-/// (no `amx_bf16`, no `libdnnl.so.2`, oneDNN not confirming AMX, or `IMIXER_ONEDNN=off`).
+/// The library, loaded on first use; `None` when this CPU or machine cannot run the oneDNN path
+/// (no bf16 unit that pays, no `libdnnl.so.2`, oneDNN not confirming the unit, or
+/// `IMIXER_ONEDNN=off`).
 fn library() -> Option<&'static OneDnn> {
     if !ENABLED.load(Ordering::Relaxed) {
         return None;
@@ -272,7 +282,7 @@ static UNAVAILABLE: Mutex<String> = Mutex::new(String::new());
 static ENABLED: AtomicBool = AtomicBool::new(true);
 static CALLS: AtomicU64 = AtomicU64::new(0);
 
-/// Whether bf16 matmuls run on AMX through oneDNN now: the library is usable and
+/// Whether bf16 matmuls run on the CPU's bf16 unit through oneDNN now: the library is usable and
 /// [`set_enabled`] has not turned the path off.
 pub fn available() -> bool {
     ENABLED.load(Ordering::Relaxed) && library().is_some()
@@ -286,18 +296,18 @@ pub fn unit() -> Option<Unit> {
     library().map(|lib| lib.unit)
 }
 
-/// Turns the AMX path on or off for the following matmuls (a test or benchmark compares it with
+/// Turns the oneDNN path on or off for the following matmuls (a test or benchmark compares it with
 /// the gemm path on the same CPU); on is the default where the library is usable.
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
-/// How many matmuls oneDNN has run in this process: tests check that the AMX path really ran.
+/// How many matmuls oneDNN has run in this process: tests check that the oneDNN path really ran.
 pub fn calls() -> u64 {
     CALLS.load(Ordering::Relaxed)
 }
 
-/// Why the AMX path is off (empty while it is on or not yet looked for).
+/// Why the oneDNN path is off (empty while it is on or not yet looked for).
 pub fn why_unavailable() -> String {
     let _ = library();
     UNAVAILABLE
@@ -306,7 +316,8 @@ pub fn why_unavailable() -> String {
         .clone()
 }
 
-/// The library's file name, or `IMIXER_ONEDNN`'s value: a path, or `off` to keep AMX unused.
+/// The library's file name, or `IMIXER_ONEDNN`'s value: a path, or `off` to keep the bf16 units
+/// unused.
 fn library_name() -> Option<String> {
     match std::env::var("IMIXER_ONEDNN") {
         Ok(v) if v.trim() == "off" => None,
@@ -323,7 +334,10 @@ fn load() -> Result<OneDnn, String> {
     // oneDNN 2.x's C API (`dnnl.h`) and OpenMP's `omp_set_num_threads`.
     unsafe {
         let library = libloading::Library::new(&name).map_err(|e| {
-            format!("{name} could not be loaded ({e}); install Debian's libdnnl2 to use AMX")
+            format!(
+                "{name} could not be loaded ({e}); install Debian's libdnnl2 to use the {}",
+                unit.describe()
+            )
         })?;
         macro_rules! sym {
             ($name:literal) => {
@@ -768,7 +782,7 @@ fn dense_primitive(
     Some((lib, lib.primitive(key)?))
 }
 
-/// lhs · rhs of packed operands into a new row-major f32 matrix, or `None` when the AMX path
+/// lhs · rhs of packed operands into a new row-major f32 matrix, or `None` when the oneDNN path
 /// does not take this shape (the caller multiplies another way).
 pub fn product_packed(
     lhs: PackedRef<'_>,
@@ -787,7 +801,7 @@ pub fn product_packed(
 }
 
 /// dst (m × n, row-major) += lhs · rhs of packed operands; `false`, touching nothing, when the
-/// AMX path does not take this shape.
+/// oneDNN path does not take this shape.
 pub fn accumulate_packed(
     lhs: PackedRef<'_>,
     rhs: PackedRef<'_>,
@@ -845,6 +859,28 @@ mod tests {
             .collect()
     }
 
+    /// AMX wins on any vendor; AVX512-BF16 alone only on AMD; no bf16 flag, no unit.
+    #[test]
+    fn the_unit_follows_the_flags_and_the_vendor() {
+        let flags = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let amx = flags(&["avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]);
+        let bf16 = flags(&["avx2", "avx512f", "avx512_bf16"]);
+        let none = flags(&["avx2", "fma", "avx512f"]);
+        assert_eq!(unit_for(&amx, "GenuineIntel"), Ok(Unit::Amx));
+        assert_eq!(unit_for(&bf16, "AuthenticAMD"), Ok(Unit::Avx512Bf16));
+        assert!(unit_for(&bf16, "GenuineIntel")
+            .unwrap_err()
+            .contains("measured slower than f32 FMA"));
+        for vendor in ["GenuineIntel", "AuthenticAMD", ""] {
+            assert!(unit_for(&none, vendor)
+                .unwrap_err()
+                .contains("neither AMX-BF16 nor AVX512-BF16"));
+        }
+        // oneDNN's ISA values are bit masks: AMX's includes AVX512-BF16's, not the other way.
+        assert_eq!(DNNL_ISA_AMX & DNNL_ISA_AVX512_BF16, DNNL_ISA_AVX512_BF16);
+        assert_ne!(DNNL_ISA_AVX512_BF16 & DNNL_ISA_AMX, DNNL_ISA_AMX);
+    }
+
     /// The reference: f64 sums of the bf16-rounded operands' products.
     fn reference(key: Key, dst0: &[f32], a: &[f32], b: &[f32]) -> (Vec<f64>, Vec<f64>) {
         let (ra, rb) = (round_slice(a), round_slice(b));
@@ -871,14 +907,14 @@ mod tests {
         (want, magnitude)
     }
 
-    /// On a CPU where the AMX path runs, every layout the layers use (row-major, transposed,
+    /// On a CPU where the oneDNN path runs, every layout the layers use (row-major, transposed,
     /// padded by a bias column, accumulating) gives the products of the rounded operands up to
     /// f32 summation order; packed operands and their transposes give the same results.
     #[test]
-    fn amx_products_equal_the_rounded_operands_products() -> candle_core::Result<()> {
+    fn onednn_products_equal_the_rounded_operands_products() -> candle_core::Result<()> {
         if !available() {
             eprintln!(
-                "AMX path not available here ({}): skipped",
+                "oneDNN path not available here ({}): skipped",
                 why_unavailable()
             );
             return Ok(());
@@ -910,10 +946,10 @@ mod tests {
                 if accumulate {
                     assert!(
                         accumulate_packed(pa.as_ref(), pb.as_ref(), &mut dst)?,
-                        "{key:?} did not run on AMX"
+                        "{key:?} did not run on oneDNN"
                     );
                 } else {
-                    dst = product_packed(pa.as_ref(), pb.as_ref())?.expect("AMX shape");
+                    dst = product_packed(pa.as_ref(), pb.as_ref())?.expect("a oneDNN shape");
                 }
                 let (want, magnitude) = reference(key, &dst0, &a, &b);
                 for ((g, w), mag) in dst.iter().zip(&want).zip(&magnitude) {
@@ -922,10 +958,11 @@ mod tests {
                 }
                 if !accumulate {
                     // The same product again gives the same bits (a cached primitive).
-                    let product = product_packed(pa.as_ref(), pb.as_ref())?.expect("AMX shape");
+                    let product =
+                        product_packed(pa.as_ref(), pb.as_ref())?.expect("a oneDNN shape");
                     assert_eq!(product, dst, "{key:?}: a second product differs");
                     // (a b)ᵀ = bᵀ aᵀ through the transposed views of the same packed bytes.
-                    let t = product_packed(pb.t(), pa.t())?.expect("AMX shape");
+                    let t = product_packed(pb.t(), pa.t())?.expect("a oneDNN shape");
                     for i in 0..m {
                         for j in 0..n {
                             let (x, y) = (t[j * m + i] as f64, want[i * n + j]);

@@ -1,5 +1,5 @@
 //! f32 → bfloat16 rounding (to nearest, ties to even), shared by both bf16 engines: the gemm
-//! engine multiplies rounded f32 copies ([`super::bf16`]), the AMX engine packs the rounded
+//! engine multiplies rounded f32 copies ([`super::bf16`]), the oneDNN engine packs the rounded
 //! values' upper halves for oneDNN ([`super::onednn`]).
 
 use rayon::prelude::*;

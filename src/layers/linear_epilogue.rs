@@ -167,15 +167,15 @@ struct LinearEpilogue {
     out_f: usize,
     activation: Activation,
     /// bf16 precision: every product of this op (forward and backward) takes bf16 inputs and
-    /// accumulates in f32 (on AMX, [`onednn`], else [`bf16::gemm`]). The graph keeps the f32
-    /// inputs; the operands are converted per product, except that on AMX the forward's packed
-    /// x is kept for ∂W (`packed_x`). The rounding's gradient is taken as the identity
+    /// accumulates in f32 (through [`onednn`] where it runs, else [`bf16::gemm`]). The graph
+    /// keeps the f32 inputs; the operands are converted per product, except that on oneDNN the
+    /// forward's packed x is kept for ∂W (`packed_x`). The rounding's gradient is the identity
     /// (autocast's cast backward without its rounding of the gradient).
     bf16: bool,
     /// GELU′ at every output, written by the forward for the backward
     /// ([`Activation::GeluKeepingDerivative`]).
     derivative: OnceLock<CpuStorage>,
-    /// bf16 on AMX with a backward to come: the forward's packed bf16 x, which the weight
+    /// bf16 on oneDNN with a backward to come: the forward's packed bf16 x, which the weight
     /// gradient ∂W = gᵀ x reads again (half the bytes of x, instead of a second conversion).
     packed_x: OnceLock<Packed>,
 }
@@ -274,8 +274,8 @@ impl SliceKernel for LinearEpilogue {
 
 impl LinearEpilogue {
     /// The forward under bf16 precision (f32 inputs, contiguous as in [`SliceKernel::run`]):
-    /// the product of the bf16-rounded x and W accumulated into the destination in f32, on AMX
-    /// where oneDNN takes the shape, else by [`bf16::gemm`].
+    /// the product of the bf16-rounded x and W accumulated into the destination in f32, through
+    /// oneDNN where it takes the shape, else by [`bf16::gemm`].
     fn run_bf16(&self, x: &[f32], w: &[f32], c: &[f32]) -> Result<Vec<f32>> {
         let mut dst = self.initial_destination(w, c);
         let key = Key {
@@ -390,7 +390,7 @@ impl CustomOp3 for LinearEpilogue {
 impl LinearEpilogue {
     /// ∂x = g W and ∂W = gᵀ x (W without its bias column), for the upstream gradient g
     /// (rows × out). Under bf16 the products take bf16 inputs and accumulate in f32, as in the
-    /// forward; on AMX, g is packed once for both products and ∂W reads the forward's packed x.
+    /// forward; on oneDNN, g is packed once for both products and ∂W reads the forward's packed x.
     fn input_and_weight_grads(
         &self,
         g: &Tensor,
