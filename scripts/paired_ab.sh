@@ -5,7 +5,7 @@
 # result (< 1: B is faster). Whole-machine comparisons (scripts/bench_vs_torch.sh) alternate
 # rounds instead, because PyTorch uses both cores.
 #
-#   scripts/paired_ab.sh ROUNDS CONFIG FAMILY MODE BIN_A BIN_B     (STEPS=8 by default)
+#   scripts/paired_ab.sh ROUNDS CONFIG FAMILY MODE BIN_A BIN_B     (STEPS=8, PRECISION=fp32 by default)
 #   e.g. scripts/paired_ab.sh 4 fmnist-tiny mixer train /tmp/imixer-old target/release/imixer
 set -euo pipefail
 if [ $# -ne 6 ]; then
@@ -14,11 +14,12 @@ if [ $# -ne 6 ]; then
 fi
 rounds=$1 config=$2 family=$3 mode=$4 a=$5 b=$6
 steps=${STEPS:-8}
+precision=${PRECISION:-fp32}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 run() { # CORE BINARY OUT
   taskset -c "$1" "$2" bench --config "$config" --family "$family" --mode "$mode" \
-    --threads 1 --shards 1 --steps "$steps" --json > "$3"
+    --threads 1 --shards 1 --steps "$steps" --precision "$precision" --json > "$3" 2>/dev/null
 }
 for r in $(seq "$rounds"); do
   if [ $((r % 2)) = 1 ]; then ca=0 cb=1; else ca=1 cb=0; fi

@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 
 use super::cpu::{contiguous, gemm_parallelism};
 use super::dispatch::{fused, precision, Precision};
-use super::onednn::{self, Key, Packed};
+use super::onednn::{self, Key, Packed, PackedRef};
 use super::rounding::round_slice;
 
 /// The bf16 rounding of an f32 CPU tensor as one op. Its backward rounds the incoming gradient
@@ -98,6 +98,46 @@ pub fn how_this_cpu_runs_it() -> String {
         "precision bf16: matmul inputs rounded to bfloat16, products accumulated in f32 by the \
          f32 gemm ({why})"
     )
+}
+
+/// dst (m × n, row-major) += lhs · rhs of packed bf16 operands: through oneDNN where it takes the
+/// shape, else by [`gemm`] on their f32 values (exact copies, so the products are the same).
+pub fn accumulate_packed(lhs: PackedRef<'_>, rhs: PackedRef<'_>, dst: &mut [f32]) -> Result<()> {
+    if onednn::accumulate_packed(lhs, rhs, dst)? {
+        return Ok(());
+    }
+    gemm(
+        packed_key(lhs, rhs, true),
+        dst,
+        &lhs.to_f32(),
+        &rhs.to_f32(),
+    )
+}
+
+/// lhs · rhs of packed bf16 operands into a new row-major f32 matrix, as [`accumulate_packed`].
+pub fn product_packed(lhs: PackedRef<'_>, rhs: PackedRef<'_>) -> Result<Vec<f32>> {
+    if let Some(product) = onednn::product_packed(lhs, rhs)? {
+        return Ok(product);
+    }
+    let mut dst = vec![0f32; lhs.rows() * rhs.cols()];
+    gemm(
+        packed_key(lhs, rhs, false),
+        &mut dst,
+        &lhs.to_f32(),
+        &rhs.to_f32(),
+    )?;
+    Ok(dst)
+}
+
+fn packed_key(lhs: PackedRef<'_>, rhs: PackedRef<'_>, accumulate: bool) -> Key {
+    Key {
+        m: lhs.rows(),
+        n: rhs.cols(),
+        k: lhs.cols(),
+        lhs_strides: lhs.strides(),
+        rhs_strides: rhs.strides(),
+        accumulate,
+    }
 }
 
 /// dst (m × n, row-major) = [dst +] bf16(lhs) · bf16(rhs), f32 accumulation, by gemm on

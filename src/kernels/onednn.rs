@@ -751,6 +751,29 @@ pub struct PackedRef<'a> {
     strides: [usize; 2],
 }
 
+impl PackedRef<'_> {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn strides(&self) -> [usize; 2] {
+        self.strides
+    }
+
+    /// The values as f32, in the same layout: exact, since a bf16 value is an f32 whose lower
+    /// 16 bits are zero.
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.bits
+            .iter()
+            .map(|&b| f32::from_bits(u32::from(b) << 16))
+            .collect()
+    }
+}
+
 thread_local! {
     /// The thread's reusable scratchpad (grown, never zeroed again). Taken out for the length of
     /// a call and put back after, so that a call nested on the same thread (rayon may run

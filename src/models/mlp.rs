@@ -10,8 +10,8 @@
 use candle_core::{Result, Tensor, Var};
 
 use super::imlp::IMlp;
-use crate::layers::linear::{linear, BiasInit, MLP_BIAS_STD};
-use crate::layers::{Epilogue, ForwardCtx, Linear};
+use crate::layers::linear::{BiasInit, MLP_BIAS_STD};
+use crate::layers::{gelu_mlp, Epilogue, ForwardCtx, Linear};
 use crate::params::Scope;
 
 #[derive(Clone, Debug)]
@@ -35,8 +35,15 @@ impl Mlp {
 
     /// fc2(GELU(fc1(x))), then `epilogue` on fc2's product.
     pub fn forward(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
-        let h = self.fc1.forward(x, Epilogue::Gelu)?;
-        self.fc2.forward(&h, epilogue)
+        let (fc1, fc2) = (&self.fc1, &self.fc2);
+        gelu_mlp(
+            x,
+            fc1.weight.as_tensor(),
+            fc1.bias.as_ref().map(Var::as_tensor),
+            fc2.weight.as_tensor(),
+            fc2.bias.as_ref().map(Var::as_tensor),
+            epilogue,
+        )
     }
 }
 
@@ -56,8 +63,7 @@ impl SymMlp {
     /// GELU(x Wᵀ) W, then `epilogue`.
     pub fn forward(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         let w = self.weight.as_tensor();
-        let h = linear(x, w, None, Epilogue::Gelu)?;
-        linear(&h, &w.t()?, None, epilogue)
+        gelu_mlp(x, w, None, &w.t()?, None, epilogue)
     }
 }
 
@@ -80,10 +86,9 @@ impl AsymMlp {
     /// h W1 + h W2ᵀ with h = GELU(x W1ᵀ), then `epilogue`.
     pub fn forward(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         let w1 = self.fc1.weight.as_tensor();
-        let h = linear(x, w1, None, Epilogue::Gelu)?;
         // h W1 + h W2ᵀ = h (W1 + W2ᵀ)ᵀ-applied: one matmul with the summed (in, hidden) weight.
         let w_out = (w1.t()? + self.fc2.weight.as_tensor())?;
-        linear(&h, &w_out, None, epilogue)
+        gelu_mlp(x, w1, None, &w_out, None, epilogue)
     }
 }
 

@@ -1,0 +1,403 @@
+//! y = GELU(x W₁ᵀ + b₁) W₂ᵀ + b₂ (+ r): the two-layer GELU MLP over the last axis, as one op
+//! when its matmuls take bf16 inputs on oneDNN.
+//!
+//! Why one op: at bf16 precision the hidden activation h = GELU(x W₁ᵀ + b₁) is read only by
+//! bf16 products — fc2's forward h W₂ᵀ and its weight gradient gᵀ h. Composed from two linear
+//! ops, the graph keeps h in f32 as fc2's input while fc2 packs it to bf16 again and keeps that
+//! copy for ∂W₂: with GELU′, ten bytes per hidden element stay alive until the backward, and h is
+//! written in f32 only to be read back for its conversion. Here h is f32 only between the GELU
+//! and its packing; the op keeps the packed bf16 h and GELU′, six bytes per hidden element, and
+//! the hidden layer is never a tensor. The MLPs hold most of a Mixer's activations, which is
+//! where imixer's bf16 training used more memory than PyTorch's AMP (BENCHMARKS.md).
+//!
+//! The products and roundings are the composition's: the same bf16 operands multiplied by the
+//! same engine, GELU′ from the same kernel, the rounding's gradient taken as the identity
+//! (as in [`super::linear_epilogue`]). Elsewhere — f32, the portable path, CPUs without the
+//! oneDNN path, a GELU after fc2 — the MLP is the two linear ops.
+//!
+//! candle's widest custom op has three inputs, so the weights and biases travel as one flat
+//! tensor [W₁ | b₁ | W₂ | b₂] (a copy of the small weights per call; its backward returns the
+//! gradient in the same layout, which candle splits back).
+
+use std::sync::OnceLock;
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+
+use super::bias::{column_sums, ScaleWithColumnSums};
+use super::gelu::{gelu_in_place, gelu_in_place_with_derivative};
+use super::linear::{linear, Epilogue};
+use crate::kernels::cpu::{contiguous, with_f32_slice};
+use crate::kernels::onednn::{self, Packed};
+use crate::kernels::{bf16, fused};
+
+/// fc2(GELU(fc1(x))) for W₁ (hidden, in), b₁ (hidden), W₂ (out, hidden), b₂ (out), then
+/// `epilogue` on fc2's product; either bias may be absent.
+pub fn gelu_mlp(
+    x: &Tensor,
+    w1: &Tensor,
+    b1: Option<&Tensor>,
+    w2: &Tensor,
+    b2: Option<&Tensor>,
+    epilogue: Epilogue,
+) -> Result<Tensor> {
+    let one_op = fused(x)
+        && bf16::active_for(x)
+        && onednn::available()
+        && !matches!(epilogue, Epilogue::Gelu);
+    if !one_op {
+        let h = linear(x, w1, b1, Epilogue::Gelu)?;
+        return linear(&h, w2, b2, epilogue);
+    }
+    bf16_gelu_mlp(x, w1, b1, w2, b2, epilogue)
+}
+
+/// The one-op MLP with bf16 products (through oneDNN where it takes a shape, else gemm on the
+/// same bf16 values), whatever the precision setting: [`gelu_mlp`] decides when it runs.
+fn bf16_gelu_mlp(
+    x: &Tensor,
+    w1: &Tensor,
+    b1: Option<&Tensor>,
+    w2: &Tensor,
+    b2: Option<&Tensor>,
+    epilogue: Epilogue,
+) -> Result<Tensor> {
+    let (hidden, in_f) = w1.dims2()?;
+    let (out_f, hidden2) = w2.dims2()?;
+    let dims = x.dims();
+    if dims.last() != Some(&in_f) || hidden2 != hidden {
+        candle_core::bail!(
+            "mlp: input {:?}, fc1 {:?} and fc2 {:?} do not chain",
+            x.shape(),
+            w1.shape(),
+            w2.shape()
+        );
+    }
+    for (b, n, name) in [(b1, hidden, "fc1"), (b2, out_f, "fc2")] {
+        if let Some(b) = b {
+            if b.dims() != [n] {
+                candle_core::bail!("mlp: {name} bias {:?} for {n} outputs", b.shape());
+            }
+        }
+    }
+    let rows = x.elem_count() / in_f.max(1);
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().unwrap_or(&mut 0) = out_f;
+    let residual = match epilogue {
+        Epilogue::Add(r) if r.dims() != out_dims.as_slice() => candle_core::bail!(
+            "mlp: residual {:?} does not match the output {out_dims:?}",
+            r.shape()
+        ),
+        Epilogue::Add(r) => Some(r.reshape((rows, out_f))?.contiguous()?),
+        _ => None,
+    };
+    let mut parts = vec![w1.flatten_all()?];
+    parts.extend(b1.cloned());
+    parts.push(w2.flatten_all()?);
+    parts.extend(b2.cloned());
+    let params = Tensor::cat(&parts, 0)?.contiguous()?;
+    let r = match &residual {
+        Some(r) => r.clone(),
+        None => Tensor::zeros(0, DType::F32, x.device())?,
+    };
+    let op = GeluMlp {
+        rows,
+        in_f,
+        hidden,
+        out_f,
+        bias1: b1.is_some(),
+        bias2: b2.is_some(),
+        residual: residual.is_some(),
+        keep: candle_core::backprop::grad_enabled(),
+        kept: OnceLock::new(),
+    };
+    x.reshape((rows, in_f))?
+        .contiguous()?
+        .apply_op3(&params, &r, op)?
+        .reshape(out_dims)
+}
+
+struct GeluMlp {
+    rows: usize,
+    in_f: usize,
+    hidden: usize,
+    out_f: usize,
+    bias1: bool,
+    bias2: bool,
+    residual: bool,
+    /// A backward is to come (the graph is recorded): keep what it reads.
+    keep: bool,
+    kept: OnceLock<Kept>,
+}
+
+/// What the forward leaves for the backward: the two products' bf16 left operands, which the
+/// weight gradients read again, and GELU′ at every hidden element.
+struct Kept {
+    x: Packed,
+    h: Packed,
+    derivative: CpuStorage,
+}
+
+/// The flat parameter tensor's pieces.
+struct Params<'a> {
+    w1: &'a [f32],
+    b1: &'a [f32],
+    w2: &'a [f32],
+    b2: &'a [f32],
+}
+
+impl GeluMlp {
+    fn params_len(&self) -> usize {
+        let (h, i, o) = (self.hidden, self.in_f, self.out_f);
+        h * i + usize::from(self.bias1) * h + o * h + usize::from(self.bias2) * o
+    }
+
+    fn split<'a>(&self, p: &'a [f32]) -> Params<'a> {
+        let (w1, p) = p.split_at(self.hidden * self.in_f);
+        let (b1, p) = p.split_at(usize::from(self.bias1) * self.hidden);
+        let (w2, b2) = p.split_at(self.out_f * self.hidden);
+        Params { w1, b1, w2, b2 }
+    }
+
+    fn forward(&self, x: &[f32], p: Params<'_>, r: &[f32]) -> Result<Vec<f32>> {
+        let (rows, in_f, hidden, out_f) = (self.rows, self.in_f, self.hidden, self.out_f);
+        let px = Packed::new(x, rows, in_f, [in_f, 1])?;
+        // W₁ (hidden, in) read as W₁ᵀ (in, hidden), column-major.
+        let pw1 = Packed::new(p.w1, in_f, hidden, [1, in_f])?;
+        let mut z = starting_rows(rows, hidden, p.b1, None);
+        bf16::accumulate_packed(px.as_ref(), pw1.as_ref(), &mut z)?;
+        let derivative = if self.keep {
+            Some(gelu_in_place_with_derivative(&mut z))
+        } else {
+            gelu_in_place(&mut z);
+            None
+        };
+        let ph = Packed::new(&z, rows, hidden, [hidden, 1])?;
+        drop(z);
+        let pw2 = Packed::new(p.w2, hidden, out_f, [1, hidden])?;
+        let mut y = starting_rows(rows, out_f, p.b2, self.residual.then_some(r));
+        bf16::accumulate_packed(ph.as_ref(), pw2.as_ref(), &mut y)?;
+        if let Some(derivative) = derivative {
+            // The op runs its forward once; a second run would recompute the same values.
+            let _ = self.kept.set(Kept {
+                x: px,
+                h: ph,
+                derivative: CpuStorage::F32(derivative),
+            });
+        }
+        Ok(y)
+    }
+}
+
+/// A rows × cols destination starting as the bias in every row plus the residual, either of
+/// which may be absent (empty bias: zero).
+fn starting_rows(rows: usize, cols: usize, bias: &[f32], residual: Option<&[f32]>) -> Vec<f32> {
+    match (bias.is_empty(), residual) {
+        (true, None) => vec![0.0; rows * cols],
+        (false, None) => bias.repeat(rows),
+        (true, Some(r)) => r.to_vec(),
+        (false, Some(r)) => r
+            .chunks(cols)
+            .flat_map(|row| row.iter().zip(bias).map(|(r, b)| r + b))
+            .collect(),
+    }
+}
+
+impl CustomOp3 for GeluMlp {
+    fn name(&self) -> &'static str {
+        "imixer-gelu-mlp"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(p), CpuStorage::F32(r)) = (s1, s2, s3) else {
+            candle_core::bail!("{}: only f32 tensors", self.name());
+        };
+        let r_len = usize::from(self.residual) * self.rows * self.out_f;
+        // The kernel indexes with these sizes: a mismatch must be an error, not a wild read.
+        if l1.shape().elem_count() != self.rows * self.in_f
+            || l2.shape().elem_count() != self.params_len()
+            || l3.shape().elem_count() != r_len
+        {
+            candle_core::bail!(
+                "{}: inputs {:?}, {:?}, {:?} do not match {} rows of {} → {} → {}",
+                self.name(),
+                l1.shape(),
+                l2.shape(),
+                l3.shape(),
+                self.rows,
+                self.in_f,
+                self.hidden,
+                self.out_f
+            );
+        }
+        let y = self.forward(
+            contiguous(x, l1)?,
+            self.split(contiguous(p, l2)?),
+            contiguous(r, l3)?,
+        )?;
+        Ok((CpuStorage::F32(y), Shape::from((self.rows, self.out_f))))
+    }
+
+    /// With ∂z = (g W₂) ⊙ GELU′: ∂x = ∂z W₁, ∂W₁ = ∂zᵀ x, ∂b₁ = Σ_rows ∂z, ∂W₂ = gᵀ h,
+    /// ∂b₂ = Σ_rows g, ∂r = g.
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        params: &Tensor,
+        _r: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let kept = self.kept.get().ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "{}: backward without a recorded forward",
+                self.name()
+            ))
+        })?;
+        let (rows, in_f, hidden, out_f) = (self.rows, self.in_f, self.hidden, self.out_f);
+        let g = grad.contiguous()?;
+        let dev = g.device().clone();
+        let (pg, db2) = with_f32_slice(&g, |g| {
+            let db2 = self.bias2.then(|| column_sums(g, out_f));
+            Ok((Packed::new(g, rows, out_f, [out_f, 1])?, db2))
+        })?;
+        let (pw1, pw2) = with_f32_slice(params, |p| {
+            let p = self.split(p);
+            Ok((
+                Packed::new(p.w1, hidden, in_f, [in_f, 1])?,
+                Packed::new(p.w2, out_f, hidden, [hidden, 1])?,
+            ))
+        })?;
+        let dh = bf16::product_packed(pg.as_ref(), pw2.as_ref())?;
+        let dw2 = bf16::product_packed(pg.t(), kept.h.as_ref())?;
+        let scale = ScaleWithColumnSums {
+            factor: &kept.derivative,
+            cols: hidden,
+            sums: self.bias1.then(OnceLock::new),
+        };
+        let dz = Tensor::from_vec(dh, (rows, hidden), &dev)?.apply_op1_no_bwd(&scale)?;
+        let db1 = match scale.sums {
+            Some(sums) => Some(sums.into_inner().ok_or_else(|| {
+                candle_core::Error::Msg(format!("{}: column sums not computed", self.name()))
+            })?),
+            None => None,
+        };
+        let pdz = with_f32_slice(&dz, |dz| Packed::new(dz, rows, hidden, [hidden, 1]))?;
+        drop(dz);
+        let dx = bf16::product_packed(pdz.as_ref(), pw1.as_ref())?;
+        let dw1 = bf16::product_packed(pdz.t(), kept.x.as_ref())?;
+        let mut dparams = Vec::with_capacity(self.params_len());
+        dparams.extend_from_slice(&dw1);
+        dparams.extend(db1.iter().flatten().map(|&s| s as f32));
+        dparams.extend_from_slice(&dw2);
+        dparams.extend(db2.iter().flatten());
+        Ok((
+            Some(Tensor::from_vec(dx, (rows, in_f), &dev)?),
+            Some(Tensor::from_vec(dparams, self.params_len(), &dev)?),
+            self.residual.then_some(g),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::{set_precision, Precision};
+    use crate::params::seeded_normal;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.max_all()?.to_scalar()
+    }
+
+    /// The one op equals the two bf16 linear ops it replaces — output and the gradients of x,
+    /// both weights, both biases and the residual — with and without biases and residual, on
+    /// odd sizes; it runs on any CPU (gemm stands in where oneDNN is absent).
+    #[test]
+    fn one_op_equals_the_two_bf16_linear_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let var = |seed, shape: &[usize], std| -> Result<Var> {
+            Var::from_tensor(&seeded_normal(seed, shape, std, DType::F32, &dev)?)
+        };
+        let (x, w1, bias1) = (
+            var(1, &[3, 13, 20], 1.0)?,
+            var(2, &[37, 20], 0.3)?,
+            var(3, &[37], 0.5)?,
+        );
+        let (w2, bias2, r) = (
+            var(4, &[11, 37], 0.3)?,
+            var(5, &[11], 0.5)?,
+            var(6, &[3, 13, 11], 1.0)?,
+        );
+        let probe = seeded_normal(7, &[3, 13, 11], 1.0, DType::F32, &dev)?;
+        for (biases, residual) in [(true, true), (true, false), (false, true), (false, false)] {
+            let (b1, b2) = (
+                biases.then_some(bias1.as_tensor()),
+                biases.then_some(bias2.as_tensor()),
+            );
+            let epilogue = if residual {
+                Epilogue::Add(r.as_tensor())
+            } else {
+                Epilogue::None
+            };
+            set_precision(Precision::Bf16);
+            let one = bf16_gelu_mlp(&x, &w1, b1, &w2, b2, epilogue);
+            let two =
+                linear(&x, &w1, b1, Epilogue::Gelu).and_then(|h| linear(&h, &w2, b2, epilogue));
+            set_precision(Precision::Fp32);
+            let (one, two) = (one?, two?);
+            let d = max_diff(&one, &two)?;
+            assert!(d < 1e-5, "{biases} {residual}: forward {d}");
+            let g_one = (one * &probe)?.sum_all()?.backward()?;
+            let g_two = (two * &probe)?.sum_all()?.backward()?;
+            let mut vars = vec![("x", &x), ("w1", &w1), ("w2", &w2)];
+            if biases {
+                vars.extend([("b1", &bias1), ("b2", &bias2)]);
+            }
+            if residual {
+                vars.push(("r", &r));
+            }
+            for (name, v) in vars {
+                let (a, b) = (g_one.get(v).unwrap(), g_two.get(v).unwrap());
+                let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+                let d = max_diff(a, b)?;
+                assert!(d <= 1e-5 * scale, "{biases} {residual}: ∂{name} {d}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Without a recorded graph (nothing kept, GELU without its derivative) the output is the
+    /// same.
+    #[test]
+    fn inference_gives_the_recorded_output() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = seeded_normal(8, &[9, 16], 1.0, DType::F32, &dev)?;
+        let w1 = seeded_normal(9, &[24, 16], 0.3, DType::F32, &dev)?;
+        let w2 = seeded_normal(10, &[16, 24], 0.3, DType::F32, &dev)?;
+        let recorded = bf16_gelu_mlp(&x, &w1, None, &w2, None, Epilogue::None)?;
+        let inferred = candle_core::backprop::no_grad(|| {
+            bf16_gelu_mlp(&x, &w1, None, &w2, None, Epilogue::None)
+        })?;
+        assert_eq!(recorded.to_vec2::<f32>()?, inferred.to_vec2::<f32>()?);
+        Ok(())
+    }
+
+    #[test]
+    fn shapes_that_do_not_chain_are_errors() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((4, 8), DType::F32, &dev)?;
+        let w1 = Tensor::zeros((6, 8), DType::F32, &dev)?;
+        let w2 = Tensor::zeros((8, 5), DType::F32, &dev)?;
+        let e = bf16_gelu_mlp(&x, &w1, None, &w2, None, Epilogue::None).unwrap_err();
+        assert!(e.to_string().contains("do not chain"), "{e}");
+        Ok(())
+    }
+}
