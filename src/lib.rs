@@ -35,13 +35,13 @@
 //! Module map (one concept per module):
 //! - [`config`]: the serde model configuration — every architectural knob.
 //! - [`registry`]: the reference model names (`mixer_s16_224`, `asymmixer_s16_224_l01`, …).
-//! - [`layers`]: building blocks (LayerNorm, Linear with a fused [`layers::Epilogue`], soft
-//!   spectral normalisation, drop-path, patch embedding) and the state a forward carries
+//! - [`layers`]: building blocks (LayerNorm, Linear with a fused [`layers::Epilogue`], the GELU
+//!   MLP [`layers::gelu_mlp()`], soft spectral normalisation, drop-path, patch embedding) and the state a forward carries
 //!   ([`layers::ForwardCtx`]: mode and RNG, spectral-norm updates committed once, an observer
 //!   that records only what it is asked for). Every layer acts on the last axis and has one
 //!   `forward`; the blocks bring the token axis last for token mixing.
-//! - [`kernels`]: the CPU kernels (AVX2/AVX-512 chosen at run time, bf16 on AMX or AVX512-BF16 through oneDNN)
-//!   and the one switch between them and the portable candle compositions.
+//! - [`kernels`]: the CPU kernels (AVX2/AVX-512 chosen at run time, bf16 on AMX or AVX512-BF16
+//!   through oneDNN) and the one switch between them and the portable candle compositions.
 //! - [`models`]: the MLPs, the iMLP's residual map F and solvers, the blocks of each family and
 //!   the whole network.
 //! - [`params`]: named parameters and buffers in reference state_dict order, initialisation.

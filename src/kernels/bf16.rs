@@ -101,7 +101,7 @@ pub fn how_this_cpu_runs_it() -> String {
 }
 
 /// dst (m × n, row-major) += lhs · rhs of packed bf16 operands: through oneDNN where it takes the
-/// shape, else by [`gemm`] on their f32 values (exact copies, so the products are the same).
+/// shape, else by [`gemm()`] on their f32 values (exact copies, so the products are the same).
 pub fn accumulate_packed(lhs: PackedRef<'_>, rhs: PackedRef<'_>, dst: &mut [f32]) -> Result<()> {
     if onednn::accumulate_packed(lhs, rhs, dst)? {
         return Ok(());

@@ -134,7 +134,7 @@ impl std::str::FromStr for Precision {
 
 static PRECISION: AtomicU8 = AtomicU8::new(0);
 
-/// The current matmul precision (f32 unless [`set_precision`] said otherwise).
+/// The current matmul precision (f32 unless [`crate::kernels::set_precision`] said otherwise).
 #[inline]
 pub fn precision() -> Precision {
     match PRECISION.load(Ordering::Relaxed) {

@@ -6,6 +6,9 @@
 //! - [`SymMlp`]: y = GELU(x Wᵀ) W — one weight, stored as `fc2.weight` (hidden, in);
 //! - [`AsymMlp`]: h = GELU(x W1ᵀ), y = h W1 + h W2ᵀ — symmetric part plus symmetry breaking;
 //! - the iMLP ([`super::imlp::IMlp`]).
+//!
+//! The first three are fc2(GELU(fc1(x))) with different weights, so each is one call of
+//! [`gelu_mlp()`], which picks its implementation (two linear ops, or one op under bf16).
 
 use candle_core::{Result, Tensor, Var};
 

@@ -52,7 +52,7 @@ pub enum SweepError {
     Serialize(#[from] serde_json::Error),
     #[error("cannot write a run's configuration: {0}")]
     Toml(#[from] toml::ser::Error),
-    /// `error`, in `doing` (e.g. "in sweep.toml: in [grid]").
+    /// `error`, in `doing` (e.g. "in sweep.toml: in `[grid]`").
     #[error("{doing}: {error}")]
     Context {
         doing: String,
