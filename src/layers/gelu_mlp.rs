@@ -27,10 +27,11 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::bias::column_sums;
-use super::gelu::{gelu_in_place, gelu_in_place_with_derivative};
+use super::gelu::{gelu_and_grad_scalar, gelu_scalar};
 use super::linear::{linear, Epilogue};
 use crate::kernels::cpu::{contiguous, with_f32_slice, PAR_CHUNK};
 use crate::kernels::onednn::{self, Packed};
+use crate::kernels::rounding::round_to_bf16;
 use crate::kernels::{bf16, fused, simd_kernel};
 
 /// fc2(GELU(fc1(x))) for W₁ (hidden, in), b₁ (hidden), W₂ (out, hidden), b₂ (out), then
@@ -168,17 +169,8 @@ impl GeluMlp {
         let pw1 = Packed::new(p.w1, in_f, hidden, [1, in_f])?;
         let mut z = starting_rows(rows, hidden, p.b1, None);
         bf16::accumulate_packed(px.as_ref(), pw1.as_ref(), &mut z)?;
-        let derivative = if self.keep {
-            Some(gelu_in_place_with_derivative(&mut z))
-        } else {
-            gelu_in_place(&mut z);
-            None
-        };
-        let ph = Packed::new(&z, rows, hidden, [hidden, 1])?;
+        let (ph, derivative) = gelu_to_bf16(&z, rows, hidden, self.keep);
         drop(z);
-        let derivative = derivative
-            .map(|d| Packed::new(&d, rows, hidden, [hidden, 1]))
-            .transpose()?;
         let pw2 = Packed::new(p.w2, hidden, out_f, [1, hidden])?;
         let mut y = starting_rows(rows, out_f, p.b2, self.residual.then_some(r));
         bf16::accumulate_packed(ph.as_ref(), pw2.as_ref(), &mut y)?;
@@ -191,6 +183,62 @@ impl GeluMlp {
             });
         }
         Ok(y)
+    }
+}
+
+/// GELU(z) and, when `with_derivative`, GELU′(z), both written straight to bf16 (rounded to
+/// nearest even, as [`Packed::new`]): one pass over z, where GELU in place, then packing h and
+/// GELU′, would write and read two f32 copies.
+fn gelu_to_bf16(
+    z: &[f32],
+    rows: usize,
+    cols: usize,
+    with_derivative: bool,
+) -> (Packed, Option<Packed>) {
+    let packed = |bits| Packed {
+        bits,
+        rows,
+        cols,
+        strides: [cols, 1],
+    };
+    let mut h = vec![0u16; z.len()];
+    if !with_derivative {
+        h.par_chunks_mut(PAR_CHUNK)
+            .zip(z.par_chunks(PAR_CHUNK))
+            .for_each(|(h, z)| gelu_block_to_bf16(z, h));
+        return (packed(h), None);
+    }
+    let mut d = vec![0u16; z.len()];
+    h.par_chunks_mut(PAR_CHUNK)
+        .zip(d.par_chunks_mut(PAR_CHUNK))
+        .zip(z.par_chunks(PAR_CHUNK))
+        .for_each(|((h, d), z)| gelu_block_with_derivative_to_bf16(z, h, d));
+    (packed(h), Some(packed(d)))
+}
+
+/// The upper half of `x` rounded to bf16: its bf16 bits.
+#[inline(always)]
+fn bf16_bits(x: f32) -> u16 {
+    (round_to_bf16(x).to_bits() >> 16) as u16
+}
+
+simd_kernel! {
+    /// h = bf16(GELU(z)).
+    fn gelu_block_to_bf16(z: &[f32], h: &mut [u16]) {
+        for (h, &z) in h.iter_mut().zip(z) {
+            *h = bf16_bits(gelu_scalar(z));
+        }
+    }
+}
+
+simd_kernel! {
+    /// h = bf16(GELU(z)), d = bf16(GELU′(z)).
+    fn gelu_block_with_derivative_to_bf16(z: &[f32], h: &mut [u16], d: &mut [u16]) {
+        for ((h, d), &z) in h.iter_mut().zip(d.iter_mut()).zip(z) {
+            let (g, dg) = gelu_and_grad_scalar(z);
+            *h = bf16_bits(g);
+            *d = bf16_bits(dg);
+        }
     }
 }
 
