@@ -106,12 +106,7 @@ pub fn accumulate_packed(lhs: PackedRef<'_>, rhs: PackedRef<'_>, dst: &mut [f32]
     if onednn::accumulate_packed(lhs, rhs, dst)? {
         return Ok(());
     }
-    gemm(
-        packed_key(lhs, rhs, true),
-        dst,
-        &lhs.to_f32(),
-        &rhs.to_f32(),
-    )
+    gemm_packed(lhs, rhs, dst, true)
 }
 
 /// lhs · rhs of packed bf16 operands into a new row-major f32 matrix, as [`accumulate_packed`].
@@ -120,24 +115,36 @@ pub fn product_packed(lhs: PackedRef<'_>, rhs: PackedRef<'_>) -> Result<Vec<f32>
         return Ok(product);
     }
     let mut dst = vec![0f32; lhs.rows() * rhs.cols()];
-    gemm(
-        packed_key(lhs, rhs, false),
-        &mut dst,
-        &lhs.to_f32(),
-        &rhs.to_f32(),
-    )?;
+    gemm_packed(lhs, rhs, &mut dst, false)?;
     Ok(dst)
 }
 
-fn packed_key(lhs: PackedRef<'_>, rhs: PackedRef<'_>, accumulate: bool) -> Key {
-    Key {
+/// dst = [dst +] lhs · rhs of packed operands by [`gemm()`] on their f32 values: the fallback of
+/// [`accumulate_packed`] and [`product_packed`].
+fn gemm_packed(
+    lhs: PackedRef<'_>,
+    rhs: PackedRef<'_>,
+    dst: &mut [f32],
+    accumulate: bool,
+) -> Result<()> {
+    if lhs.cols() != rhs.rows() {
+        candle_core::bail!(
+            "bf16 product: {}×{} · {}×{}",
+            lhs.rows(),
+            lhs.cols(),
+            rhs.rows(),
+            rhs.cols()
+        );
+    }
+    let key = Key {
         m: lhs.rows(),
         n: rhs.cols(),
         k: lhs.cols(),
         lhs_strides: lhs.strides(),
         rhs_strides: rhs.strides(),
         accumulate,
-    }
+    };
+    gemm(key, dst, &lhs.to_f32(), &rhs.to_f32())
 }
 
 /// dst (m × n, row-major) = [dst +] bf16(lhs) · bf16(rhs), f32 accumulation, by gemm on
@@ -272,6 +279,47 @@ mod linear_tests {
     use crate::layers::linear_epilogue::linear_epilogue;
     use crate::params::seeded_normal;
     use candle_core::Device;
+
+    /// The gemm fallback of the packed products, on row-major and transposed (column-major)
+    /// views, with and without accumulation, equals the f64 product of the rounded operands.
+    #[test]
+    fn gemm_fallback_of_packed_products_matches_f64() -> Result<()> {
+        let (m, k, n) = (9, 17, 6);
+        let value = |i: usize, seed: f32| (i as f32 * 0.37 + seed).sin() * 2.0;
+        let a: Vec<f32> = (0..m * k).map(|i| value(i, 1.0)).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| value(i, 2.0)).collect();
+        let (ra, rb) = (round_slice(&a), round_slice(&b));
+        let pa = Packed::new(&a, m, k, [k, 1])?;
+        // bᵀ stored row-major (n × k), read back through its transposed view as k × n.
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let pbt = Packed::new(&bt, n, k, [k, 1])?;
+        let start: Vec<f32> = (0..m * n).map(|i| value(i, 3.0)).collect();
+        for accumulate in [false, true] {
+            let mut dst = if accumulate {
+                start.clone()
+            } else {
+                vec![f32::NAN; m * n]
+            };
+            gemm_packed(pa.as_ref(), pbt.t(), &mut dst, accumulate)?;
+            for i in 0..m {
+                for j in 0..n {
+                    let mut want: f64 = (0..k)
+                        .map(|p| f64::from(ra[i * k + p]) * f64::from(rb[p * n + j]))
+                        .sum();
+                    if accumulate {
+                        want += f64::from(start[i * n + j]);
+                    }
+                    let got = f64::from(dst[i * n + j]);
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "{accumulate} ({i}, {j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+        assert!(gemm_packed(pa.as_ref(), pa.as_ref(), &mut [0.0; 81], false).is_err());
+        Ok(())
+    }
 
     /// Under bf16 a linear layer equals the f32 product of the bf16-rounded operands, and differs
     /// from the f32 layer.
