@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rayon::prelude::*;
 
 use super::cpu::PAR_CHUNK;
-use super::rounding::round_to_bf16;
+use super::rounding::{bf16_bits, bf16_value};
 use super::simd_kernel;
 
 type Status = c_int;
@@ -625,7 +625,7 @@ simd_kernel! {
     /// out[i] = the bf16 bits of x[i], rounded to nearest even.
     fn to_bf16_block(x: &[f32], out: &mut [MaybeUninit<u16>]) {
         for (o, &x) in out.iter_mut().zip(x) {
-            o.write((round_to_bf16(x).to_bits() >> 16) as u16);
+            o.write(bf16_bits(x));
         }
     }
 }
@@ -659,7 +659,7 @@ fn pack(src: &[f32], rows: usize, cols: usize, from: [usize; 2], to: [usize; 2])
             to_bf16_block(&src[start..start + len], o);
         } else {
             for (j, o) in o.iter_mut().enumerate() {
-                o.write((round_to_bf16(src[start + j * elem_stride]).to_bits() >> 16) as u16);
+                o.write(bf16_bits(src[start + j * elem_stride]));
             }
         }
     };
@@ -767,10 +767,7 @@ impl PackedRef<'_> {
     /// The values as f32, in the same layout: exact, since a bf16 value is an f32 whose lower
     /// 16 bits are zero.
     pub fn to_f32(&self) -> Vec<f32> {
-        self.bits
-            .iter()
-            .map(|&b| f32::from_bits(u32::from(b) << 16))
-            .collect()
+        self.bits.iter().map(|&b| bf16_value(b)).collect()
     }
 }
 

@@ -18,6 +18,18 @@ pub fn round_to_bf16(x: f32) -> f32 {
     f32::from_bits(if x.is_nan() { quiet_nan } else { rounded })
 }
 
+/// The bf16 bits of `x` rounded to nearest even: the upper half of [`round_to_bf16`].
+#[inline(always)]
+pub fn bf16_bits(x: f32) -> u16 {
+    (round_to_bf16(x).to_bits() >> 16) as u16
+}
+
+/// The f32 value of bf16 `bits` (exact: the lower 16 bits of the f32 are zero).
+#[inline(always)]
+pub fn bf16_value(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
 simd_kernel! {
     /// out[i] = round_to_bf16(x[i]).
     fn round_block(x: &[f32], out: &mut [f32]) {

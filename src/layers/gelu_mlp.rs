@@ -7,15 +7,16 @@
 //! copy for ∂W₂: with GELU′, ten bytes per hidden element stay alive until the backward, and h is
 //! written in f32 only to be read back for its conversion. Here h is f32 only between the GELU
 //! and its packing; the op keeps the packed bf16 h and GELU′ rounded to bf16, four bytes per
-//! hidden element as under PyTorch's AMP, and the hidden layer is never a tensor. The MLPs hold most of a Mixer's activations, which is
-//! where imixer's bf16 training used more memory than PyTorch's AMP (BENCHMARKS.md).
+//! hidden element as under PyTorch's AMP, and the hidden layer is never a tensor. The MLPs hold
+//! most of a Mixer's activations, which is where imixer's bf16 training used more memory than
+//! PyTorch's AMP (BENCHMARKS.md).
 //!
 //! The forward and fc2's gradients are the composition's: the same bf16 operands multiplied by
 //! the same engine, the rounding's gradient taken as the identity (as in
 //! [`super::linear_epilogue`]). fc1's gradients differ by the rounding of GELU′ to bf16 (a
 //! relative 2⁻⁹ per element): ∂z = ∂h ⊙ GELU′ is rounded to bf16 for its two products anyway,
-//! and AMP's GELU backward reads a bf16 pre-activation. Elsewhere — f32, the portable path, CPUs without the
-//! oneDNN path, a GELU after fc2 — the MLP is the two linear ops.
+//! and AMP's GELU backward reads a bf16 pre-activation. Elsewhere — f32, the portable path, CPUs
+//! without the oneDNN path, a GELU after fc2 — the MLP is the two linear ops.
 //!
 //! candle's widest custom op has three inputs, so the weights and biases travel as one flat
 //! tensor [W₁ | b₁ | W₂ | b₂] (a copy of the small weights per call; its backward returns the
@@ -29,9 +30,9 @@ use rayon::prelude::*;
 use super::bias::column_sums;
 use super::gelu::{gelu_and_grad_scalar, gelu_scalar};
 use super::linear::{linear, Epilogue};
-use crate::kernels::cpu::{contiguous, with_f32_slice, PAR_CHUNK};
+use crate::kernels::cpu::{contiguous, sum_in_block_order, with_f32_slice, PAR_CHUNK};
 use crate::kernels::onednn::{self, Packed};
-use crate::kernels::rounding::round_to_bf16;
+use crate::kernels::rounding::{bf16_bits, bf16_value};
 use crate::kernels::{bf16, fused, simd_kernel};
 
 /// fc2(GELU(fc1(x))) for W₁ (hidden, in), b₁ (hidden), W₂ (out, hidden), b₂ (out), then
@@ -133,11 +134,14 @@ struct GeluMlp {
     kept: OnceLock<Kept>,
 }
 
-/// What the forward leaves for the backward: the two products' bf16 left operands, which the
-/// weight gradients read again, and GELU′ at every hidden element, in bf16.
+/// What the forward leaves for the backward: the packed operands of both products (the left
+/// ones for the weight gradients; the weights, read transposed, for ∂h = g W₂ and ∂x = ∂z W₁)
+/// and GELU′ at every hidden element, in bf16.
 struct Kept {
     x: Packed,
+    w1t: Packed,
     h: Packed,
+    w2t: Packed,
     derivative: Packed,
 }
 
@@ -178,7 +182,9 @@ impl GeluMlp {
             // The op runs its forward once; a second run would recompute the same values.
             let _ = self.kept.set(Kept {
                 x: px,
+                w1t: pw1,
                 h: ph,
+                w2t: pw2,
                 derivative,
             });
         }
@@ -214,12 +220,6 @@ fn gelu_to_bf16(
         .zip(z.par_chunks(PAR_CHUNK))
         .for_each(|((h, d), z)| gelu_block_with_derivative_to_bf16(z, h, d));
     (packed(h), Some(packed(d)))
-}
-
-/// The upper half of `x` rounded to bf16: its bf16 bits.
-#[inline(always)]
-fn bf16_bits(x: f32) -> u16 {
-    (round_to_bf16(x).to_bits() >> 16) as u16
 }
 
 simd_kernel! {
@@ -272,12 +272,7 @@ fn scale_by_derivative(dz: &mut [f32], d: &[u16], cols: usize, sums: bool) -> Op
             acc
         })
         .collect();
-    let mut total = vec![0f64; cols];
-    for p in &partials {
-        for (t, v) in total.iter_mut().zip(p) {
-            *t += v;
-        }
-    }
+    let total = sum_in_block_order(&partials, cols);
     Some(total.into_iter().map(|s| s as f32).collect())
 }
 
@@ -285,7 +280,7 @@ simd_kernel! {
     /// z ← z · f, f in bf16 bits.
     fn scale_by_bf16(z: &mut [f32], f: &[u16]) {
         for (z, &f) in z.iter_mut().zip(f) {
-            *z *= f32::from_bits(u32::from(f) << 16);
+            *z *= bf16_value(f);
         }
     }
 }
@@ -296,7 +291,7 @@ simd_kernel! {
         let cols = acc.len();
         for (z, f) in z.chunks_mut(cols).zip(f.chunks(cols)) {
             for ((z, &f), a) in z.iter_mut().zip(f).zip(acc.iter_mut()) {
-                *z *= f32::from_bits(u32::from(f) << 16);
+                *z *= bf16_value(f);
                 *a += f64::from(*z);
             }
         }
@@ -351,7 +346,7 @@ impl CustomOp3 for GeluMlp {
     fn bwd(
         &self,
         _x: &Tensor,
-        params: &Tensor,
+        _params: &Tensor,
         _r: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
@@ -369,19 +364,12 @@ impl CustomOp3 for GeluMlp {
             let db2 = self.bias2.then(|| column_sums(g, out_f));
             Ok((Packed::new(g, rows, out_f, [out_f, 1])?, db2))
         })?;
-        let (pw1, pw2) = with_f32_slice(params, |p| {
-            let p = self.split(p);
-            Ok((
-                Packed::new(p.w1, hidden, in_f, [in_f, 1])?,
-                Packed::new(p.w2, out_f, hidden, [hidden, 1])?,
-            ))
-        })?;
-        let mut dz = bf16::product_packed(pg.as_ref(), pw2.as_ref())?;
+        let mut dz = bf16::product_packed(pg.as_ref(), kept.w2t.t())?;
         let dw2 = bf16::product_packed(pg.t(), kept.h.as_ref())?;
         let db1 = scale_by_derivative(&mut dz, &kept.derivative.bits, hidden, self.bias1);
         let pdz = Packed::new(&dz, rows, hidden, [hidden, 1])?;
         drop(dz);
-        let dx = bf16::product_packed(pdz.as_ref(), pw1.as_ref())?;
+        let dx = bf16::product_packed(pdz.as_ref(), kept.w1t.t())?;
         let dw1 = bf16::product_packed(pdz.t(), kept.x.as_ref())?;
         let mut dparams = Vec::with_capacity(self.params_len());
         dparams.extend_from_slice(&dw1);
