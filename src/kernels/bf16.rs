@@ -275,7 +275,7 @@ pub fn product_no_grad(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod linear_tests {
     use super::*;
-    use crate::kernels::set_precision;
+    use crate::kernels::with_precision;
     use crate::layers::linear_epilogue::linear_epilogue;
     use crate::params::seeded_normal;
     use candle_core::Device;
@@ -331,10 +331,7 @@ mod linear_tests {
         let round = |t: &Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
         let want = round(&x)?.matmul(&round(&w)?.t()?)?;
         let fp32 = x.matmul(&w.t()?)?;
-        set_precision(Precision::Bf16);
-        let got = linear_epilogue(&x, &w, None, None);
-        set_precision(Precision::Fp32);
-        let got = got?;
+        let got = with_precision(Precision::Bf16, || linear_epilogue(&x, &w, None, None))?;
         let d = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.max_all()?.to_scalar() };
         assert!(d(&got, &want)? < 1e-5, "{}", d(&got, &want)?);
         assert!(d(&got, &fp32)? > 1e-4, "bf16 did not change the product");

@@ -134,13 +134,38 @@ impl std::str::FromStr for Precision {
 
 static PRECISION: AtomicU8 = AtomicU8::new(0);
 
-/// The current matmul precision (f32 unless [`crate::kernels::set_precision`] said otherwise).
+std::thread_local! {
+    /// This thread's [`with_precision`] override of the process-wide setting, if any.
+    static SCOPED_PRECISION: std::cell::Cell<Option<Precision>> = const { std::cell::Cell::new(None) };
+}
+
+/// The current matmul precision: this thread's [`with_precision`] scope if it is in one, else the
+/// process-wide setting (f32 unless [`crate::kernels::set_precision`] said otherwise). Ops read it
+/// once, on the thread that builds them.
 #[inline]
 pub fn precision() -> Precision {
+    if let Some(p) = SCOPED_PRECISION.with(std::cell::Cell::get) {
+        return p;
+    }
     match PRECISION.load(Ordering::Relaxed) {
         1 => Precision::Bf16,
         _ => Precision::Fp32,
     }
+}
+
+/// Runs `f` with the ops this thread builds at precision `p`, leaving the process-wide setting
+/// (and every other thread) alone. Why: a unit test that compares a bf16 op against its f32
+/// peer must not switch the whole process, where the tests beside it expect f32 bits.
+pub fn with_precision<R>(p: Precision, f: impl FnOnce() -> R) -> R {
+    /// Restores the enclosing scope's setting even if `f` panics.
+    struct Restore(Option<Precision>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SCOPED_PRECISION.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SCOPED_PRECISION.with(|s| s.replace(Some(p))));
+    f()
 }
 
 /// Sets the matmul precision of every following op in the process and returns the one before
@@ -281,6 +306,26 @@ pub fn fused_calls() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scope sets this thread's precision only, nests, and ends with its closure — also when
+    /// the closure panics.
+    #[test]
+    fn a_precision_scope_is_this_threads_alone() {
+        let global = precision();
+        with_precision(Precision::Bf16, || {
+            assert_eq!(precision(), Precision::Bf16);
+            let other = std::thread::spawn(precision).join().unwrap();
+            assert_eq!(other, global, "the scope leaked to another thread");
+            with_precision(Precision::Fp32, || assert_eq!(precision(), Precision::Fp32));
+            assert_eq!(precision(), Precision::Bf16);
+        });
+        assert_eq!(precision(), global);
+        let panicked = std::panic::catch_unwind(|| {
+            with_precision(Precision::Bf16, || panic!("inside the scope"));
+        });
+        assert!(panicked.is_err());
+        assert_eq!(precision(), global);
+    }
 
     #[test]
     fn names_parse_back() {

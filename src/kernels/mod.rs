@@ -36,8 +36,8 @@ pub(crate) use simd::simd_kernel;
 
 pub use bf16::matmul;
 pub use dispatch::{
-    fused, fused_calls, init_from_env, isa, kernel_path, precision, set_isa, set_kernel_path, Isa,
-    KernelPath, Precision,
+    fused, fused_calls, init_from_env, isa, kernel_path, precision, set_isa, set_kernel_path,
+    with_precision, Isa, KernelPath, Precision,
 };
 
 /// Sets the matmul precision of every following op in the process. The first switch to bf16

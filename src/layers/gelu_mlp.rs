@@ -387,7 +387,7 @@ impl CustomOp3 for GeluMlp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::{set_precision, Precision};
+    use crate::kernels::{with_precision, Precision};
     use crate::params::seeded_normal;
     use candle_core::{Device, Var};
 
@@ -425,12 +425,10 @@ mod tests {
             } else {
                 Epilogue::None
             };
-            set_precision(Precision::Bf16);
-            let one = bf16_gelu_mlp(&x, &w1, b1, &w2, b2, epilogue);
-            let two =
-                linear(&x, &w1, b1, Epilogue::Gelu).and_then(|h| linear(&h, &w2, b2, epilogue));
-            set_precision(Precision::Fp32);
-            let (one, two) = (one?, two?);
+            let one = bf16_gelu_mlp(&x, &w1, b1, &w2, b2, epilogue)?;
+            let two = with_precision(Precision::Bf16, || {
+                linear(&x, &w1, b1, Epilogue::Gelu).and_then(|h| linear(&h, &w2, b2, epilogue))
+            })?;
             let d = max_diff(&one, &two)?;
             assert!(d < 1e-5, "{biases} {residual}: forward {d}");
             let g_one = (one * &probe)?.sum_all()?.backward()?;

@@ -9,7 +9,7 @@
 use candle_core::{Result, Tensor};
 
 use super::implicit::FixedMap;
-use crate::layers::{gelu, Epilogue, ForwardCtx, SoftSpectralNorm};
+use crate::layers::{gelu, gelu_mlp, Epilogue, ForwardCtx, SoftSpectralNorm};
 use crate::params::Scope;
 
 #[derive(Clone, Debug)]
@@ -35,14 +35,24 @@ impl ResidualMap {
     }
 
     /// F(x) over the last axis, then `epilogue` on fc_sn2's product: one unrolled solver step
-    /// x ← F(x) + y is `forward(x, Epilogue::Add(y))`. On the CPU fc_sn1's matmul, bias and GELU
-    /// are one op (which keeps GELU′ instead of the pre-activation) and y sits in fc_sn2's
-    /// epilogue, so the backward keeps neither fc_sn2's raw product nor F(x): two activations
-    /// fewer per iteration than F(x) + y as separate ops. Each call runs each layer's spectral
-    /// norm once.
+    /// x ← F(x) + y is `forward(x, Epilogue::Add(y))`. After the input GELU, F is a GELU MLP
+    /// whose weights are this call's normalised W̃₁, W̃₂, so it is one [`gelu_mlp()`] call: on
+    /// the CPU fc_sn1's matmul, bias and GELU are one op (which keeps GELU′ instead of the
+    /// pre-activation) and y sits in fc_sn2's epilogue, so the backward keeps neither fc_sn2's
+    /// raw product nor F(x); under bf16 the whole MLP is one op that keeps its hidden layer and
+    /// GELU′ in bf16, per unrolled iteration. Each call runs each layer's spectral norm once,
+    /// fc_sn1's first.
     pub fn forward(&self, x: &Tensor, epilogue: Epilogue, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let h = self.fc_sn1.forward(&gelu(x)?, Epilogue::Gelu, ctx)?;
-        self.fc_sn2.forward(&h, epilogue, ctx)
+        let w1 = self.fc_sn1.weight(ctx)?;
+        let w2 = self.fc_sn2.weight(ctx)?;
+        gelu_mlp(
+            &gelu(x)?,
+            &w1,
+            Some(self.fc_sn1.bias.as_tensor()),
+            &w2,
+            Some(self.fc_sn2.bias.as_tensor()),
+            epilogue,
+        )
     }
 
     /// F with this call's normalised weights, detached: what the fixed-point solvers iterate.
@@ -96,6 +106,58 @@ mod tests {
                 .max_all()?
                 .to_scalar::<f64>()?;
             assert!(d < 1e-12, "gradient {d}");
+        }
+        Ok(())
+    }
+
+    /// Under bf16 the step is one MLP op over the normalised weights: its output equals the two
+    /// bf16 linear layers', and the gradients reach weight_orig through σ̂ as theirs do (within
+    /// the bf16 rounding of GELU′ on fc_sn1's side, as in `layers::gelu_mlp`).
+    #[test]
+    fn bf16_step_equals_two_bf16_layers() -> Result<()> {
+        use crate::kernels::{with_precision, Precision};
+        use crate::layers::linear::linear;
+        let dev = Device::Cpu;
+        let builder = Builder::new(5, DType::F32, &dev);
+        // σ̂ above c = 0.5 for every layer, so the weights are divided by σ̂ / c.
+        let f = ResidualMap::new(&builder.root(), 24, 40, 0.5, 1)?;
+        let x = seeded_normal(3, &[4, 3, 24], 1.0, DType::F32, &dev)?;
+        let y = seeded_normal(4, &[4, 3, 24], 1.0, DType::F32, &dev)?;
+        let probe = seeded_normal(5, &[4, 3, 24], 1.0, DType::F32, &dev)?;
+        let (one, two) = with_precision(Precision::Bf16, || -> Result<_> {
+            let one = f.forward(&x, Epilogue::Add(&y), &mut ForwardCtx::eval())?;
+            let mut ctx = ForwardCtx::eval();
+            let (w1, w2) = (f.fc_sn1.weight(&mut ctx)?, f.fc_sn2.weight(&mut ctx)?);
+            let h = linear(
+                &gelu(&x)?,
+                &w1,
+                Some(f.fc_sn1.bias.as_tensor()),
+                Epilogue::Gelu,
+            )?;
+            let two = linear(&h, &w2, Some(f.fc_sn2.bias.as_tensor()), Epilogue::Add(&y))?;
+            Ok((one, two))
+        })?;
+        let d = (&one - &two)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-5, "forward {d}");
+        let g_one = (one * &probe)?.sum_all()?.backward()?;
+        let g_two = (two * &probe)?.sum_all()?.backward()?;
+        let mut fc_sn1_differs = false;
+        for (v, tol) in [
+            (&f.fc_sn1.weight_orig, 2f32.powi(-7)),
+            (&f.fc_sn1.bias, 2f32.powi(-7)),
+            (&f.fc_sn2.weight_orig, 1e-5),
+            (&f.fc_sn2.bias, 1e-5),
+        ] {
+            let (a, b) = (g_one.get(v).unwrap(), g_two.get(v).unwrap());
+            let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-3);
+            let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d <= tol * scale, "gradient {d} (scale {scale})");
+            fc_sn1_differs |= tol > 1e-5 && d > 0.0;
+        }
+        // Where the one op runs, fc_sn1's side reads the bf16 GELU′ and so is not bit-equal:
+        // equal bits would mean the step still ran as two layers.
+        if crate::kernels::onednn::available() {
+            assert!(fc_sn1_differs, "the bf16 step did not run as one MLP op");
         }
         Ok(())
     }
