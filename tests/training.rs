@@ -1178,3 +1178,52 @@ fn implicit_solver_training_logs_per_block_statistics() {
         }
     }
 }
+
+/// The model configurations that docs/results.md reports runs of still load and train: each file
+/// in `docs/configs/` through `imixer train --config` for one short epoch.
+#[test]
+fn the_documented_model_configs_train() {
+    let data = fashion_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let configs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configs");
+    let mut files: Vec<_> = std::fs::read_dir(&configs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no configs in {}", configs.display());
+    for file in files {
+        let out = dir.path().join(file.file_stem().unwrap());
+        let o = run_bin(
+            &[
+                "train".as_ref(),
+                "--config".as_ref(),
+                file.as_os_str(),
+                "--data-dir".as_ref(),
+                data.as_os_str(),
+                "--epochs".as_ref(),
+                "1".as_ref(),
+                "--train-subset".as_ref(),
+                "256".as_ref(),
+                "--val-subset".as_ref(),
+                "128".as_ref(),
+                "--threads".as_ref(),
+                "1".as_ref(),
+                "--out".as_ref(),
+                out.as_os_str(),
+                "--json".as_ref(),
+            ],
+            Duration::from_secs(120),
+        )
+        .ok(&format!("imixer train --config {}", file.display()));
+        let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap();
+        let top1 = v["final_val_top1"].as_f64();
+        assert!(
+            top1.is_some_and(|t| (0.0..=1.0).contains(&t)),
+            "{}: {v}",
+            file.display()
+        );
+        assert_eq!(v["model"], "custom", "{}: {v}", file.display());
+    }
+}

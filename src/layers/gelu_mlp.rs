@@ -18,13 +18,14 @@
 //! and AMP's GELU backward reads a bf16 pre-activation. Elsewhere — f32, the portable path, CPUs
 //! without the oneDNN path, a GELU after fc2 — the MLP is the two linear ops.
 //!
-//! candle's widest custom op has three inputs, so the weights and biases travel as one flat
-//! tensor [W₁ | b₁ | W₂ | b₂] (a copy of the small weights per call; its backward returns the
-//! gradient in the same layout, which candle splits back).
+//! The op takes up to six tensors (x, W₁, b₁, W₂, b₂, the residual), more than candle's widest
+//! upstream custom op: it is an n-ary op of the vendored candle (`vendor/README.md`, patch 7).
+//! Before that patch the weights and biases travelled as one concatenated tensor, a copy of them
+//! per call and shard that the graph kept alive until the backward.
 
 use std::sync::OnceLock;
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOpN, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::bias::column_sums;
@@ -95,15 +96,18 @@ fn bf16_gelu_mlp(
         Epilogue::Add(r) => Some(r.reshape((rows, out_f))?.contiguous()?),
         _ => None,
     };
-    let mut parts = vec![w1.flatten_all()?];
-    parts.extend(b1.cloned());
-    parts.push(w2.flatten_all()?);
-    parts.extend(b2.cloned());
-    let params = Tensor::cat(&parts, 0)?.contiguous()?;
-    let r = match &residual {
-        Some(r) => r.clone(),
-        None => Tensor::zeros(0, DType::F32, x.device())?,
-    };
+    let x = x.reshape((rows, in_f))?.contiguous()?;
+    let (w1, w2) = (w1.contiguous()?, w2.contiguous()?);
+    let (b1, b2) = (
+        b1.map(Tensor::contiguous).transpose()?,
+        b2.map(Tensor::contiguous).transpose()?,
+    );
+    // The inputs in the op's order: x, W₁, b₁?, W₂, b₂?, r?.
+    let mut inputs = vec![&x, &w1];
+    inputs.extend(b1.as_ref());
+    inputs.push(&w2);
+    inputs.extend(b2.as_ref());
+    inputs.extend(residual.as_ref());
     let op = GeluMlp {
         rows,
         in_f,
@@ -115,10 +119,7 @@ fn bf16_gelu_mlp(
         keep: candle_core::backprop::grad_enabled(),
         kept: OnceLock::new(),
     };
-    x.reshape((rows, in_f))?
-        .contiguous()?
-        .apply_op3(&params, &r, op)?
-        .reshape(out_dims)
+    Tensor::apply_op_n(&inputs, op)?.reshape(out_dims)
 }
 
 struct GeluMlp {
@@ -145,7 +146,7 @@ struct Kept {
     derivative: Packed,
 }
 
-/// The flat parameter tensor's pieces.
+/// The weights and biases (an absent bias is empty).
 struct Params<'a> {
     w1: &'a [f32],
     b1: &'a [f32],
@@ -154,16 +155,15 @@ struct Params<'a> {
 }
 
 impl GeluMlp {
-    fn params_len(&self) -> usize {
-        let (h, i, o) = (self.hidden, self.in_f, self.out_f);
-        h * i + usize::from(self.bias1) * h + o * h + usize::from(self.bias2) * o
-    }
-
-    fn split<'a>(&self, p: &'a [f32]) -> Params<'a> {
-        let (w1, p) = p.split_at(self.hidden * self.in_f);
-        let (b1, p) = p.split_at(usize::from(self.bias1) * self.hidden);
-        let (w2, b2) = p.split_at(self.out_f * self.hidden);
-        Params { w1, b1, w2, b2 }
+    /// The element count of each input in the op's order (x, W₁, b₁?, W₂, b₂?, r?).
+    fn input_lens(&self) -> Vec<usize> {
+        let (rows, h, i, o) = (self.rows, self.hidden, self.in_f, self.out_f);
+        let mut lens = vec![rows * i, h * i];
+        lens.extend(self.bias1.then_some(h));
+        lens.push(o * h);
+        lens.extend(self.bias2.then_some(o));
+        lens.extend(self.residual.then_some(rows * o));
+        lens
     }
 
     fn forward(&self, x: &[f32], p: Params<'_>, r: &[f32]) -> Result<Vec<f32>> {
@@ -298,59 +298,47 @@ simd_kernel! {
     }
 }
 
-impl CustomOp3 for GeluMlp {
+impl CustomOpN for GeluMlp {
     fn name(&self) -> &'static str {
         "imixer-gelu-mlp"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(p), CpuStorage::F32(r)) = (s1, s2, s3) else {
-            candle_core::bail!("{}: only f32 tensors", self.name());
-        };
-        let r_len = usize::from(self.residual) * self.rows * self.out_f;
+    fn cpu_fwd(&self, args: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let lens = self.input_lens();
         // The kernel indexes with these sizes: a mismatch must be an error, not a wild read.
-        if l1.shape().elem_count() != self.rows * self.in_f
-            || l2.shape().elem_count() != self.params_len()
-            || l3.shape().elem_count() != r_len
-        {
+        let shapes: Vec<_> = args.iter().map(|(_, l)| l.shape().clone()).collect();
+        if args.len() != lens.len() || shapes.iter().zip(&lens).any(|(s, &n)| s.elem_count() != n) {
             candle_core::bail!(
-                "{}: inputs {:?}, {:?}, {:?} do not match {} rows of {} → {} → {}",
+                "{}: inputs {shapes:?} do not match {} rows of {} → {} → {}",
                 self.name(),
-                l1.shape(),
-                l2.shape(),
-                l3.shape(),
                 self.rows,
                 self.in_f,
                 self.hidden,
                 self.out_f
             );
         }
-        let y = self.forward(
-            contiguous(x, l1)?,
-            self.split(contiguous(p, l2)?),
-            contiguous(r, l3)?,
-        )?;
+        let mut slices = Vec::with_capacity(args.len());
+        for (storage, layout) in args {
+            let CpuStorage::F32(data) = storage else {
+                candle_core::bail!("{}: only f32 tensors", self.name());
+            };
+            slices.push(contiguous(data, layout)?);
+        }
+        let mut next = slices.into_iter();
+        let mut take = |present: bool| if present { next.next() } else { None };
+        let x = take(true).unwrap_or_default();
+        let w1 = take(true).unwrap_or_default();
+        let b1 = take(self.bias1).unwrap_or_default();
+        let w2 = take(true).unwrap_or_default();
+        let b2 = take(self.bias2).unwrap_or_default();
+        let r = take(self.residual).unwrap_or_default();
+        let y = self.forward(x, Params { w1, b1, w2, b2 }, r)?;
         Ok((CpuStorage::F32(y), Shape::from((self.rows, self.out_f))))
     }
 
     /// With ∂z = (g W₂) ⊙ GELU′: ∂x = ∂z W₁, ∂W₁ = ∂zᵀ x, ∂b₁ = Σ_rows ∂z, ∂W₂ = gᵀ h,
     /// ∂b₂ = Σ_rows g, ∂r = g.
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _params: &Tensor,
-        _r: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, _args: &[Tensor], _res: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let kept = self.kept.get().ok_or_else(|| {
             candle_core::Error::Msg(format!(
                 "{}: backward without a recorded forward",
@@ -371,16 +359,20 @@ impl CustomOp3 for GeluMlp {
         drop(dz);
         let dx = bf16::product_packed(pdz.as_ref(), kept.w1t.t())?;
         let dw1 = bf16::product_packed(pdz.t(), kept.x.as_ref())?;
-        let mut dparams = Vec::with_capacity(self.params_len());
-        dparams.extend_from_slice(&dw1);
-        dparams.extend(db1.iter().flatten());
-        dparams.extend_from_slice(&dw2);
-        dparams.extend(db2.iter().flatten());
-        Ok((
-            Some(Tensor::from_vec(dx, (rows, in_f), &dev)?),
-            Some(Tensor::from_vec(dparams, self.params_len(), &dev)?),
-            self.residual.then_some(g),
-        ))
+        let tensor = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, &dev).map(Some);
+        // One gradient per input, in the inputs' order.
+        let mut grads = vec![tensor(dx, &[rows, in_f])?, tensor(dw1, &[hidden, in_f])?];
+        if let Some(db1) = db1 {
+            grads.push(tensor(db1, &[hidden])?);
+        }
+        grads.push(tensor(dw2, &[out_f, hidden])?);
+        if let Some(db2) = db2 {
+            grads.push(tensor(db2, &[out_f])?);
+        }
+        if self.residual {
+            grads.push(Some(g));
+        }
+        Ok(grads)
     }
 }
 
@@ -389,7 +381,7 @@ mod tests {
     use super::*;
     use crate::kernels::{with_precision, Precision};
     use crate::params::seeded_normal;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
         (a - b)?.abs()?.max_all()?.to_scalar()

@@ -91,6 +91,16 @@ impl Tensor {
                         track_grad |= tg;
                         nodes
                     }
+                    Op::CustomOpN(args, _) => {
+                        // imixer patch 7: every input of an n-ary custom op.
+                        let mut nodes = nodes;
+                        for arg in args {
+                            let (tg, n) = walk(arg, nodes, already_seen);
+                            track_grad |= tg;
+                            nodes = n;
+                        }
+                        nodes
+                    }
                     Op::Conv1D {
                         arg: lhs,
                         kernel: rhs,
@@ -683,6 +693,23 @@ impl Tensor {
                         }
                         if let Some(arg_grad3) = arg_grad3 {
                             grads.accumulate_add(arg3, &arg_grad3)?;
+                        }
+                    }
+                    Op::CustomOpN(args, c) => {
+                        // imixer patch 7: one gradient (or none) per input, in input order.
+                        let arg_grads = c.bwd(args, node, &grad)?;
+                        if arg_grads.len() != args.len() {
+                            crate::bail!(
+                                "{}: backward returned {} gradients for {} inputs",
+                                c.name(),
+                                arg_grads.len(),
+                                args.len()
+                            )
+                        }
+                        for (arg, arg_grad) in args.iter().zip(arg_grads) {
+                            if let Some(arg_grad) = arg_grad {
+                                grads.accumulate_add(arg, &arg_grad)?;
+                            }
                         }
                     }
                     Op::Unary(arg, UnaryOp::Sqr) => {

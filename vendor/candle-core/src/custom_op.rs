@@ -244,6 +244,46 @@ impl Tensor {
     }
 }
 
+/// imixer patch 7: a custom op over any number of input tensors, CPU only, with a backward that
+/// returns one gradient (or `None`) per input. The ternary op is the widest upstream has; a layer
+/// with more operands (a whole MLP: input, two weights, two biases, a residual) would otherwise
+/// concatenate them into one tensor, a copy that the graph keeps alive until the backward.
+pub trait CustomOpN {
+    fn name(&self) -> &'static str;
+
+    /// The forward pass on the CPU, one (storage, layout) pair per input in order. The storages
+    /// can use arbitrary strides and offsets: read them through their layouts.
+    fn cpu_fwd(&self, args: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)>;
+
+    /// The gradients of the inputs, in input order, given the output `res` and its gradient.
+    fn bwd(&self, _args: &[Tensor], _res: &Tensor, _grad_res: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        Err(crate::Error::BackwardNotSupported { op: self.name() })
+    }
+}
+
+impl Tensor {
+    /// Applies an n-ary custom op (imixer patch 7) to `args`, all CPU tensors.
+    pub fn apply_op_n<C: 'static + CustomOpN + Send + Sync>(args: &[&Tensor], c: C) -> Result<Self> {
+        if args.is_empty() {
+            bail!("{}: an n-ary op needs at least one input", c.name())
+        }
+        let guards: Vec<_> = args.iter().map(|t| t.storage()).collect();
+        let mut cpu = Vec::with_capacity(args.len());
+        for (guard, t) in guards.iter().zip(args) {
+            match &**guard {
+                Storage::Cpu(s) => cpu.push((s, t.layout())),
+                _ => bail!("{}: n-ary custom ops run on the CPU only", c.name()),
+            }
+        }
+        let (storage, shape) = c.cpu_fwd(&cpu)?;
+        drop(cpu);
+        drop(guards);
+        let c: Arc<Box<dyn CustomOpN + Send + Sync>> = Arc::new(Box::new(c));
+        let op = BackpropOp::new(args, |args| Op::CustomOpN(args, c.clone()));
+        Ok(from_storage(Storage::Cpu(storage), shape, op, false))
+    }
+}
+
 // In place ops.
 
 /// Unary ops that can be defined in user-land.

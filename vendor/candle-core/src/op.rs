@@ -187,6 +187,11 @@ pub enum Op {
         Tensor,
         std::sync::Arc<Box<dyn crate::CustomOp3 + Send + Sync>>,
     ),
+    /// imixer patch 7: a custom op over any number of tensors.
+    CustomOpN(
+        Vec<Tensor>,
+        std::sync::Arc<Box<dyn crate::CustomOpN + Send + Sync>>,
+    ),
 }
 
 pub trait UnaryOpT {
