@@ -8,9 +8,10 @@
 //! iteration of every block (the raw `fc_sn2` product), and on a residual branch one fewer per
 //! block.
 //!
-//! With both a bias and a residual the op has four inputs, but candle's widest custom op takes
-//! three: the bias then travels as the last column of the weight, [W | b] (out × (in + 1)), a
-//! copy of the small weight per call (its backward splits the gradient back).
+//! With both a bias and a residual the op has four inputs (x, W, b, r), more than candle's widest
+//! upstream custom op: it is an n-ary op of the vendored candle (`vendor/README.md`, patch 7).
+//! Before that patch the bias travelled as the last column of the weight, [W | b], a copy of the
+//! weight per call that the graph kept until the backward.
 //!
 //! Rounding: the result is (b + r) + Σₖ xₖWₖ where the composition computes (Σₖ xₖWₖ + b) + r;
 //! with a bias alone, or a residual alone, it is the same single addition (bit-identical when gemm
@@ -18,7 +19,7 @@
 
 use std::sync::OnceLock;
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOpN, Layout, Result, Shape, Tensor};
 
 use super::bias::{bias_gelu, ColumnSums, ScaleWithColumnSums};
 use super::gelu::{gelu, gelu_in_place, gelu_in_place_with_derivative};
@@ -83,14 +84,17 @@ fn linear_with(
         }
         return y.reshape(out_dims);
     }
-    let (addend, w, c) = match (b, r) {
+    // The addends in the op's input order: b, then r.
+    let (addend, addends) = match (b, r) {
         (None, None) => return matmul(&x2, &w.t()?)?.reshape(out_dims),
-        (Some(b), None) => (Addend::Bias, w.contiguous()?, b.clone()),
-        (None, Some(r)) => (Addend::Residual, w.contiguous()?, r.reshape((rows, out_f))?),
+        (Some(b), None) => (Addend::Bias, vec![b.contiguous()?]),
+        (None, Some(r)) => (
+            Addend::Residual,
+            vec![r.reshape((rows, out_f))?.contiguous()?],
+        ),
         (Some(b), Some(r)) => (
             Addend::BiasResidual,
-            Tensor::cat(&[w, &b.reshape((out_f, 1))?], 1)?.contiguous()?,
-            r.reshape((rows, out_f))?,
+            vec![b.contiguous()?, r.reshape((rows, out_f))?.contiguous()?],
         ),
     };
     let op = LinearEpilogue {
@@ -103,9 +107,10 @@ fn linear_with(
         derivative: OnceLock::new(),
         packed_x: OnceLock::new(),
     };
-    x2.contiguous()?
-        .apply_op3(&w, &c.contiguous()?, op)?
-        .reshape(out_dims)
+    let (x2, w) = (x2.contiguous()?, w.contiguous()?);
+    let mut inputs = vec![&x2, &w];
+    inputs.extend(&addends);
+    Tensor::apply_op_n(&inputs, op)?.reshape(out_dims)
 }
 
 /// GELU(x Wᵀ + b) along the last axis (an MLP's first layer and activation), one op on CPU.
@@ -156,7 +161,7 @@ enum Addend {
     Bias,
     /// Inputs (x, W, r): the destination starts as r.
     Residual,
-    /// Inputs (x, [W | b], r): the destination starts as r + b.
+    /// Inputs (x, W, b, r): the destination starts as r + b.
     BiasResidual,
 }
 
@@ -181,9 +186,14 @@ struct LinearEpilogue {
 }
 
 impl LinearEpilogue {
-    /// Columns of the weight input: in, plus the bias column.
-    fn w_cols(&self) -> usize {
-        self.in_f + usize::from(self.addend == Addend::BiasResidual)
+    /// The element counts of the addend inputs (after x and W), in input order.
+    fn addend_lens(&self) -> Vec<usize> {
+        let (rows, out_f) = (self.rows, self.out_f);
+        match self.addend {
+            Addend::Bias => vec![out_f],
+            Addend::Residual => vec![rows * out_f],
+            Addend::BiasResidual => vec![out_f, rows * out_f],
+        }
     }
 
     /// The destination as it starts before gemm accumulates into it: b in every row, r, or
@@ -192,27 +202,24 @@ impl LinearEpilogue {
     /// `memset` looked larger in profiles because it takes the first-touch cache misses the
     /// copy then avoids); with more threads `par_output` splits the fill, zeroing each block
     /// just before it writes it.
-    fn initial_destination<T: Float>(&self, w: &[T], c: &[T]) -> Vec<T> {
-        let (rows, in_f, out_f, w_cols) = (self.rows, self.in_f, self.out_f, self.w_cols());
-        let bias_column = || -> Vec<T> { (0..out_f).map(|j| w[j * w_cols + in_f]).collect() };
+    /// `addends` are the op's inputs after x and W: [b], [r] or [b, r].
+    fn initial_destination<T: Float>(&self, addends: &[&[T]]) -> Vec<T> {
+        let (rows, out_f) = (self.rows, self.out_f);
+        let c = addends[addends.len() - 1];
         if candle_core::utils::get_num_threads() == 1 {
             return match self.addend {
                 Addend::Bias => c.repeat(rows),
                 Addend::Residual => c.to_vec(),
                 Addend::BiasResidual => {
-                    let b = bias_column();
+                    let b = addends[0];
                     let mut dst = Vec::with_capacity(rows * out_f);
                     for r in c.chunks(out_f) {
-                        dst.extend(r.iter().zip(&b).map(|(&r, &b)| r + b));
+                        dst.extend(r.iter().zip(b).map(|(&r, &b)| r + b));
                     }
                     dst
                 }
             };
         }
-        let b = match self.addend {
-            Addend::BiasResidual => bias_column(),
-            _ => Vec::new(),
-        };
         let block = (PAR_CHUNK / out_f.max(1)).max(1) * out_f;
         par_output(rows * out_f, block, |start, o| match self.addend {
             Addend::Bias => o.chunks_mut(out_f).for_each(|row| row.copy_from_slice(c)),
@@ -220,7 +227,7 @@ impl LinearEpilogue {
             Addend::BiasResidual => {
                 let r = &c[start..start + o.len()];
                 for (o, r) in o.chunks_mut(out_f).zip(r.chunks(out_f)) {
-                    for ((o, &r), &b) in o.iter_mut().zip(r).zip(&b) {
+                    for ((o, &r), &b) in o.iter_mut().zip(r).zip(addends[0]) {
                         *o = r + b;
                     }
                 }
@@ -230,19 +237,19 @@ impl LinearEpilogue {
 }
 
 impl SliceKernel for LinearEpilogue {
-    /// inputs: x (rows, in), W (out, w_cols), c (out) or (rows, out); all contiguous.
+    /// inputs: x (rows, in), W (out, in), then b (out) and/or r (rows, out); all contiguous.
     fn run<T: Float>(&self, i: &[&[T]]) -> Vec<T> {
-        let (x, w, c) = (i[0], i[1], i[2]);
-        let (rows, in_f, out_f, w_cols) = (self.rows, self.in_f, self.out_f, self.w_cols());
-        let dst = self.initial_destination(w, c);
+        let (x, w) = (i[0], i[1]);
+        let (rows, in_f, out_f) = (self.rows, self.in_f, self.out_f);
+        let dst = self.initial_destination(&i[2..]);
         if rows == 0 || out_f == 0 || in_f == 0 {
             return self.activate(dst);
         }
         let mut dst = dst;
         // SAFETY: `dispatch` hands us the contiguous inputs the wrapper validated: x holds
-        // rows·in elements, W out·w_cols (w_cols ≥ in), and dst was just allocated with rows·out
-        // initialised elements. With these strides gemm reads x[r·in + k] (r < rows, k < in),
-        // W[j·w_cols + k] (j < out, k < in) and reads/writes dst[r·out + j] — all in bounds. dst
+        // rows·in elements, W out·in, and dst was just allocated with rows·out initialised
+        // elements. With these strides gemm reads x[r·in + k] (r < rows, k < in),
+        // W[j·in + k] (j < out, k < in) and reads/writes dst[r·out + j] — all in bounds. dst
         // is a fresh buffer, so it aliases neither input, and gemm returns only when every
         // (Rayon) worker is done with the pointers.
         unsafe {
@@ -258,7 +265,7 @@ impl SliceKernel for LinearEpilogue {
                 1,
                 in_f as isize,
                 w.as_ptr(),
-                w_cols as isize,
+                in_f as isize,
                 1,
                 T::one(),
                 T::one(),
@@ -276,14 +283,14 @@ impl LinearEpilogue {
     /// The forward under bf16 precision (f32 inputs, contiguous as in [`SliceKernel::run`]):
     /// the product of the bf16-rounded x and W accumulated into the destination in f32, through
     /// oneDNN where it takes the shape, else by [`bf16::gemm`].
-    fn run_bf16(&self, x: &[f32], w: &[f32], c: &[f32]) -> Result<Vec<f32>> {
-        let mut dst = self.initial_destination(w, c);
+    fn run_bf16(&self, x: &[f32], w: &[f32], addends: &[&[f32]]) -> Result<Vec<f32>> {
+        let mut dst = self.initial_destination(addends);
         let key = Key {
             m: self.rows,
             n: self.out_f,
             k: self.in_f,
             lhs_strides: [self.in_f, 1],
-            rhs_strides: [1, self.w_cols()],
+            rhs_strides: [1, self.in_f],
             accumulate: true,
         };
         if onednn::available() && self.rows * self.in_f * self.out_f > 0 {
@@ -315,55 +322,39 @@ impl LinearEpilogue {
     }
 }
 
-impl CustomOp3 for LinearEpilogue {
+impl CustomOpN for LinearEpilogue {
     fn name(&self) -> &'static str {
         "imixer-linear-epilogue"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let c_len = match self.addend {
-            Addend::Bias => self.out_f,
-            _ => self.rows * self.out_f,
-        };
+    fn cpu_fwd(&self, args: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let mut lens = vec![self.rows * self.in_f, self.out_f * self.in_f];
+        lens.extend(self.addend_lens());
         // The kernel indexes with these sizes: a mismatch must be an error, not a wild read.
-        if l1.shape().elem_count() != self.rows * self.in_f
-            || l2.dims() != [self.out_f, self.w_cols()]
-            || l3.shape().elem_count() != c_len
+        let shapes: Vec<_> = args.iter().map(|(_, l)| l.shape().clone()).collect();
+        if args.len() != lens.len()
+            || shapes.iter().zip(&lens).any(|(s, &n)| s.elem_count() != n)
+            || args[1].1.dims() != [self.out_f, self.in_f]
         {
-            candle_core::bail!(
-                "{}: inputs {:?}, {:?}, {:?} do not match {self:?}",
-                self.name(),
-                l1.shape(),
-                l2.shape(),
-                l3.shape()
-            );
+            candle_core::bail!("{}: inputs {shapes:?} do not match {self:?}", self.name());
         }
-        let out = match (self.bf16, s1, s2, s3) {
-            (true, CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(c)) => CpuStorage::F32(
-                self.run_bf16(contiguous(x, l1)?, contiguous(w, l2)?, contiguous(c, l3)?)?,
-            ),
-            _ => dispatch(self.name(), self, &[(s1, l1), (s2, l2), (s3, l3)])?,
+        let f32s: Option<Vec<&[f32]>> = args
+            .iter()
+            .map(|(s, l)| match s {
+                CpuStorage::F32(v) => contiguous(v, l).ok(),
+                _ => None,
+            })
+            .collect();
+        let out = match (self.bf16, f32s) {
+            (true, Some(i)) => CpuStorage::F32(self.run_bf16(i[0], i[1], &i[2..])?),
+            _ => dispatch(self.name(), self, args)?,
         };
         Ok((out, Shape::from((self.rows, self.out_f))))
     }
 
     /// ∂x = g W, ∂W = gᵀ x, ∂b = Σ_rows g, ∂r = g.
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _c: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, args: &[Tensor], _res: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let (x, w) = (&args[0], &args[1]);
         let g = grad.contiguous()?;
         match self.activation {
             Activation::Identity => {}
@@ -376,19 +367,17 @@ impl CustomOp3 for LinearEpilogue {
         }
         let bias_grad = || g.apply_op1_no_bwd(&ColumnSums { cols: self.out_f });
         let (dx, dw) = self.input_and_weight_grads(&g, w, x)?;
+        // One gradient per input, in the inputs' order.
         Ok(match self.addend {
-            Addend::Bias => (Some(dx), Some(dw), Some(bias_grad()?)),
-            Addend::Residual => (Some(dx), Some(dw), Some(g)),
-            Addend::BiasResidual => {
-                let db = bias_grad()?.reshape((self.out_f, 1))?;
-                (Some(dx), Some(Tensor::cat(&[&dw, &db], 1)?), Some(g))
-            }
+            Addend::Bias => vec![Some(dx), Some(dw), Some(bias_grad()?)],
+            Addend::Residual => vec![Some(dx), Some(dw), Some(g)],
+            Addend::BiasResidual => vec![Some(dx), Some(dw), Some(bias_grad()?), Some(g)],
         })
     }
 }
 
 impl LinearEpilogue {
-    /// ∂x = g W and ∂W = gᵀ x (W without its bias column), for the upstream gradient g
+    /// ∂x = g W and ∂W = gᵀ x, for the upstream gradient g
     /// (rows × out). Under bf16 the products take bf16 inputs and accumulate in f32, as in the
     /// forward; on oneDNN, g is packed once for both products and ∂W reads the forward's packed x.
     fn input_and_weight_grads(
@@ -397,18 +386,13 @@ impl LinearEpilogue {
         w: &Tensor,
         x: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        let weight = if self.addend == Addend::BiasResidual {
-            w.narrow(1, 0, self.in_f)?
-        } else {
-            w.clone()
-        };
         if !self.bf16 {
-            return Ok((g.matmul(&weight)?, g.t()?.matmul(x)?));
+            return Ok((g.matmul(w)?, g.t()?.matmul(x)?));
         }
         if let Some(px) = self.packed_x.get() {
             let (rows, in_f, out_f) = (self.rows, self.in_f, self.out_f);
             let pg = with_f32_slice(g, |g| Packed::new(g, rows, out_f, [out_f, 1]))?;
-            let pw = with_f32_slice(w, |w| Packed::new(w, out_f, in_f, [self.w_cols(), 1]))?;
+            let pw = with_f32_slice(w, |w| Packed::new(w, out_f, in_f, [in_f, 1]))?;
             let dx = onednn::product_packed(pg.as_ref(), pw.as_ref())?;
             let dw = onednn::product_packed(pg.t(), px.as_ref())?;
             if let (Some(dx), Some(dw)) = (dx, dw) {
@@ -419,7 +403,7 @@ impl LinearEpilogue {
             }
         }
         Ok((
-            bf16::product_no_grad(g, &weight)?,
+            bf16::product_no_grad(g, w)?,
             bf16::product_no_grad(&g.t()?, x)?,
         ))
     }
@@ -432,7 +416,7 @@ impl LinearEpilogue {
         w: &Tensor,
         g: &Tensor,
         has_bias: bool,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<Vec<Option<Tensor>>> {
         let derivative = self.derivative.get().ok_or_else(|| {
             candle_core::Error::Msg(format!("{}: backward before the forward ran", self.name()))
         })?;
@@ -452,7 +436,7 @@ impl LinearEpilogue {
             None => None,
         };
         let (dx, dw) = self.input_and_weight_grads(&dz, w, x)?;
-        Ok((Some(dx), Some(dw), db))
+        Ok(vec![Some(dx), Some(dw), db])
     }
 }
 
