@@ -102,15 +102,18 @@ fn every_implementation_of_a_training_pass_agrees() -> Result<()> {
         );
         kernels::set_kernel_path(KernelPath::Fused);
         kernels::set_precision(Precision::Bf16);
-        let amx_calls = kernels::onednn::calls();
+        let onednn_calls = kernels::onednn::calls();
         let bf16 = pass(&cfg, &images, &labels)?;
         if kernels::onednn::available() {
-            // The AMX path ran, and the gemm path on rounded operands (the same products,
-            // summed in another order) stays close to it. A last-bit difference can flip a
-            // later bf16 rounding (2⁻⁸ relative), so the bound is looser than f32 rounding.
+            // The oneDNN path ran, and the gemm path on rounded operands stays close to it: the
+            // same products summed in another order — a last-bit difference can flip a later
+            // bf16 rounding (2⁻⁸ relative) — except in the GELU MLPs, which on oneDNN run as one
+            // op that keeps GELU′ in bf16 (`layers::gelu_mlp`; the iMLP's residual map rounds
+            // two GELU′ per step), and on gemm as two linear layers with GELU′ in f32. So the
+            // bound is the bf16-against-fp32 one.
             ensure!(
-                kernels::onednn::calls() > amx_calls,
-                "{family:?}: bf16 did not run on AMX"
+                kernels::onednn::calls() > onednn_calls,
+                "{family:?}: bf16 did not run on oneDNN"
             );
             kernels::onednn::set_enabled(false);
             let gemm_bf16 = pass(&cfg, &images, &labels)?;
@@ -119,13 +122,13 @@ fn every_implementation_of_a_training_pass_agrees() -> Result<()> {
                 let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-4);
                 let diff = max_difference(a, b);
                 ensure!(
-                    diff <= 1e-2 * scale,
-                    "{family:?}: {name} differs by {diff:e} (scale {scale:e}) between bf16 on AMX and on gemm"
+                    diff <= BF16_TOLERANCE * scale,
+                    "{family:?}: {name} differs by {diff:e} (scale {scale:e}) between bf16 on oneDNN and on gemm"
                 );
             }
         } else if family == Family::Mixer {
             eprintln!(
-                "bf16 AMX path not available ({}): only the gemm bf16 path is compared",
+                "bf16 oneDNN path not available ({}): only the gemm bf16 path is compared",
                 kernels::onednn::why_unavailable()
             );
         }

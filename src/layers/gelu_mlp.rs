@@ -29,17 +29,28 @@ use candle_core::{CpuStorage, CustomOpN, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::bias::column_sums;
-use super::gelu::{gelu_and_grad_scalar, gelu_scalar};
+use super::gelu::{gelu, gelu_and_grad_scalar, gelu_scalar};
 use super::linear::{linear, Epilogue};
 use crate::kernels::cpu::{contiguous, sum_in_block_order, with_f32_slice, PAR_CHUNK};
 use crate::kernels::onednn::{self, Packed};
 use crate::kernels::rounding::{bf16_bits, bf16_value};
 use crate::kernels::{bf16, fused, simd_kernel};
 
-/// fc2(GELU(fc1(x))) for W₁ (hidden, in), b₁ (hidden), W₂ (out, hidden), b₂ (out), then
-/// `epilogue` on fc2's product; either bias may be absent.
+/// What the MLP applies to its input before fc1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// fc1 reads x: a Mixer MLP on LN(x).
+    AsIs,
+    /// fc1 reads GELU(x): the iMLP's residual map F. Inside the one op GELU(x) is written
+    /// straight to bf16 with GELU′(x) beside it, so neither is an f32 tensor of the graph.
+    Gelu,
+}
+
+/// fc2(GELU(fc1(x′))), x′ = x or GELU(x) as `input` says, for W₁ (hidden, in), b₁ (hidden),
+/// W₂ (out, hidden), b₂ (out), then `epilogue` on fc2's product; either bias may be absent.
 pub fn gelu_mlp(
     x: &Tensor,
+    input: Input,
     w1: &Tensor,
     b1: Option<&Tensor>,
     w2: &Tensor,
@@ -51,16 +62,20 @@ pub fn gelu_mlp(
         && onednn::available()
         && !matches!(epilogue, Epilogue::Gelu);
     if !one_op {
-        let h = linear(x, w1, b1, Epilogue::Gelu)?;
+        let h = match input {
+            Input::AsIs => linear(x, w1, b1, Epilogue::Gelu)?,
+            Input::Gelu => linear(&gelu(x)?, w1, b1, Epilogue::Gelu)?,
+        };
         return linear(&h, w2, b2, epilogue);
     }
-    bf16_gelu_mlp(x, w1, b1, w2, b2, epilogue)
+    bf16_gelu_mlp(x, input, w1, b1, w2, b2, epilogue)
 }
 
 /// The one-op MLP with bf16 products (through oneDNN where it takes a shape, else gemm on the
 /// same bf16 values), whatever the precision setting: [`gelu_mlp`] decides when it runs.
 fn bf16_gelu_mlp(
     x: &Tensor,
+    input: Input,
     w1: &Tensor,
     b1: Option<&Tensor>,
     w2: &Tensor,
@@ -116,6 +131,7 @@ fn bf16_gelu_mlp(
         bias1: b1.is_some(),
         bias2: b2.is_some(),
         residual: residual.is_some(),
+        input_gelu: input == Input::Gelu,
         keep: candle_core::backprop::grad_enabled(),
         kept: OnceLock::new(),
     };
@@ -130,6 +146,8 @@ struct GeluMlp {
     bias1: bool,
     bias2: bool,
     residual: bool,
+    /// fc1 reads GELU(x) ([`Input::Gelu`]).
+    input_gelu: bool,
     /// A backward is to come (the graph is recorded): keep what it reads.
     keep: bool,
     kept: OnceLock<Kept>,
@@ -137,13 +155,15 @@ struct GeluMlp {
 
 /// What the forward leaves for the backward: the packed operands of both products (the left
 /// ones for the weight gradients; the weights, read transposed, for ∂h = g W₂ and ∂x = ∂z W₁)
-/// and GELU′ at every hidden element, in bf16.
+/// and GELU′ at every hidden element, in bf16; with [`Input::Gelu`] also GELU′ at every input
+/// element.
 struct Kept {
     x: Packed,
     w1t: Packed,
     h: Packed,
     w2t: Packed,
     derivative: Packed,
+    input_derivative: Option<Packed>,
 }
 
 /// The weights and biases (an absent bias is empty).
@@ -168,7 +188,11 @@ impl GeluMlp {
 
     fn forward(&self, x: &[f32], p: Params<'_>, r: &[f32]) -> Result<Vec<f32>> {
         let (rows, in_f, hidden, out_f) = (self.rows, self.in_f, self.hidden, self.out_f);
-        let px = Packed::new(x, rows, in_f, [in_f, 1])?;
+        let (px, input_derivative) = if self.input_gelu {
+            gelu_to_bf16(x, rows, in_f, self.keep)
+        } else {
+            (Packed::new(x, rows, in_f, [in_f, 1])?, None)
+        };
         // W₁ (hidden, in) read as W₁ᵀ (in, hidden), column-major.
         let pw1 = Packed::new(p.w1, in_f, hidden, [1, in_f])?;
         let mut z = starting_rows(rows, hidden, p.b1, None);
@@ -186,6 +210,7 @@ impl GeluMlp {
                 h: ph,
                 w2t: pw2,
                 derivative,
+                input_derivative,
             });
         }
         Ok(y)
@@ -336,8 +361,8 @@ impl CustomOpN for GeluMlp {
         Ok((CpuStorage::F32(y), Shape::from((self.rows, self.out_f))))
     }
 
-    /// With ∂z = (g W₂) ⊙ GELU′: ∂x = ∂z W₁, ∂W₁ = ∂zᵀ x, ∂b₁ = Σ_rows ∂z, ∂W₂ = gᵀ h,
-    /// ∂b₂ = Σ_rows g, ∂r = g.
+    /// With ∂z = (g W₂) ⊙ GELU′: ∂x = ∂z W₁ (⊙ GELU′(x) for [`Input::Gelu`]), ∂W₁ = ∂zᵀ x′,
+    /// ∂b₁ = Σ_rows ∂z, ∂W₂ = gᵀ h, ∂b₂ = Σ_rows g, ∂r = g.
     fn bwd(&self, _args: &[Tensor], _res: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let kept = self.kept.get().ok_or_else(|| {
             candle_core::Error::Msg(format!(
@@ -357,7 +382,10 @@ impl CustomOpN for GeluMlp {
         let db1 = scale_by_derivative(&mut dz, &kept.derivative.bits, hidden, self.bias1);
         let pdz = Packed::new(&dz, rows, hidden, [hidden, 1])?;
         drop(dz);
-        let dx = bf16::product_packed(pdz.as_ref(), kept.w1t.t())?;
+        let mut dx = bf16::product_packed(pdz.as_ref(), kept.w1t.t())?;
+        if let Some(d) = &kept.input_derivative {
+            scale_by_derivative(&mut dx, &d.bits, in_f, false);
+        }
         let dw1 = bf16::product_packed(pdz.t(), kept.x.as_ref())?;
         let tensor = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, &dev).map(Some);
         // One gradient per input, in the inputs' order.
@@ -388,8 +416,9 @@ mod tests {
     }
 
     /// The one op equals the two bf16 linear ops it replaces — output and the gradients of x,
-    /// both weights, both biases and the residual — with and without biases and residual, on
-    /// odd sizes; it runs on any CPU (gemm stands in where oneDNN is absent).
+    /// both weights, both biases and the residual — with and without biases and residual, with
+    /// x or GELU(x) as fc1's input, on odd sizes; it runs on any CPU (gemm stands in where
+    /// oneDNN is absent).
     #[test]
     fn one_op_equals_the_two_bf16_linear_ops() -> Result<()> {
         let dev = Device::Cpu;
@@ -407,7 +436,11 @@ mod tests {
             var(6, &[3, 13, 11], 1.0)?,
         );
         let probe = seeded_normal(7, &[3, 13, 11], 1.0, DType::F32, &dev)?;
-        for (biases, residual) in [(true, true), (true, false), (false, true), (false, false)] {
+        let cases = [(true, true), (true, false), (false, true), (false, false)];
+        for ((biases, residual), input) in cases
+            .into_iter()
+            .flat_map(|c| [(c, Input::AsIs), (c, Input::Gelu)])
+        {
             let (b1, b2) = (
                 biases.then_some(bias1.as_tensor()),
                 biases.then_some(bias2.as_tensor()),
@@ -417,12 +450,16 @@ mod tests {
             } else {
                 Epilogue::None
             };
-            let one = bf16_gelu_mlp(&x, &w1, b1, &w2, b2, epilogue)?;
+            let one = bf16_gelu_mlp(&x, input, &w1, b1, &w2, b2, epilogue)?;
             let two = with_precision(Precision::Bf16, || {
+                let x = match input {
+                    Input::AsIs => x.as_tensor().clone(),
+                    Input::Gelu => gelu(&x)?,
+                };
                 linear(&x, &w1, b1, Epilogue::Gelu).and_then(|h| linear(&h, &w2, b2, epilogue))
             })?;
             let d = max_diff(&one, &two)?;
-            assert!(d < 1e-5, "{biases} {residual}: forward {d}");
+            assert!(d < 1e-5, "{biases} {residual} {input:?}: forward {d}");
             let g_one = (one * &probe)?.sum_all()?.backward()?;
             let g_two = (two * &probe)?.sum_all()?.backward()?;
             let mut vars = vec![("x", &x), ("w1", &w1), ("w2", &w2)];
@@ -444,7 +481,10 @@ mod tests {
                 } else {
                     1e-6
                 };
-                assert!(d <= tol * scale, "{biases} {residual}: ∂{name} {d}");
+                assert!(
+                    d <= tol * scale,
+                    "{biases} {residual} {input:?}: ∂{name} {d}"
+                );
             }
         }
         Ok(())
@@ -458,9 +498,9 @@ mod tests {
         let x = seeded_normal(8, &[9, 16], 1.0, DType::F32, &dev)?;
         let w1 = seeded_normal(9, &[24, 16], 0.3, DType::F32, &dev)?;
         let w2 = seeded_normal(10, &[16, 24], 0.3, DType::F32, &dev)?;
-        let recorded = bf16_gelu_mlp(&x, &w1, None, &w2, None, Epilogue::None)?;
+        let recorded = bf16_gelu_mlp(&x, Input::AsIs, &w1, None, &w2, None, Epilogue::None)?;
         let inferred = candle_core::backprop::no_grad(|| {
-            bf16_gelu_mlp(&x, &w1, None, &w2, None, Epilogue::None)
+            bf16_gelu_mlp(&x, Input::AsIs, &w1, None, &w2, None, Epilogue::None)
         })?;
         assert_eq!(recorded.to_vec2::<f32>()?, inferred.to_vec2::<f32>()?);
         Ok(())
@@ -472,7 +512,7 @@ mod tests {
         let x = Tensor::zeros((4, 8), DType::F32, &dev)?;
         let w1 = Tensor::zeros((6, 8), DType::F32, &dev)?;
         let w2 = Tensor::zeros((8, 5), DType::F32, &dev)?;
-        let e = bf16_gelu_mlp(&x, &w1, None, &w2, None, Epilogue::None).unwrap_err();
+        let e = bf16_gelu_mlp(&x, Input::AsIs, &w1, None, &w2, None, Epilogue::None).unwrap_err();
         assert!(e.to_string().contains("do not chain"), "{e}");
         Ok(())
     }

@@ -13,6 +13,7 @@
 use candle_core::{Result, Tensor, Var};
 
 use super::imlp::IMlp;
+use crate::layers::gelu_mlp::Input;
 use crate::layers::linear::{BiasInit, MLP_BIAS_STD};
 use crate::layers::{gelu_mlp, Epilogue, ForwardCtx, Linear};
 use crate::params::Scope;
@@ -41,6 +42,7 @@ impl Mlp {
         let (fc1, fc2) = (&self.fc1, &self.fc2);
         gelu_mlp(
             x,
+            Input::AsIs,
             fc1.weight.as_tensor(),
             fc1.bias.as_ref().map(Var::as_tensor),
             fc2.weight.as_tensor(),
@@ -66,7 +68,7 @@ impl SymMlp {
     /// GELU(x Wᵀ) W, then `epilogue`.
     pub fn forward(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         let w = self.weight.as_tensor();
-        gelu_mlp(x, w, None, &w.t()?, None, epilogue)
+        gelu_mlp(x, Input::AsIs, w, None, &w.t()?, None, epilogue)
     }
 }
 
@@ -91,7 +93,7 @@ impl AsymMlp {
         let w1 = self.fc1.weight.as_tensor();
         // h W1 + h W2ᵀ = h (W1 + W2ᵀ)ᵀ-applied: one matmul with the summed (in, hidden) weight.
         let w_out = (w1.t()? + self.fc2.weight.as_tensor())?;
-        gelu_mlp(x, w1, None, &w_out, None, epilogue)
+        gelu_mlp(x, Input::AsIs, w1, None, &w_out, None, epilogue)
     }
 }
 

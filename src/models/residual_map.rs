@@ -9,7 +9,8 @@
 use candle_core::{Result, Tensor};
 
 use super::implicit::FixedMap;
-use crate::layers::{gelu, gelu_mlp, Epilogue, ForwardCtx, SoftSpectralNorm};
+use crate::layers::gelu_mlp::Input;
+use crate::layers::{gelu_mlp, Epilogue, ForwardCtx, SoftSpectralNorm};
 use crate::params::Scope;
 
 #[derive(Clone, Debug)]
@@ -35,18 +36,19 @@ impl ResidualMap {
     }
 
     /// F(x) over the last axis, then `epilogue` on fc_sn2's product: one unrolled solver step
-    /// x ← F(x) + y is `forward(x, Epilogue::Add(y))`. After the input GELU, F is a GELU MLP
-    /// whose weights are this call's normalised W̃₁, W̃₂, so it is one [`gelu_mlp()`] call: on
-    /// the CPU fc_sn1's matmul, bias and GELU are one op (which keeps GELU′ instead of the
-    /// pre-activation) and y sits in fc_sn2's epilogue, so the backward keeps neither fc_sn2's
-    /// raw product nor F(x); under bf16 the whole MLP is one op that keeps its hidden layer and
-    /// GELU′ in bf16, per unrolled iteration. Each call runs each layer's spectral norm once,
-    /// fc_sn1's first.
+    /// x ← F(x) + y is `forward(x, Epilogue::Add(y))`. F is a GELU MLP of GELU(x) whose weights
+    /// are this call's normalised W̃₁, W̃₂, so it is one [`gelu_mlp()`] call: on the CPU fc_sn1's
+    /// matmul, bias and GELU are one op (which keeps GELU′ instead of the pre-activation) and y
+    /// sits in fc_sn2's epilogue, so the backward keeps neither fc_sn2's raw product nor F(x);
+    /// under bf16 the whole of F is one op that keeps GELU(x), its hidden layer and both GELU′
+    /// in bf16, per unrolled iteration. Each call runs each layer's spectral norm once, fc_sn1's
+    /// first.
     pub fn forward(&self, x: &Tensor, epilogue: Epilogue, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let w1 = self.fc_sn1.weight(ctx)?;
         let w2 = self.fc_sn2.weight(ctx)?;
         gelu_mlp(
-            &gelu(x)?,
+            x,
+            Input::Gelu,
             &w1,
             Some(self.fc_sn1.bias.as_tensor()),
             &w2,
@@ -110,18 +112,21 @@ mod tests {
         Ok(())
     }
 
-    /// Under bf16 the step is one MLP op over the normalised weights: its output equals the two
-    /// bf16 linear layers', and the gradients reach weight_orig through σ̂ as theirs do (within
-    /// the bf16 rounding of GELU′ on fc_sn1's side, as in `layers::gelu_mlp`).
+    /// Under bf16 the step is one MLP op of GELU(x) over the normalised weights: its output
+    /// equals GELU, then the two bf16 linear layers', and the gradients reach x and weight_orig
+    /// (through σ̂) as theirs do, within the bf16 rounding of both GELU′ (as in
+    /// `layers::gelu_mlp`).
     #[test]
     fn bf16_step_equals_two_bf16_layers() -> Result<()> {
         use crate::kernels::{with_precision, Precision};
+        use crate::layers::gelu;
         use crate::layers::linear::linear;
         let dev = Device::Cpu;
         let builder = Builder::new(5, DType::F32, &dev);
         // σ̂ above c = 0.5 for every layer, so the weights are divided by σ̂ / c.
         let f = ResidualMap::new(&builder.root(), 24, 40, 0.5, 1)?;
-        let x = seeded_normal(3, &[4, 3, 24], 1.0, DType::F32, &dev)?;
+        let x =
+            candle_core::Var::from_tensor(&seeded_normal(3, &[4, 3, 24], 1.0, DType::F32, &dev)?)?;
         let y = seeded_normal(4, &[4, 3, 24], 1.0, DType::F32, &dev)?;
         let probe = seeded_normal(5, &[4, 3, 24], 1.0, DType::F32, &dev)?;
         let (one, two) = with_precision(Precision::Bf16, || -> Result<_> {
@@ -142,7 +147,9 @@ mod tests {
         let g_one = (one * &probe)?.sum_all()?.backward()?;
         let g_two = (two * &probe)?.sum_all()?.backward()?;
         let mut fc_sn1_differs = false;
+        // x's gradient passes GELU′(x), which the one op keeps in bf16 as well.
         for (v, tol) in [
+            (&x, 2f32.powi(-7)),
             (&f.fc_sn1.weight_orig, 2f32.powi(-7)),
             (&f.fc_sn1.bias, 2f32.powi(-7)),
             (&f.fc_sn2.weight_orig, 1e-5),
