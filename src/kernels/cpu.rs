@@ -128,20 +128,25 @@ pub trait SliceKernel {
     fn run<T: Float>(&self, inputs: &[&[T]]) -> Vec<T>;
 }
 
+/// The contiguous f32 elements of every input, or `None` when one is not a contiguous f32
+/// buffer.
+pub fn f32_slices<'a>(inputs: &[(&'a CpuStorage, &Layout)]) -> Option<Vec<&'a [f32]>> {
+    inputs
+        .iter()
+        .map(|(s, l)| match s {
+            CpuStorage::F32(v) => contiguous(v, l).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Runs `kernel` on CPU storages that are all f32 or all f64 (each read through its layout).
 pub fn dispatch(
     name: &str,
     kernel: &impl SliceKernel,
     inputs: &[(&CpuStorage, &Layout)],
 ) -> Result<CpuStorage> {
-    let f32s: Option<Vec<&[f32]>> = inputs
-        .iter()
-        .map(|(s, l)| match s {
-            CpuStorage::F32(v) => contiguous(v, l).ok(),
-            _ => None,
-        })
-        .collect();
-    if let Some(v) = f32s {
+    if let Some(v) = f32_slices(inputs) {
         return Ok(CpuStorage::F32(kernel.run(&v)));
     }
     let f64s: Option<Vec<&[f64]>> = inputs

@@ -31,7 +31,7 @@ use rayon::prelude::*;
 use super::bias::column_sums;
 use super::gelu::{gelu, gelu_and_grad_scalar, gelu_scalar};
 use super::linear::{linear, Epilogue};
-use crate::kernels::cpu::{contiguous, sum_in_block_order, with_f32_slice, PAR_CHUNK};
+use crate::kernels::cpu::{f32_slices, sum_in_block_order, with_f32_slice, PAR_CHUNK};
 use crate::kernels::onednn::{self, Packed};
 use crate::kernels::rounding::{bf16_bits, bf16_value};
 use crate::kernels::{bf16, fused, simd_kernel};
@@ -342,13 +342,9 @@ impl CustomOpN for GeluMlp {
                 self.out_f
             );
         }
-        let mut slices = Vec::with_capacity(args.len());
-        for (storage, layout) in args {
-            let CpuStorage::F32(data) = storage else {
-                candle_core::bail!("{}: only f32 tensors", self.name());
-            };
-            slices.push(contiguous(data, layout)?);
-        }
+        let Some(slices) = f32_slices(args) else {
+            candle_core::bail!("{}: only contiguous f32 tensors", self.name());
+        };
         let mut next = slices.into_iter();
         let mut take = |present: bool| if present { next.next() } else { None };
         let x = take(true).unwrap_or_default();

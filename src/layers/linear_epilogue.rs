@@ -24,7 +24,7 @@ use candle_core::{CpuStorage, CustomOpN, Layout, Result, Shape, Tensor};
 use super::bias::{bias_gelu, ColumnSums, ScaleWithColumnSums};
 use super::gelu::{gelu, gelu_in_place, gelu_in_place_with_derivative};
 use crate::kernels::cpu::{
-    contiguous, dispatch, gemm_parallelism, par_output, with_f32_slice, Float, SliceKernel,
+    dispatch, f32_slices, gemm_parallelism, par_output, with_f32_slice, Float, SliceKernel,
     PAR_CHUNK,
 };
 use crate::kernels::onednn::{self, Key, Packed};
@@ -338,14 +338,7 @@ impl CustomOpN for LinearEpilogue {
         {
             candle_core::bail!("{}: inputs {shapes:?} do not match {self:?}", self.name());
         }
-        let f32s: Option<Vec<&[f32]>> = args
-            .iter()
-            .map(|(s, l)| match s {
-                CpuStorage::F32(v) => contiguous(v, l).ok(),
-                _ => None,
-            })
-            .collect();
-        let out = match (self.bf16, f32s) {
+        let out = match (self.bf16, f32_slices(args)) {
             (true, Some(i)) => CpuStorage::F32(self.run_bf16(i[0], i[1], &i[2..])?),
             _ => dispatch(self.name(), self, args)?,
         };
