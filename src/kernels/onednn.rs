@@ -632,8 +632,8 @@ simd_kernel! {
 
 /// The dense strides an operand is packed to: row-major when its rows are contiguous,
 /// column-major when its columns are (a transposed view), row-major otherwise. oneDNN's brgemm
-/// kernels take both dense layouts; a padded stride (e.g. the `[W | b]` weight) would send it to
-/// a slower kernel.
+/// kernels take both dense layouts; a padded stride (as the `[W | b]` weight of the fused linear
+/// layer had before c65967f) would send it to a slower kernel.
 fn dense_strides(rows: usize, cols: usize, [rs, cs]: [usize; 2]) -> [usize; 2] {
     if cs != 1 && rs == 1 {
         [1, rows]
