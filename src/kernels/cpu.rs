@@ -128,6 +128,22 @@ pub trait SliceKernel {
     fn run<T: Float>(&self, inputs: &[&[T]]) -> Vec<T>;
 }
 
+/// Checks that an op got one input per entry of `lens`, each with that many elements: its
+/// kernel indexes with these sizes, so a mismatch must be an error, not a wild read. `what`
+/// describes the sizes the op was built for.
+pub fn check_input_lens(
+    name: &str,
+    inputs: &[(&CpuStorage, &Layout)],
+    lens: &[usize],
+    what: impl std::fmt::Display,
+) -> Result<()> {
+    let shapes: Vec<_> = inputs.iter().map(|(_, l)| l.shape().clone()).collect();
+    if shapes.len() != lens.len() || shapes.iter().zip(lens).any(|(s, &n)| s.elem_count() != n) {
+        candle_core::bail!("{name}: inputs {shapes:?} do not match {what}");
+    }
+    Ok(())
+}
+
 /// The contiguous f32 elements of every input, or `None` when one is not a contiguous f32
 /// buffer.
 pub fn f32_slices<'a>(inputs: &[(&'a CpuStorage, &Layout)]) -> Option<Vec<&'a [f32]>> {
@@ -404,6 +420,25 @@ pub fn fast_exp(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A wrong input count or a wrong element count is an error naming the op, every input's
+    /// shape and what the op was built for; the right ones pass.
+    #[test]
+    fn input_lengths_are_checked() {
+        let (a, b) = (CpuStorage::F32(vec![0.0; 6]), CpuStorage::F32(vec![0.0; 4]));
+        let (la, lb) = (Layout::contiguous((2, 3)), Layout::contiguous(4));
+        let inputs = [(&a, &la), (&b, &lb)];
+        assert!(check_input_lens("op", &inputs, &[6, 4], "x").is_ok());
+        for lens in [&[6, 5][..], &[6], &[6, 4, 1]] {
+            let e = check_input_lens("op", &inputs, lens, "2 rows")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("op: inputs [[2, 3], [4]] do not match 2 rows"),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn fast_exp_is_accurate() {

@@ -31,7 +31,9 @@ use rayon::prelude::*;
 use super::bias::column_sums;
 use super::gelu::{gelu, gelu_and_grad_scalar, gelu_scalar};
 use super::linear::{linear, Epilogue};
-use crate::kernels::cpu::{f32_slices, sum_in_block_order, with_f32_slice, PAR_CHUNK};
+use crate::kernels::cpu::{
+    check_input_lens, f32_slices, sum_in_block_order, with_f32_slice, PAR_CHUNK,
+};
 use crate::kernels::onednn::{self, Packed};
 use crate::kernels::rounding::{bf16_bits, bf16_value};
 use crate::kernels::{bf16, fused, simd_kernel};
@@ -329,30 +331,23 @@ impl CustomOpN for GeluMlp {
     }
 
     fn cpu_fwd(&self, args: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
-        let lens = self.input_lens();
-        // The kernel indexes with these sizes: a mismatch must be an error, not a wild read.
-        let shapes: Vec<_> = args.iter().map(|(_, l)| l.shape().clone()).collect();
-        if args.len() != lens.len() || shapes.iter().zip(&lens).any(|(s, &n)| s.elem_count() != n) {
-            candle_core::bail!(
-                "{}: inputs {shapes:?} do not match {} rows of {} → {} → {}",
-                self.name(),
-                self.rows,
-                self.in_f,
-                self.hidden,
-                self.out_f
-            );
-        }
+        let what = format!(
+            "{} rows of {} → {} → {}",
+            self.rows, self.in_f, self.hidden, self.out_f
+        );
+        check_input_lens(self.name(), args, &self.input_lens(), what)?;
         let Some(slices) = f32_slices(args) else {
             candle_core::bail!("{}: only contiguous f32 tensors", self.name());
         };
+        // The inputs in order (their count was just checked); an absent bias or residual is
+        // empty.
         let mut next = slices.into_iter();
-        let mut take = |present: bool| if present { next.next() } else { None };
-        let x = take(true).unwrap_or_default();
-        let w1 = take(true).unwrap_or_default();
-        let b1 = take(self.bias1).unwrap_or_default();
-        let w2 = take(true).unwrap_or_default();
-        let b2 = take(self.bias2).unwrap_or_default();
-        let r = take(self.residual).unwrap_or_default();
+        let mut take = |present: bool| match present {
+            true => next.next().unwrap_or_default(),
+            false => &[],
+        };
+        let (x, w1, b1) = (take(true), take(true), take(self.bias1));
+        let (w2, b2, r) = (take(true), take(self.bias2), take(self.residual));
         let y = self.forward(x, Params { w1, b1, w2, b2 }, r)?;
         Ok((CpuStorage::F32(y), Shape::from((self.rows, self.out_f))))
     }

@@ -24,8 +24,8 @@ use candle_core::{CpuStorage, CustomOpN, Layout, Result, Shape, Tensor};
 use super::bias::{bias_gelu, ColumnSums, ScaleWithColumnSums};
 use super::gelu::{gelu, gelu_in_place, gelu_in_place_with_derivative};
 use crate::kernels::cpu::{
-    dispatch, f32_slices, gemm_parallelism, par_output, with_f32_slice, Float, SliceKernel,
-    PAR_CHUNK,
+    check_input_lens, dispatch, f32_slices, gemm_parallelism, par_output, with_f32_slice, Float,
+    SliceKernel, PAR_CHUNK,
 };
 use crate::kernels::onednn::{self, Key, Packed};
 use crate::kernels::{bf16, fused, matmul};
@@ -330,13 +330,13 @@ impl CustomOpN for LinearEpilogue {
     fn cpu_fwd(&self, args: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
         let mut lens = vec![self.rows * self.in_f, self.out_f * self.in_f];
         lens.extend(self.addend_lens());
-        // The kernel indexes with these sizes: a mismatch must be an error, not a wild read.
-        let shapes: Vec<_> = args.iter().map(|(_, l)| l.shape().clone()).collect();
-        if args.len() != lens.len()
-            || shapes.iter().zip(&lens).any(|(s, &n)| s.elem_count() != n)
-            || args[1].1.dims() != [self.out_f, self.in_f]
-        {
-            candle_core::bail!("{}: inputs {shapes:?} do not match {self:?}", self.name());
+        check_input_lens(self.name(), args, &lens, format!("{self:?}"))?;
+        if args[1].1.dims() != [self.out_f, self.in_f] {
+            candle_core::bail!(
+                "{}: weight {:?} for {self:?}",
+                self.name(),
+                args[1].1.shape()
+            );
         }
         let out = match (self.bf16, f32_slices(args)) {
             (true, Some(i)) => CpuStorage::F32(self.run_bf16(i[0], i[1], &i[2..])?),
