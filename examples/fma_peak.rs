@@ -12,7 +12,8 @@
 //! `avx512_core_bf16` kernels are built on. A CPU with AMX has a higher ceiling still, which this
 //! probe does not measure; there `vdpbf16ps` is not the bf16 path at all (on an Intel Xeon of
 //! family 6, model 207 it gives 210 GFLOP/s on 2 cores, half of the 435 of the 16-lane f32 loop,
-//! while oneDNN's AMX kernels reach 600–1000 GFLOP/s on Mixer shapes: `bf16_matmul_probe`).
+//! while oneDNN's AMX kernels reach 520–1020 GFLOP/s on the Mixer's channel products:
+//! `bf16_matmul_probe`).
 //!
 //! `cargo run --release --example fma_peak [THREADS] [MODE]` (defaults: 2 threads; MODE 8 or
 //! 16 lanes of f32, default the widest the CPU has, or `bf16`).
